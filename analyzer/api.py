@@ -1,0 +1,343 @@
+"""The public analysis API: :func:`analyze` one LR input, :func:`prepare_image` from files.
+
+Example
+-------
+>>> import analyzer, importers
+>>> model = importers.load("fixtures/models/rcan_small_x2.legacy.onnx")      # doctest: +SKIP
+>>> inputs = analyzer.prepare_image(model, "fixtures/images/astronaut_hr.png", hr=True)  # doctest: +SKIP
+>>> result = analyzer.analyze(model, inputs.lr, reference=inputs.reference)   # doctest: +SKIP
+>>> result.metrics["di_local"]                                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from analyzer.device import resolve_device
+from analyzer.errors import AnalysisError, UserInputError
+from analyzer.glam import LayerRecord, StoreMode, compute_glam, validate_roi
+from analyzer.images import crop_reference, hr_to_lr, read_rgb, to_tensor
+from analyzer.lam import LamResult, compute_lam
+from analyzer.metrics import attributed_fraction, diffusion_index, map_metrics, mse_psnr
+from importers.loader import sha256_of
+from importers.model import ImportedModel, TapInfo
+
+
+@dataclass
+class PreparedImage:
+    """A canonical LR input (and HR reference when known) read from image files."""
+
+    lr: torch.Tensor
+    reference: torch.Tensor | None
+    image_path: str
+    image_sha256: str
+    is_hr: bool
+    reference_path: str | None = None
+    lr_rgb: Any = None
+
+
+def prepare_image(
+    model: ImportedModel,
+    image: str | Path,
+    *,
+    hr: bool = False,
+    reference: str | Path | None = None,
+) -> PreparedImage:
+    """Read an image as the model's LR input (GLAM.md "Inputs").
+
+    Parameters
+    ----------
+    model:
+        The imported model (its channels and scale decide the conversion).
+    image:
+        LR image, or the HR image when ``hr`` is true (then LR = bicubic downscale by ``s``
+        after cropping to a multiple of ``s``, and the HR image becomes the reference).
+    hr:
+        Treat ``image`` as the HR reference.
+    reference:
+        An explicit HR reference for an LR ``image``.
+    """
+    if hr and reference is not None:
+        raise UserInputError("pass either hr=True or a reference image, not both")
+    c = model.conventions
+    img = read_rgb(image)
+    ref_t = None
+    ref_path = None
+    if hr:
+        lr_img, hr_img = hr_to_lr(img, c.scale)
+        ref_t = to_tensor(hr_img, c.out_channels)
+        ref_path = str(image)
+    else:
+        lr_img = img
+        if reference is not None:
+            ref_t = to_tensor(read_rgb(reference), c.out_channels)
+            ref_path = str(reference)
+    return PreparedImage(
+        lr=to_tensor(lr_img, c.in_channels),
+        reference=ref_t,
+        image_path=str(image),
+        image_sha256=sha256_of(image),
+        is_hr=hr,
+        reference_path=ref_path,
+        lr_rgb=lr_img,
+    )
+
+
+@dataclass
+class Result:
+    """Everything one GL-AM analysis produced (maps are float32 numpy arrays).
+
+    Attributes
+    ----------
+    input, output, reference:
+        ``C x h x w`` LR input as fed, ``C x H x W`` output, HR reference cropped to the
+        output (or ``None``).
+    roi, window:
+        ``(top, left)`` in output pixels and the window size ``l``.
+    local, global_:
+        ``{"consensus", "variation", "sum"}`` maps, ``H x W``, each in [0, 1].
+    layers:
+        Per-tap records (empty when they were only streamed to a sink).
+    lam:
+        LAM result when asked for.
+    metrics:
+        Scalars: ``di_local``, ``di_global``, ``attributed_fraction_*``, ``seconds_glam``,
+        and when known ``psnr``, ``mse``, ``psnr_roi``, ``mse_roi``, ``di_lam``,
+        ``di_lam_output``, ``attributed_fraction_lam``, ``seconds_lam``.
+    map_metrics:
+        DI and attributed fraction of every map, keyed ``"local/sum"`` etc.
+    taps:
+        The tap table with ``parent``/``participating`` at the analysed input size.
+    """
+
+    input: np.ndarray
+    output: np.ndarray
+    reference: np.ndarray | None
+    roi: tuple[int, int]
+    window: int
+    local: dict[str, np.ndarray]
+    global_: dict[str, np.ndarray]
+    layers: list[LayerRecord]
+    lam: LamResult | None
+    metrics: dict[str, float]
+    map_metrics: dict[str, dict[str, float]]
+    timings: dict[str, float]
+    taps: list[TapInfo]
+    device: str
+    warnings: list[str] = field(default_factory=list)
+    input_crop: tuple[int, int, int, int] | None = None
+
+
+def default_roi(out_hw: tuple[int, int], window: int) -> tuple[int, int]:
+    """The ROI centred in the output."""
+    return max(0, (out_hw[0] - window) // 2), max(0, (out_hw[1] - window) // 2)
+
+
+def _fit_fixed_size(
+    model: ImportedModel,
+    lr: torch.Tensor,
+    roi: tuple[int, int] | None,
+    window: int,
+) -> tuple[torch.Tensor, tuple[int, int] | None, tuple[int, int, int, int] | None, list[str]]:
+    """Crop an LR input to a fixed-size model's input around the ROI (or refuse)."""
+    c = model.conventions
+    if c.fixed_size is None:
+        return lr, roi, None, []
+    fh, fw = c.fixed_size
+    h, w = lr.shape[-2:]
+    if (h, w) == (fh, fw):
+        return lr, roi, None, []
+    if h < fh or w < fw:
+        raise AnalysisError(
+            f"the image ({h}x{w} LR) is smaller than the fixed input size {fh}x{fw} of this "
+            "model; use a larger image"
+        )
+    s = c.scale
+    if roi is None:
+        top0, left0 = (h - fh) // 2, (w - fw) // 2
+        new_roi = None
+    else:
+        cy = (roi[0] + window / 2 - c.offset[0] / 2) / s
+        cx = (roi[1] + window / 2 - c.offset[1] / 2) / s
+        top0 = int(min(max(0, round(cy - fh / 2)), h - fh))
+        left0 = int(min(max(0, round(cx - fw / 2)), w - fw))
+        new_roi = (roi[0] - s * top0, roi[1] - s * left0)
+    msg = (
+        f"the model takes a fixed {fh}x{fw} input; the {h}x{w} image was cropped at "
+        f"(top={top0}, left={left0})"
+    )
+    return lr[..., top0 : top0 + fh, left0 : left0 + fw], new_roi, (top0, left0, fh, fw), [msg]
+
+
+def analyze(
+    model: ImportedModel,
+    lr: torch.Tensor,
+    roi: tuple[int, int] | None = None,
+    window: int = 16,
+    *,
+    reference: torch.Tensor | None = None,
+    lam: bool = False,
+    device: str | torch.device = "auto",
+    store: StoreMode = "maps",
+    on_layer: Callable[[LayerRecord], None] | None = None,
+    keep_layers: bool = True,
+    lam_fold: int = 50,
+    lam_sigma: float = 1.2,
+    lam_kernel: int = 9,
+    lam_batch: int = 8,
+    progress: bool = False,
+) -> Result:
+    """Compute GL-AM (and optionally LAM) for one LR input.
+
+    Implements "Interpreting Image Super-Resolution in Artificial Neural Networks from Global
+    and Local Views" as specified in GLAM.md: the local map from one backward pass of
+    ``T_ROI(y)`` to every tap, the global map from each layer's texture gradient with respect
+    to its parent layer.
+
+    Parameters
+    ----------
+    model:
+        From :func:`importers.load`.
+    lr:
+        Canonical LR input, ``1 x C_in x h x w`` (or ``C_in x h x w``) in [0, 1].
+    roi:
+        ``(top, left)`` in output pixels; default: the output centre.
+    window:
+        ROI window ``l`` (default 16).
+    reference:
+        HR reference (``C x H' x W'``) for PSNR/MSE; cropped to the output.
+    lam:
+        Also compute LAM (``lam_fold`` path steps in batches of ``lam_batch``).
+    device:
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+    store:
+        ``"tensors"`` also hands raw per-layer activations and gradients to ``on_layer``.
+    on_layer:
+        Streaming sink for per-layer records.
+    keep_layers:
+        Keep per-layer records in the result.
+
+    Returns
+    -------
+    Result
+
+    Raises
+    ------
+    AnalysisError
+        ROI outside the output, window < 2, image smaller than a fixed-size input.
+    NumericalError
+        NaN/Inf in the output or gradients.
+    """
+    dev = resolve_device(device)
+    if not isinstance(lr, torch.Tensor):
+        raise UserInputError(f"lr must be a torch.Tensor, got {type(lr).__name__}")
+    if lr.dim() == 3:
+        lr = lr[None]
+    c = model.conventions
+    if lr.dim() != 4 or lr.shape[0] != 1 or lr.shape[1] != c.in_channels:
+        raise UserInputError(
+            f"lr has shape {list(lr.shape)}; the model takes 1 x {c.in_channels} x h x w"
+        )
+    lr = lr.float()
+    lr, roi, crop, warnings = _fit_fixed_size(model, lr, roi, window)
+    H, W = c.output_size(int(lr.shape[-2]), int(lr.shape[-1]))
+    if roi is None:
+        roi = default_roi((H, W), window)
+    validate_roi((H, W), roi[0], roi[1], window)
+    model.to(dev)
+    x = lr.to(dev)
+    t0 = time.perf_counter()
+    maps = compute_glam(
+        model, x, roi[0], roi[1], window, store=store, on_layer=on_layer, keep_layers=keep_layers
+    )
+    seconds_glam = time.perf_counter() - t0
+    warnings += maps.warnings
+    metrics: dict[str, float] = {
+        "di_local": diffusion_index(maps.local["sum"]),
+        "di_global": diffusion_index(maps.global_["sum"]),
+        "attributed_fraction_local": attributed_fraction(maps.local["sum"]),
+        "attributed_fraction_global": attributed_fraction(maps.global_["sum"]),
+        "seconds_glam": seconds_glam,
+    }
+    mm = {f"local/{k}": map_metrics(v) for k, v in maps.local.items()}
+    mm.update({f"global/{k}": map_metrics(v) for k, v in maps.global_.items()})
+    ref_np = None
+    if reference is not None:
+        ref = reference[0] if reference.dim() == 4 else reference
+        if crop is not None:
+            s = c.scale
+            top0, left0, fh, fw = crop
+            ref = ref[..., s * top0 : s * (top0 + fh), s * left0 : s * (left0 + fw)]
+        ref = crop_reference(ref, (H, W), c.offset)
+        if ref.shape[0] != maps.output.shape[0]:
+            raise UserInputError(
+                f"reference has {ref.shape[0]} channels, the output {maps.output.shape[0]}"
+            )
+        ref_np = ref.float().numpy()
+        mse, psnr = mse_psnr(maps.output, ref_np)
+        t, l_ = roi
+        mse_r, psnr_r = mse_psnr(
+            maps.output[:, t : t + window, l_ : l_ + window], ref_np[:, t : t + window, l_ : l_ + window]
+        )
+        metrics.update({"mse": mse, "psnr": psnr, "mse_roi": mse_r, "psnr_roi": psnr_r})
+    lam_res = None
+    if lam:
+        lam_res = compute_lam(
+            model,
+            x,
+            roi[0],
+            roi[1],
+            window,
+            sigma=lam_sigma,
+            fold=lam_fold,
+            l=lam_kernel,
+            lam_batch=lam_batch,
+            progress=progress,
+        )
+        warnings += lam_res.warnings
+        metrics.update(
+            {
+                "di_lam": diffusion_index(lam_res.map),
+                "di_lam_output": diffusion_index(lam_res.map_output),
+                "attributed_fraction_lam": attributed_fraction(lam_res.map_output),
+                "seconds_lam": lam_res.seconds,
+            }
+        )
+        mm["lam/map"] = map_metrics(lam_res.map)
+        mm["lam/map_output"] = map_metrics(lam_res.map_output)
+    taps = [
+        TapInfo(
+            index=t.index,
+            name=t.name,
+            op=t.op,
+            shape=maps.shapes[t.index],
+            parent=maps.parents[t.index],
+            participating=maps.participating[t.index],
+        )
+        for t in model.taps
+    ]
+    return Result(
+        input=lr[0].numpy(),
+        output=maps.output,
+        reference=ref_np,
+        roi=(int(roi[0]), int(roi[1])),
+        window=window,
+        local=maps.local,
+        global_=maps.global_,
+        layers=maps.layers,
+        lam=lam_res,
+        metrics=metrics,
+        map_metrics=mm,
+        timings={**maps.timings, **({"lam": lam_res.seconds} if lam_res else {})},
+        taps=taps,
+        device=str(dev),
+        warnings=warnings,
+        input_crop=crop,
+    )

@@ -1,0 +1,331 @@
+"""The GL-AM engine: local and global attribution maps over a tapped graph (GLAM.md).
+
+Cost: one forward pass through the segmented graph, one backward for the local map (run
+segment by segment), and one *local* autograd call per participating tap for the global
+map — about one more backward in total, not ``n`` (see :mod:`analyzer.segments`).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings as pywarnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from analyzer.errors import AnalysisError, NumericalError
+from analyzer.maps import KeyAccumulator, gradcam_key, normalize, resize
+from analyzer.segments import SegmentedGraph, build_segmented
+from analyzer.texture import texture_global, texture_roi
+from importers.model import ImportedModel
+from importers.tap import participating
+
+StoreMode = Literal["maps", "tensors"]
+KEY_CHUNK = 32  # same-size maps resized together (bounds memory while batching)
+
+
+@dataclass
+class LayerRecord:
+    """Everything GL-AM computed for one tap (streamed as it is produced).
+
+    Attributes
+    ----------
+    index, name, op, parent, participating:
+        The tap (``parent`` at the analysed input size; ``-1`` is the model input).
+    shape:
+        Tap output shape ``(1, C, H_j, W_j)``.
+    local_map:
+        ``A(g_j)`` (un-normalised, native ``H_j x W_j``); the local key is
+        ``N(R(N(local_map), (H, W)))``.
+    global_map:
+        ``m_j = N(R(N(A(G_j)), (H_j, W_j))) * N(a_j)`` (native ``H_j x W_j``), participating
+        taps only; the global key is ``N(R(N(global_map), (H, W)))``.
+    global_grad_map:
+        ``A(G_j)`` un-normalised, at the parent's resolution (participating taps only).
+    activation_energy:
+        ``a_j = mean_c |f_j|`` (participating taps only).
+    activation, grad_local, grad_global:
+        Raw signed ``f_j``, ``g_j``, ``G_j`` (``C x H x W``), only with ``store="tensors"``.
+    """
+
+    index: int
+    name: str
+    op: str
+    parent: int
+    participating: bool
+    shape: tuple[int, ...]
+    local_map: np.ndarray
+    global_map: np.ndarray | None = None
+    global_grad_map: np.ndarray | None = None
+    activation_energy: np.ndarray | None = None
+    activation: np.ndarray | None = None
+    grad_local: np.ndarray | None = None
+    grad_global: np.ndarray | None = None
+
+
+@dataclass
+class GlamMaps:
+    """Output of :func:`compute_glam`."""
+
+    output: np.ndarray
+    local: dict[str, np.ndarray]
+    global_: dict[str, np.ndarray]
+    parents: list[int]
+    participating: list[bool]
+    shapes: list[tuple[int, ...]]
+    layers: list[LayerRecord] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def validate_roi(out_hw: Sequence[int], top: int, left: int, window: int) -> None:
+    """Raise :class:`AnalysisError` for a window < 2 or an ROI not wholly inside the output."""
+    H, W = int(out_hw[0]), int(out_hw[1])
+    if window < 2:
+        raise AnalysisError(f"window {window} is too small; use a window of at least 2 pixels")
+    if top < 0 or left < 0 or top + window > H or left + window > W:
+        raise AnalysisError(
+            f"ROI (top={top}, left={left}, window={window}) is not inside the {H}x{W} output; "
+            f"choose top in [0, {H - window}] and left in [0, {W - window}]"
+        )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(t).all():
+        raise NumericalError(
+            f"{what} contains NaN or Inf; the model or input is numerically broken "
+            "(check the input range with --input-range)"
+        )
+
+
+def layer_keys(maps: Sequence[torch.Tensor], size: Sequence[int]) -> list[torch.Tensor]:
+    """``N(R(N(m), size))`` for each map, resizing same-size maps in one batched call."""
+    out: list[torch.Tensor | None] = [None] * len(maps)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, m in enumerate(maps):
+        groups.setdefault(tuple(m.shape[-2:]), []).append(i)
+    for idx in groups.values():
+        stack = normalize(torch.stack([maps[i] for i in idx]))
+        keys = normalize(resize(stack, size))
+        for k, i in enumerate(idx):
+            out[i] = keys[k]
+    return out  # type: ignore[return-value]
+
+
+class _SegmentCache:
+    """Segmented graphs per participation pattern (participation depends on input size)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, tuple[bool, ...]], SegmentedGraph] = {}
+
+    def get(self, model: ImportedModel, flags: Sequence[bool]) -> SegmentedGraph:
+        key = (id(model.graph), tuple(flags))
+        if key not in self._cache:
+            self._cache[key] = build_segmented(model.graph, flags)
+        return self._cache[key]
+
+
+_SEGMENTS = _SegmentCache()
+
+
+def compute_glam(
+    model: ImportedModel,
+    x: torch.Tensor,
+    top: int,
+    left: int,
+    window: int = 16,
+    *,
+    store: StoreMode = "maps",
+    on_layer: Callable[[LayerRecord], None] | None = None,
+    keep_layers: bool = True,
+) -> GlamMaps:
+    """Compute GL-AM's local and global maps (GLAM.md) for one canonical input.
+
+    Parameters
+    ----------
+    model:
+        Imported model, already on ``x``'s device.
+    x:
+        Canonical input ``1 x C_in x h x w`` in [0, 1].
+    top, left, window:
+        ROI in output pixels.
+    store:
+        ``"tensors"`` also hands out the raw signed ``f_j``, ``g_j`` and ``G_j``.
+    on_layer:
+        Called with each :class:`LayerRecord` as soon as it is complete (streaming).
+    keep_layers:
+        Keep the records in the result as well (turn off when streaming large models).
+
+    Returns
+    -------
+    GlamMaps
+    """
+    device = x.device
+    timings: dict[str, float] = {}
+    warn: list[str] = []
+    x = x.detach().clone().requires_grad_(True)
+    t0 = time.perf_counter()
+    # Participation is predicted from the probe-size tap table (spatial taps stay spatial
+    # as the input grows) and verified on the real forward; a mismatch re-runs once.
+    flags = [t.participating for t in model.taps]
+    for _attempt in range(2):
+        seg = _SEGMENTS.get(model, flags)
+        with torch.enable_grad():
+            y, taps, leaves = seg.module(x)
+        actual = [participating(tuple(t.shape)) for t in taps]
+        if actual == flags:
+            break
+        flags = actual
+    if not any(flags):
+        raise AnalysisError(
+            "no convolution has a spatial output larger than 1x1 at this input size; "
+            "GL-AM needs at least one participating layer (use a larger input)"
+        )
+    parents = model.parents(flags)
+    _check_finite(y, "the model output")
+    H, W = int(y.shape[-2]), int(y.shape[-1])
+    validate_roi((H, W), top, left, window)
+    _sync(device)
+    timings["forward"] = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- local: one backward
+    t1 = time.perf_counter()
+    leaf_of = dict(zip(seg.cut_taps, leaves, strict=True))
+    n = len(taps)
+    grads: list[torch.Tensor | None] = [None] * n
+
+    def backprop(out: torch.Tensor, grad_out: torch.Tensor | None, key: int | str) -> None:
+        reads = [i for i in seg.segment_leaves[key] if i >= 0]
+        inner = seg.segment_taps[key]
+        inputs = [leaf_of[i] for i in reads] + [taps[k] for k in inner]
+        inputs_ok = [(t.requires_grad, t) for t in inputs]
+        wanted = [t for ok, t in inputs_ok if ok]
+        if not wanted or not out.requires_grad:
+            return
+        got = torch.autograd.grad(
+            out, wanted, grad_outputs=grad_out, retain_graph=True, allow_unused=True
+        )
+        it = iter(got)
+        for idx, (ok, _) in zip(reads + inner, inputs_ok, strict=True):
+            if not ok:
+                continue
+            g = next(it)
+            if g is None:
+                continue
+            grads[idx] = g if grads[idx] is None else grads[idx] + g
+
+    objective = texture_roi(y, top, left, window).sum()
+    backprop(objective, None, "y")
+    for j in reversed(seg.cut_taps):
+        if grads[j] is not None:
+            backprop(taps[j], grads[j], j)
+    for i in range(n):
+        if grads[i] is None:
+            grads[i] = torch.zeros_like(taps[i])
+        _check_finite(grads[i], f"the gradient of T_ROI at tap {i} ({model.taps[i].name})")
+    if all(not bool(grads[i].any()) for i in seg.cut_taps):
+        warn.append(
+            f"the output does not depend on the ROI (top={top}, left={left}, window={window}): "
+            "every T_ROI gradient is zero, so the local maps are all zero"
+        )
+    local_raw = [gradcam_key(g[0]).detach() for g in grads]
+    acc_local = KeyAccumulator()
+    for start in range(0, len(seg.cut_taps), KEY_CHUNK):
+        chunk = seg.cut_taps[start : start + KEY_CHUNK]
+        for key in layer_keys([local_raw[i] for i in chunk], (H, W)):
+            acc_local.add(key)
+    local_maps = acc_local.finish((H, W), device)
+    _sync(device)
+    timings["local"] = time.perf_counter() - t1
+
+    # ------------------------------------------------ global: one local call per segment
+    t2 = time.perf_counter()
+    acc_global = KeyAccumulator()
+    layers: list[LayerRecord] = []
+    global_m: dict[int, torch.Tensor] = {}
+    global_raw: dict[int, torch.Tensor] = {}
+    global_grads: dict[int, torch.Tensor] = {}
+    energy: dict[int, torch.Tensor] = {}
+
+    def emit(i: int) -> None:
+        rec = LayerRecord(
+            index=i,
+            name=model.taps[i].name,
+            op=model.taps[i].op,
+            parent=parents[i],
+            participating=flags[i],
+            shape=tuple(int(d) for d in taps[i].shape),
+            local_map=local_raw[i].cpu().numpy(),
+        )
+        if i in global_m:
+            rec.global_map = global_m.pop(i).cpu().numpy()
+            rec.global_grad_map = global_raw.pop(i).cpu().numpy()
+            rec.activation_energy = energy.pop(i).cpu().numpy()
+        if store == "tensors":
+            rec.activation = taps[i][0].detach().cpu().numpy()
+            rec.grad_local = grads[i][0].detach().cpu().numpy()
+            if i in global_grads:
+                rec.grad_global = global_grads.pop(i)[0].detach().cpu().numpy()
+        global_grads.pop(i, None)
+        if on_layer is not None:
+            on_layer(rec)
+        if keep_layers:
+            layers.append(rec)
+
+    next_emit = 0
+    for start in range(0, len(seg.cut_taps), KEY_CHUNK):
+        chunk = seg.cut_taps[start : start + KEY_CHUNK]
+        ms: list[torch.Tensor] = []
+        for j in chunk:
+            p = parents[j]
+            src = x if p < 0 else leaf_of[p]
+            with torch.enable_grad():
+                tg = texture_global(taps[j]).sum()
+            G = None
+            if tg.requires_grad and src.requires_grad:
+                (G,) = torch.autograd.grad(tg, [src], retain_graph=True, allow_unused=True)
+            if G is None:
+                G = torch.zeros_like(src)
+            _check_finite(G, f"the global gradient of tap {j} ({model.taps[j].name})")
+            raw = gradcam_key(G[0]).detach()
+            hj, wj = taps[j].shape[-2:]
+            a = taps[j][0].detach().abs().mean(dim=0)
+            m = normalize(resize(normalize(raw), (hj, wj))) * normalize(a)
+            global_m[j], global_raw[j], energy[j] = m, raw, a
+            if store == "tensors":
+                global_grads[j] = G.detach()
+            ms.append(m)
+        for key in layer_keys(ms, (H, W)):
+            acc_global.add(key)
+        last = chunk[-1]
+        while next_emit <= last:
+            emit(next_emit)
+            next_emit += 1
+    while next_emit < n:
+        emit(next_emit)
+        next_emit += 1
+    global_maps = acc_global.finish((H, W), device)
+    _sync(device)
+    timings["global"] = time.perf_counter() - t2
+    timings["total"] = time.perf_counter() - t0
+    for msg in warn:
+        pywarnings.warn(msg, stacklevel=2)
+    return GlamMaps(
+        output=y[0].detach().cpu().numpy(),
+        local={k: v.detach().cpu().numpy() for k, v in local_maps.items()},
+        global_={k: v.detach().cpu().numpy() for k, v in global_maps.items()},
+        parents=parents,
+        participating=flags,
+        shapes=[tuple(int(d) for d in t.shape) for t in taps],
+        layers=layers,
+        timings=timings,
+        warnings=warn,
+    )

@@ -1,0 +1,30 @@
+"""LAM's texture objective (GLAM.md "Texture objective").
+
+``mag[c, p, q] = sqrt(dh^2 + dw^2 + 1e-12)`` over ``(H-1) x (W-1)``; ``T_ROI`` sums it
+over an ``l x l`` window at ``(top, left)`` (output pixels), ``T_Global`` over all of it.
+The ``1e-12`` keeps the gradient finite on flat regions (LAM itself yields NaN there).
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-12
+
+
+def gradient_magnitude(t: torch.Tensor) -> torch.Tensor:
+    """``mag`` of GLAM.md for ``t`` of shape ``(N, C, H, W)``; returns ``(N, C, H-1, W-1)``."""
+    dh = t[:, :, :-1, :-1] - t[:, :, 1:, :-1]
+    dw = t[:, :, :-1, :-1] - t[:, :, :-1, 1:]
+    return torch.sqrt(dh * dh + dw * dw + EPS)
+
+
+def texture_roi(t: torch.Tensor, top: int, left: int, window: int) -> torch.Tensor:
+    """``T_ROI`` per sample: shape ``(N,)``. Indices past the edge of ``mag`` are absent."""
+    mag = gradient_magnitude(t)
+    return mag[:, :, top : top + window, left : left + window].sum(dim=(1, 2, 3))
+
+
+def texture_global(t: torch.Tensor) -> torch.Tensor:
+    """``T_Global`` per sample: shape ``(N,)``."""
+    return gradient_magnitude(t).sum(dim=(1, 2, 3))

@@ -1,0 +1,209 @@
+"""Detect a model's I/O conventions: layout, channels, fixed size, outputs, scale, range."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from analyzer.errors import ConventionError, ModelError, NotSuperResolutionError
+from importers.probe import probe_input
+
+NativeRunner = Callable[[torch.Tensor], list[torch.Tensor]]
+
+DEFAULT_PROBE_SIZE = (40, 36)  # non-square, to catch H/W swaps
+SECOND_PROBE_DELTA = (8, 12)
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """Layout, channels and fixed spatial size of the model input."""
+
+    layout: str
+    channels: int | None
+    fixed_size: tuple[int, int] | None
+
+
+def infer_input_layout(
+    shape: Sequence[int | None] | None,
+    *,
+    layout: str | None = None,
+    channels: int | None = None,
+) -> InputLayout:
+    """Infer layout/channels/fixed size from a (possibly partly dynamic) native input shape."""
+    if shape is not None and len(shape) != 4:
+        raise ConventionError(
+            f"the model input has rank {len(shape)} (shape {list(shape)}); glam needs a 4-D image "
+            "input (N, C, H, W) or (N, H, W, C)"
+        )
+    if layout is None:
+        layout = "NCHW"
+        if shape is not None and shape[1] not in (1, 3) and shape[3] in (1, 3):
+            layout = "NHWC"
+    layout = layout.upper()
+    if layout not in ("NCHW", "NHWC"):
+        raise ConventionError(f"layout {layout!r} is not supported; use NCHW or NHWC")
+    fixed = None
+    ch_dim = None
+    if shape is not None:
+        hw = (shape[1], shape[2]) if layout == "NHWC" else (shape[2], shape[3])
+        ch_dim = shape[3] if layout == "NHWC" else shape[1]
+        if isinstance(hw[0], int) and isinstance(hw[1], int) and hw[0] > 0 and hw[1] > 0:
+            fixed = (int(hw[0]), int(hw[1]))
+    if channels is None and isinstance(ch_dim, int) and ch_dim > 0:
+        channels = ch_dim
+    elif channels is not None and isinstance(ch_dim, int) and ch_dim > 0 and ch_dim != channels:
+        raise ConventionError(
+            f"--in-channels {channels} contradicts the model's input shape {list(shape or [])} "
+            f"({ch_dim} channels); drop the flag or pass {ch_dim}"
+        )
+    if channels is not None and channels not in (1, 3):
+        raise ConventionError(
+            f"the model takes {channels} input channels; glam supports 1 (Y of YCbCr) or 3 (RGB)"
+        )
+    return InputLayout(layout=layout, channels=channels, fixed_size=fixed)
+
+
+def to_native(x: torch.Tensor, layout: str, input_range: int) -> torch.Tensor:
+    """Canonical NCHW [0, 1] input to the model's native layout and range."""
+    if layout == "NHWC":
+        x = x.permute(0, 2, 3, 1)
+    return x * input_range if input_range != 1 else x
+
+
+def from_native(y: torch.Tensor, layout: str, input_range: int) -> torch.Tensor:
+    """Native output to canonical NCHW [0, 1] scale."""
+    if input_range != 1:
+        y = y / input_range
+    if layout == "NHWC":
+        y = y.permute(0, 3, 1, 2)
+    return y
+
+
+def select_output(names: Sequence[str], output: str | int | None) -> int:
+    """Index of the analysed output, chosen by name or index (default 0)."""
+    if output is None:
+        return 0
+    if isinstance(output, int) or (isinstance(output, str) and output.lstrip("-").isdigit()):
+        idx = int(output)
+        if not 0 <= idx < len(names):
+            raise ConventionError(
+                f"output index {idx} is out of range; the model has {len(names)} outputs: "
+                f"{', '.join(names)}"
+            )
+        return idx
+    if output not in names:
+        raise ConventionError(f"no output named {output!r}; the model's outputs are: {', '.join(names)}")
+    return list(names).index(output)
+
+
+def _spatial(y: torch.Tensor, layout: str) -> tuple[int, int, int]:
+    if y.dim() != 4:
+        raise NotSuperResolutionError(
+            f"the selected output has shape {list(y.shape)}, not a 4-D image; choose another output "
+            "with --output or pass an SR model"
+        )
+    if layout == "NHWC":
+        return y.shape[3], y.shape[1], y.shape[2]
+    return y.shape[1], y.shape[2], y.shape[3]
+
+
+@dataclass(frozen=True)
+class ScaleMeasurement:
+    """``out = scale * in + offset`` per axis, and how it was measured."""
+
+    scale: int
+    offset: tuple[int, int]
+    source: str
+    out_channels: int
+
+
+def measure_scale(
+    run: NativeRunner,
+    layout: InputLayout,
+    channels: int,
+    output_index: int,
+    probe_size: tuple[int, int] | None = None,
+) -> ScaleMeasurement:
+    """Measure the scale factor from two input sizes (GLAM.md "Inputs").
+
+    Raises
+    ------
+    NotSuperResolutionError
+        When there is no integer slope ``s >= 1`` equal on both axes.
+    """
+    size1 = layout.fixed_size or probe_size or DEFAULT_PROBE_SIZE
+    size2 = (size1[0] + SECOND_PROBE_DELTA[0], size1[1] + SECOND_PROBE_DELTA[1])
+
+    def out_size(size: tuple[int, int]) -> tuple[int, int, int]:
+        x = to_native(probe_input(channels, *size), layout.layout, 1)
+        with torch.no_grad():
+            outs = run(x)
+        return _spatial(outs[output_index], layout.layout)
+
+    c1, h1, w1 = out_size(size1)
+    try:
+        c2, h2, w2 = out_size(size2)
+        two = True
+    except (ModelError, RuntimeError, ValueError, IndexError):
+        if layout.fixed_size is None:
+            raise
+        two = False
+    if two:
+        sh_num, sw_num = h2 - h1, w2 - w1
+        dh, dw = size2[0] - size1[0], size2[1] - size1[1]
+        if sh_num % dh or sw_num % dw or sh_num // dh != sw_num // dw or sh_num // dh < 1:
+            raise NotSuperResolutionError(
+                f"output size does not grow as s*input with one integer s >= 1: input "
+                f"{size1}->{size2} gave output {(h1, w1)}->{(h2, w2)}; this is not an SR model"
+            )
+        s = sh_num // dh
+        return ScaleMeasurement(s, (h1 - s * size1[0], w1 - s * size1[1]), "two sizes", c1)
+    if h1 % size1[0] or w1 % size1[1] or h1 // size1[0] != w1 // size1[1] or h1 // size1[0] < 1:
+        raise NotSuperResolutionError(
+            f"fixed-size model: input {size1} gives output {(h1, w1)}, not an integer multiple; "
+            "this is not an SR model glam can analyse"
+        )
+    return ScaleMeasurement(h1 // size1[0], (0, 0), "one size (fixed-size model, offset 0)", c1)
+
+
+def detect_input_range(
+    run: NativeRunner,
+    layout: str,
+    channels: int,
+    output_index: int,
+    size: tuple[int, int],
+    scale: int,
+    offset: tuple[int, int],
+) -> tuple[int, str]:
+    """Pick 1 or 255: the range whose output best matches a bicubic upscale of the input.
+
+    Returns
+    -------
+    tuple[int, str]
+        The range and a description with the mean squared errors of both candidates.
+    """
+    x = probe_input(channels, *size)
+    up = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+    errs: dict[int, float] = {}
+    for rng in (1, 255):
+        with torch.no_grad():
+            y = from_native(run(to_native(x, layout, rng))[output_index], layout, rng)
+        ref = _crop_like(up, y.shape[-2:], offset)
+        if y.shape[1] != ref.shape[1]:
+            y, ref = y.mean(1, keepdim=True), ref.mean(1, keepdim=True)
+        err = float(((y.float() - ref) ** 2).mean())
+        errs[rng] = err if err == err else float("inf")
+    best = min(errs, key=lambda r: errs[r])
+    desc = f"auto (MSE vs bicubic: range 1 -> {errs[1]:.3g}, range 255 -> {errs[255]:.3g})"
+    return best, desc
+
+
+def _crop_like(up: torch.Tensor, hw: Sequence[int], offset: tuple[int, int]) -> torch.Tensor:
+    """Crop a bicubic upscale to an output that dropped ``-offset`` border pixels."""
+    H, W = int(hw[0]), int(hw[1])
+    top = max(0, -offset[0] // 2)
+    left = max(0, -offset[1] // 2)
+    return up[..., top : top + H, left : left + W]

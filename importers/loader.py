@@ -1,0 +1,364 @@
+"""``importers.load``: any ONNX / TorchScript / torch.export SR model to a tapped FX graph."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings as pywarnings
+from pathlib import Path
+import numpy as np
+import torch
+from torch import fx, nn
+
+from analyzer.errors import ConventionError, GlamError, ModelError, ParityError
+from importers.conventions import (
+    DEFAULT_PROBE_SIZE,
+    detect_input_range,
+    infer_input_layout,
+    measure_scale,
+    select_output,
+    to_native,
+)
+from importers.detect import detect_format
+from importers.model import (
+    Conventions,
+    ImportedModel,
+    ParityReport,
+    RawGraph,
+    TapInfo,
+    parents_from_ancestors,
+)
+from importers.probe import probe_input
+from importers.tap import participating, tap_ancestry, tap_graph
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _raw_graph(path: Path, fmt: str, channels: int | None) -> RawGraph:
+    if fmt == "onnx":
+        from importers.onnx_backend import load_onnx
+
+        return load_onnx(path)
+    if fmt == "torchscript":
+        from importers.torchscript_backend import load_torchscript
+
+        return load_torchscript(path, channels=channels)
+    from importers.export_backend import load_exported
+
+    return load_exported(path)
+
+
+def load(
+    path: str | Path,
+    *,
+    in_channels: int | None = None,
+    layout: str | None = None,
+    input_range: str | int = "auto",
+    output: str | int | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    probe_size: tuple[int, int] | None = None,
+) -> ImportedModel:
+    """Import an SR model file into a tapped, canonical, parity-checked FX graph.
+
+    The format is detected from the file's content. Conventions (layout, channels, fixed
+    size, output, range, scale) are detected and may be overridden.
+
+    Parameters
+    ----------
+    path:
+        ONNX (optionally with external data beside it), TorchScript or ``.pt2`` file.
+    in_channels:
+        Force 1 (Y of YCbCr) or 3 (RGB) input channels.
+    layout:
+        Force ``"NCHW"`` or ``"NHWC"``.
+    input_range:
+        ``"auto"`` (default), 1 or 255.
+    output:
+        Output to analyse, by name or index (default 0).
+    tolerance:
+        Largest accepted max-abs difference from the original model (canonical [0, 1] scale).
+    probe_size:
+        Input size used for probing dynamic-size models (default 40x36).
+
+    Returns
+    -------
+    ImportedModel
+
+    Raises
+    ------
+    ModelFileError, NotSuperResolutionError, ConventionError, UnsupportedOpsError,
+    ConversionError, ParityError
+    """
+    p = Path(path)
+    fmt = detect_format(p)
+    raw = _raw_graph(p, fmt, in_channels)
+    return finish_import(
+        raw,
+        path=str(p),
+        sha256=sha256_of(p),
+        in_channels=in_channels,
+        layout=layout,
+        input_range=input_range,
+        output=output,
+        tolerance=tolerance,
+        probe_size=probe_size,
+    )
+
+
+def from_module(
+    module: nn.Module,
+    *,
+    in_channels: int = 3,
+    input_range: str | int = 1,
+    tolerance: float = DEFAULT_TOLERANCE,
+    name: str = "module",
+) -> ImportedModel:
+    """Import an eager ``nn.Module`` through ``torch.fx.symbolic_trace`` (tests, notebooks).
+
+    The reference for parity is the eager module itself.
+    """
+    gm = fx.symbolic_trace(module)
+
+    def reference(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(a) for a in inputs])
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        return [o.detach().cpu().numpy() for o in outs]
+
+    raw = RawGraph(
+        gm=gm,
+        format="torchscript",
+        reference=reference,
+        reference_name="eager nn.Module",
+        input_names=["input"],
+        output_names=["output"],
+        input_shape=(1, in_channels, None, None),
+        metadata={"source": type(module).__name__},
+    )
+    imported = finish_import(
+        raw,
+        path=name,
+        sha256="",
+        in_channels=in_channels,
+        layout="NCHW",
+        input_range=input_range,
+        output=None,
+        tolerance=tolerance,
+        probe_size=None,
+    )
+    imported.format = "module"  # type: ignore[assignment]
+    return imported
+
+
+def _native_runner(gm: fx.GraphModule):
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        out = gm(x)
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+
+    return run
+
+
+def finish_import(
+    raw: RawGraph,
+    *,
+    path: str,
+    sha256: str,
+    in_channels: int | None,
+    layout: str | None,
+    input_range: str | int,
+    output: str | int | None,
+    tolerance: float,
+    probe_size: tuple[int, int] | None,
+) -> ImportedModel:
+    """Common pipeline after a backend: conventions, parity, tapping, tap table."""
+    gm = raw.gm
+    gm.eval()
+    for prm in gm.parameters():
+        prm.requires_grad_(False)
+    lay = infer_input_layout(raw.input_shape, layout=layout, channels=in_channels)
+    run = _native_runner(gm)
+    channels = lay.channels
+    if channels is None:
+        channels = _guess_channels(run, lay)
+    out_idx = select_output(raw.output_names, output)
+    try:
+        meas = measure_scale(run, lay, channels, out_idx, probe_size)
+    except GlamError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        raise ModelError(
+            f"the converted model failed to run on a {channels}-channel {lay.layout} input: "
+            f"{_one_line(exc)}"
+        ) from None
+    size = lay.fixed_size or probe_size or DEFAULT_PROBE_SIZE
+    if input_range in ("auto", None):
+        rng, rng_src = detect_input_range(
+            run, lay.layout, channels, out_idx, size, meas.scale, meas.offset
+        )
+    else:
+        rng = int(input_range)
+        if rng not in (1, 255):
+            raise ConventionError(f"input range {input_range!r} is not supported; use auto, 1 or 255")
+        rng_src = "flag"
+    conv = Conventions(
+        in_channels=channels,
+        out_channels=meas.out_channels,
+        layout=lay.layout,  # type: ignore[arg-type]
+        input_range=rng,
+        range_source=rng_src,
+        fixed_size=lay.fixed_size,
+        output_index=out_idx,
+        output_name=raw.output_names[out_idx] if out_idx < len(raw.output_names) else str(out_idx),
+        scale=meas.scale,
+        offset=meas.offset,
+        scale_source=meas.source,
+    )
+    x = probe_input(channels, *size)
+    parity = check_parity(raw, gm, x, conv, tolerance)
+    tapped, tap_nodes, tap_warnings = tap_graph(
+        gm,
+        layout=conv.layout,
+        input_range=conv.input_range,
+        output_index=out_idx,
+        n_outputs=len(raw.output_names),
+    )
+    ancestors, shapes, y = tap_ancestry(tapped, x)
+    flags = [participating(s) for s in shapes]
+    parents = parents_from_ancestors(ancestors, flags)
+    taps = [
+        TapInfo(
+            index=i,
+            name=t.name,
+            op=t.op,
+            shape=tuple(int(d) for d in shapes[i]),
+            parent=parents[i],
+            participating=flags[i],
+        )
+        for i, t in enumerate(tap_nodes)
+    ]
+    if not taps:
+        raise ModelError(
+            f"no convolution found in {path!r}; GL-AM attributes through convolution layers"
+        )
+    return ImportedModel(
+        graph=tapped,
+        path=path,
+        sha256=sha256,
+        format=raw.format,
+        taps=taps,
+        tap_ancestors=ancestors,
+        conventions=conv,
+        parity=parity,
+        metadata=dict(raw.metadata),
+        warnings=list(raw.warnings) + tap_warnings,
+        input_names=list(raw.input_names),
+        output_names=list(raw.output_names),
+    )
+
+
+def _guess_channels(run, lay) -> int:
+    size = lay.fixed_size or DEFAULT_PROBE_SIZE
+    errors = []
+    for c in (3, 1):
+        try:
+            with torch.no_grad():
+                run(to_native(probe_input(c, *size), lay.layout, 1))
+            return c
+        except (RuntimeError, ValueError, IndexError) as exc:
+            errors.append(f"{c} channels: {_one_line(exc)}")
+    raise ConventionError(
+        "could not find the number of input channels (tried 3 and 1): "
+        + "; ".join(errors)
+        + "; pass --in-channels"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def check_parity(
+    raw: RawGraph,
+    gm: fx.GraphModule,
+    x: torch.Tensor,
+    conv: Conventions,
+    tolerance: float,
+) -> ParityReport:
+    """Compare every output of the converted graph with the original model on ``x``.
+
+    The error is measured on the canonical [0, 1] scale (native outputs divided by the input
+    range). Raises :class:`ParityError` above ``tolerance``, naming the first diverging node
+    when the backend can find it.
+    """
+    native = to_native(x, conv.layout, conv.input_range).contiguous()
+    with torch.no_grad(), pywarnings.catch_warnings():
+        pywarnings.simplefilter("ignore")
+        outs = _native_runner(gm)(native)
+    try:
+        ref = raw.reference([native.numpy()])
+    except GlamError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any runtime failure of the original model
+        raise ModelError(f"the original model failed to run ({raw.reference_name}): {_one_line(exc)}") from None
+    if len(ref) != len(outs):
+        raise ParityError(
+            f"the converted graph returns {len(outs)} outputs, the original {len(ref)}",
+            float("inf"),
+        )
+    err = 0.0
+    for o, r in zip(outs, ref, strict=True):
+        o_np = o.detach().float().numpy()
+        r_np = np.asarray(r, dtype=np.float32)
+        if o_np.shape != r_np.shape:
+            raise ParityError(
+                f"output shape {list(o_np.shape)} of the converted graph differs from the "
+                f"original's {list(r_np.shape)}",
+                float("inf"),
+            )
+        if o_np.size:
+            diff = np.abs(o_np - r_np) / conv.input_range
+            e = float(np.nanmax(diff)) if np.isfinite(diff).any() else float("inf")
+            if np.isnan(diff).any():
+                e = float("inf")
+            err = max(err, e)
+    passed = err <= tolerance
+    node = None
+    if not passed:
+        if raw.first_divergence is not None:
+            try:
+                node = raw.first_divergence([native.numpy()])
+            except Exception:  # noqa: BLE001 - diagnosis is best effort
+                node = None
+        where = f"; first diverging node: {node}" if node else ""
+        raise ParityError(
+            f"imported graph differs from {raw.reference_name} by max abs error {err:.3g} > "
+            f"tolerance {tolerance:g}{where}; the conversion is not faithful (raise --tolerance "
+            "only if you accept this error)",
+            err,
+            node,
+        )
+    return ParityReport(
+        reference=raw.reference_name,
+        max_abs_error=err,
+        passed=passed,
+        tolerance=tolerance,
+        input_shape=tuple(native.shape),
+        first_divergence=node,
+    )
+
+
+def canonical_output(model: ImportedModel, x: torch.Tensor) -> torch.Tensor:
+    """Run the tapped graph and return only ``y`` (no grad)."""
+    with torch.no_grad():
+        return model.graph(x)[0]
+
+

@@ -1,0 +1,34 @@
+"""Real probe inputs: crops of the bundled natural image, used for parity and conventions."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+PROBE_IMAGE = Path(__file__).resolve().parent.parent / "fixtures" / "images" / "astronaut_hr.png"
+
+
+@lru_cache(maxsize=1)
+def _probe_rgb() -> Image.Image:
+    return Image.open(PROBE_IMAGE).convert("RGB")
+
+
+def probe_input(channels: int, height: int, width: int) -> torch.Tensor:
+    """A canonical ``1 x channels x height x width`` float32 input in [0, 1].
+
+    The bundled CC0 image is bicubic-resized to the size (natural statistics make parity and
+    range detection meaningful); ``channels == 1`` gives its BT.601 Y channel.
+    """
+    img = _probe_rgb().resize((width, height), Image.BICUBIC)
+    if channels == 1:
+        arr = np.asarray(img.convert("YCbCr"), dtype=np.float32)[..., :1] / 255.0
+    elif channels == 3:
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+    else:
+        base = np.asarray(img, dtype=np.float32) / 255.0
+        arr = np.concatenate([base] * (channels // 3 + 1), axis=2)[..., :channels]
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]

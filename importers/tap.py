@@ -1,0 +1,392 @@
+"""Graph passes that make an FX graph analysable: functionalise, canonicalise I/O, tap convs.
+
+Taps are made by *graph rewriting*, not hooks: the output node is rewritten to return
+``(y, (f_0, ..., f_{n-1}))`` where ``f_i`` is the output node of convolution ``i`` in
+execution (topological) order. In-place ops are functionalised first, so a tap is the
+conv's own output even when the model applies ``ReLU(inplace=True)`` to it (otherwise its
+value and gradient are silently those of the activation; see the import study §4).
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from analyzer.errors import ConventionError
+
+# --------------------------------------------------------------------------- conv detection
+
+_CONV_FUNCTIONS: dict[Any, str] = {
+    F.conv1d: "conv1d",
+    F.conv2d: "conv2d",
+    F.conv3d: "conv3d",
+    F.conv_transpose1d: "conv_transpose1d",
+    F.conv_transpose2d: "conv_transpose2d",
+    F.conv_transpose3d: "conv_transpose3d",
+    torch.conv1d: "conv1d",
+    torch.conv2d: "conv2d",
+    torch.conv3d: "conv3d",
+    torch.conv_transpose1d: "conv_transpose1d",
+    torch.conv_transpose2d: "conv_transpose2d",
+    torch.conv_transpose3d: "conv_transpose3d",
+}
+
+_ATEN_CONV_NAMES = {
+    "aten::convolution",
+    "aten::_convolution",
+    "aten::conv1d",
+    "aten::conv2d",
+    "aten::conv3d",
+    "aten::conv_transpose1d",
+    "aten::conv_transpose2d",
+    "aten::conv_transpose3d",
+    "aten::cudnn_convolution",
+    "aten::mkldnn_convolution",
+}
+
+
+def _aten_name(target: Any) -> str | None:
+    if isinstance(target, torch._ops.OpOverload):
+        return target._schema.name
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return target._qualified_op_name
+    return None
+
+
+def _conv_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    """The conv module a ``call_module`` node runs (unwrapping ``Sequential(pad, conv)``)."""
+    if node.op != "call_module":
+        return None
+    mod = gm.get_submodule(str(node.target))
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        return mod
+    if isinstance(mod, nn.Sequential) and len(mod) > 0:
+        last = mod[-1]
+        if isinstance(last, nn.modules.conv._ConvNd) and not any(
+            isinstance(m, nn.modules.conv._ConvNd) for m in list(mod)[:-1]
+        ):
+            return last
+    return None
+
+
+def conv_op_name(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    """Operator type of a convolution node, or ``None`` when ``node`` is no convolution."""
+    mod = _conv_module(gm, node)
+    if mod is not None:
+        return type(mod).__name__
+    if node.op == "call_function":
+        if node.target in _CONV_FUNCTIONS:
+            return _CONV_FUNCTIONS[node.target]
+        name = _aten_name(node.target)
+        if name in _ATEN_CONV_NAMES:
+            return name.replace("::", ".")
+    return None
+
+
+def find_conv_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """Every convolution node of ``gm`` in execution (graph) order."""
+    return [n for n in gm.graph.nodes if conv_op_name(gm, n) is not None]
+
+
+def default_tap_name(node: fx.Node) -> str:
+    """Stable name of a conv node: backend-provided name, module path, or FX node name."""
+    meta = node.meta
+    if meta.get("glam_name"):
+        return str(meta["glam_name"])
+    if node.op == "call_module":
+        return str(node.target)
+    if meta.get("module_path"):
+        return str(meta["module_path"])
+    stack = meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1]
+        path = path[0] if isinstance(path, tuple) else path
+        if path:
+            return str(path)
+    return node.name
+
+
+# ------------------------------------------------------------------------ functionalisation
+
+_INPLACE_OPERATORS: dict[Callable[..., Any], Callable[..., Any]] = {
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+}
+
+_NOT_MUTATING_METHODS = {"requires_grad_", "share_memory_", "retain_grad"}
+
+
+def _functional_aten(target: torch._ops.OpOverload) -> torch._ops.OpOverload | None:
+    schema = target._schema
+    if not schema.arguments:
+        return None
+    alias = schema.arguments[0].alias_info
+    if alias is None or not alias.is_write or schema.name.endswith("_out"):
+        return None
+    base = schema.name.split("::")[1]
+    if not base.endswith("_"):
+        return None
+    packet = getattr(torch.ops.aten, base[:-1], None)
+    if packet is None:
+        return None
+    overload = target._overloadname
+    return getattr(packet, overload, None)
+
+
+def functionalize_inplace(gm: fx.GraphModule) -> list[str]:
+    """Replace in-place ops by their functional forms and rebind later uses, in place.
+
+    Handles ``inplace=True`` modules (``nn.ReLU(inplace=True)``...), ``inplace=True`` keyword
+    arguments, ``operator.iadd``-style nodes, ``x.relu_()``-style methods, ``torch.relu_``
+    and in-place aten overloads (``aten.relu_.default``).
+
+    Returns
+    -------
+    list[str]
+        Warnings for in-place ops that could not be functionalised.
+    """
+    warnings: list[str] = []
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node in list(gm.graph.nodes):
+        mutated: fx.Node | None = None
+        first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        if node.op == "call_module":
+            mod = gm.get_submodule(str(node.target))
+            if getattr(mod, "inplace", False) is True:
+                mod.inplace = False
+                mutated = first
+        elif node.op == "call_function":
+            if node.target in _INPLACE_OPERATORS:
+                node.target = _INPLACE_OPERATORS[node.target]
+                mutated = first
+            elif node.kwargs.get("inplace") is True:
+                node.kwargs = {**node.kwargs, "inplace": False}
+                mutated = first
+            elif isinstance(node.target, torch._ops.OpOverload):
+                func = _functional_aten(node.target)
+                if func is not None:
+                    node.target = func
+                    mutated = first
+                elif (
+                    node.target._schema.arguments
+                    and node.target._schema.arguments[0].alias_info is not None
+                    and node.target._schema.arguments[0].alias_info.is_write
+                    and not node.target._schema.name.endswith("_out")
+                ):
+                    warnings.append(f"in-place op {node.target} kept as is (node {node.name})")
+            else:
+                name = getattr(node.target, "__name__", "")
+                if (
+                    name.endswith("_")
+                    and not name.startswith("_")
+                    and getattr(node.target, "__module__", "") in ("torch", "torch._C._VariableFunctions")
+                    and hasattr(torch, name[:-1])
+                ):
+                    node.target = getattr(torch, name[:-1])
+                    mutated = first
+        elif node.op == "call_method":
+            name = str(node.target)
+            if name.endswith("_") and not name.startswith("_") and name not in _NOT_MUTATING_METHODS:
+                node.target = name[:-1]
+                mutated = first
+        if mutated is not None:
+            for user in list(mutated.users):
+                if user is not node and order[user] > order[node]:
+                    user.replace_input_with(mutated, node)
+    gm.recompile()
+    return warnings
+
+
+# ------------------------------------------------------------------ canonical I/O + tapping
+
+
+@dataclass(frozen=True)
+class TapNode:
+    """A conv node found by :func:`tap_graph`, with its name and op type."""
+
+    name: str
+    op: str
+
+
+def _reset_codegen(gm: fx.GraphModule) -> None:
+    codegen = gm.graph._codegen
+    if type(codegen) is not fx.graph.CodeGen:
+        gm.graph._codegen = fx.graph.CodeGen()
+
+
+def tap_graph(
+    gm: fx.GraphModule,
+    *,
+    layout: str = "NCHW",
+    input_range: int = 1,
+    output_index: int = 0,
+    n_outputs: int = 1,
+) -> tuple[fx.GraphModule, list[TapNode], list[str]]:
+    """Return a canonical, tapped deep copy of ``gm``.
+
+    The copy takes one NCHW float input in [0, 1] and returns ``(y, (f_0, ..., f_{n-1}))``
+    with ``y`` the selected output, NCHW, divided back to the [0, 1] scale.
+
+    Parameters
+    ----------
+    gm:
+        Untapped graph in native conventions (one tensor input).
+    layout:
+        Native input layout, ``"NCHW"`` or ``"NHWC"``.
+    input_range:
+        1 or 255: the native input is ``x * input_range``; the output is divided by it.
+    output_index:
+        Which output to analyse when the graph returns several.
+    n_outputs:
+        How many outputs the graph returns (1 for a bare tensor).
+
+    Returns
+    -------
+    tuple
+        ``(tapped_gm, tap_nodes, warnings)``.
+    """
+    gm = copy.deepcopy(gm)
+    _reset_codegen(gm)
+    warnings = functionalize_inplace(gm)
+    graph = gm.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        names = ", ".join(p.name for p in placeholders)
+        raise ConventionError(
+            f"the model has {len(placeholders)} inputs ({names}); glam analyses models with "
+            "exactly one image input"
+        )
+    x = placeholders[0]
+    # --- input conventions
+    last = x
+    new_nodes: list[fx.Node] = []
+    with graph.inserting_after(last):
+        if layout == "NHWC":
+            last = graph.call_method("permute", (last, 0, 2, 3, 1))
+            new_nodes.append(last)
+    if input_range != 1:
+        with graph.inserting_after(last):
+            last = graph.call_function(operator.mul, (last, float(input_range)))
+            new_nodes.append(last)
+    if last is not x:
+        for user in list(x.users):
+            if user not in new_nodes:
+                user.replace_input_with(x, last)
+    # --- output selection
+    out_node = next(n for n in graph.nodes if n.op == "output")
+    out = out_node.args[0]
+    with graph.inserting_before(out_node):
+        if isinstance(out, (tuple, list)):
+            if not 0 <= output_index < len(out):
+                raise ConventionError(
+                    f"output index {output_index} is out of range: the model has {len(out)} outputs"
+                )
+            y = out[output_index]
+        elif n_outputs > 1:
+            y = graph.call_function(operator.getitem, (out, output_index))
+        else:
+            if output_index != 0:
+                raise ConventionError(
+                    f"output index {output_index} is out of range: the model has 1 output"
+                )
+            y = out
+        if not isinstance(y, fx.Node):
+            raise ConventionError("the selected model output is not a tensor")
+        if input_range != 1:
+            y = graph.call_function(operator.truediv, (y, float(input_range)))
+        if layout == "NHWC":
+            y = graph.call_method("permute", (y, 0, 3, 1, 2))
+    convs = find_conv_nodes(gm)
+    taps: list[TapNode] = []
+    seen: dict[str, int] = {}
+    for c in convs:
+        name = default_tap_name(c)
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name}#{seen[name]}"
+        taps.append(TapNode(name=name, op=conv_op_name(gm, c) or "conv"))
+    out_node.args = ((y, tuple(convs)),)
+    graph.lint()
+    gm.recompile()
+    return gm, taps, warnings
+
+
+# ------------------------------------------------------------------------------- ancestry
+
+
+def _holds_float_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point() or value.is_complex()
+    if isinstance(value, (tuple, list)):
+        return any(_holds_float_tensor(v) for v in value)
+    return False
+
+
+class _ProbeInterpreter(fx.Interpreter):
+    """Runs the graph once and records which node outputs carry float tensors."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.is_float: dict[fx.Node, bool] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        self.is_float[n] = _holds_float_tensor(result)
+        return result
+
+
+def tap_ancestry(
+    tapped: fx.GraphModule, example: torch.Tensor
+) -> tuple[list[frozenset[int]], list[tuple[int, ...]], torch.Tensor]:
+    """Which taps are differentiable graph ancestors of each tap, plus tap shapes.
+
+    Ancestry follows data edges whose values are floating tensors: shape-only edges
+    (``x.size()``, ONNX ``Shape``, integer index tensors) do not make a node an ancestor.
+
+    Parameters
+    ----------
+    tapped:
+        Output of :func:`tap_graph`.
+    example:
+        A canonical example input.
+
+    Returns
+    -------
+    tuple
+        ``(ancestors, shapes, y)``: ``ancestors[j]`` holds the indices of taps that are
+        ancestors of tap ``j``; ``shapes[j]`` is tap ``j``'s output shape on ``example``;
+        ``y`` the example output.
+    """
+    interp = _ProbeInterpreter(tapped)
+    with torch.no_grad():
+        y, taps = interp.run(example)
+    out_node = next(n for n in tapped.graph.nodes if n.op == "output")
+    tap_nodes: list[fx.Node] = list(out_node.args[0][1])
+    tap_index = {n: i for i, n in enumerate(tap_nodes)}
+    anc: dict[fx.Node, frozenset[int]] = {}
+    for node in tapped.graph.nodes:
+        acc: set[int] = set()
+        for inp in node.all_input_nodes:
+            if not interp.is_float.get(inp, False):
+                continue
+            acc |= anc.get(inp, frozenset())
+            if inp in tap_index:
+                acc.add(tap_index[inp])
+        anc[node] = frozenset(acc)
+    ancestors = [anc[n] for n in tap_nodes]
+    shapes = [tuple(t.shape) for t in taps]
+    return ancestors, shapes, y
+
+
+def participating(shape: tuple[int, ...]) -> bool:
+    """GLAM.md "participating taps": 4-D output with ``H > 1`` and ``W > 1``."""
+    return len(shape) == 4 and shape[2] > 1 and shape[3] > 1

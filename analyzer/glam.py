@@ -18,7 +18,7 @@ import torch
 
 from analyzer.errors import AnalysisError, NumericalError
 from analyzer.maps import KeyAccumulator, gradcam_key, normalize, resize
-from analyzer.segments import SegmentedGraph, build_segmented
+from analyzer.segments import SegmentedGraph, X, build_segmented
 from analyzer.texture import texture_global, texture_roi
 from importers.model import ImportedModel
 from importers.tap import participating
@@ -106,6 +106,17 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
         )
 
 
+def _check_all_finite(maps: Sequence[torch.Tensor], what: Sequence[str]) -> None:
+    """One finiteness check for many maps (a NaN/Inf gradient makes its Grad-CAM map
+    non-finite); names the first offending map."""
+    if not maps:
+        return
+    sums = torch.stack([m.sum() for m in maps])
+    if not bool(torch.isfinite(sums).all()):
+        first = int((~torch.isfinite(sums)).nonzero()[0, 0])
+        _check_finite(maps[first] * float("nan"), what[first])
+
+
 def layer_keys(maps: Sequence[torch.Tensor], size: Sequence[int]) -> list[torch.Tensor]:
     """``N(R(N(m), size))`` for each map, resizing same-size maps in one batched call."""
     out: list[torch.Tensor | None] = [None] * len(maps)
@@ -179,7 +190,7 @@ def compute_glam(
     for _attempt in range(2):
         seg = _SEGMENTS.get(model, flags)
         with torch.enable_grad():
-            y, taps, leaves = seg.module(x)
+            y, taps, values, leaves = seg.module(x)
         actual = [participating(tuple(t.shape)) for t in taps]
         if actual == flags:
             break
@@ -196,50 +207,69 @@ def compute_glam(
     _sync(device)
     timings["forward"] = time.perf_counter() - t0
 
-    # ---------------------------------------------------------------- local: one backward
+    # ------------------------------------------- local: one backward, segment by segment
     t1 = time.perf_counter()
-    leaf_of = dict(zip(seg.cut_taps, leaves, strict=True))
     n = len(taps)
-    grads: list[torch.Tensor | None] = [None] * n
+    usable = [isinstance(u, torch.Tensor) and u.requires_grad for u in leaves]
+    acc_cut: list[torch.Tensor | None] = [None] * seg.n_cuts
+    inner_grads: list[torch.Tensor | None] = [None] * n
 
-    def backprop(out: torch.Tensor, grad_out: torch.Tensor | None, key: int | str) -> None:
-        reads = [i for i in seg.segment_leaves[key] if i >= 0]
-        inner = seg.segment_taps[key]
-        inputs = [leaf_of[i] for i in reads] + [taps[k] for k in inner]
-        inputs_ok = [(t.requires_grad, t) for t in inputs]
-        wanted = [t for ok, t in inputs_ok if ok]
-        if not wanted or not out.requires_grad:
+    def add(store_: list, idx: int, g: torch.Tensor | None) -> None:
+        if g is not None:
+            store_[idx] = g if store_[idx] is None else store_[idx] + g
+
+    def backprop_local(out: torch.Tensor, grad_out: torch.Tensor | None, key: int | str) -> None:
+        if not out.requires_grad:
+            return
+        reads = [k for k in seg.reads[key] if k != X and usable[k]]
+        inner = [t for t in seg.inner_taps[key] if taps[t].requires_grad]
+        inputs = [leaves[k] for k in reads] + [taps[t] for t in inner]
+        if not inputs:
             return
         got = torch.autograd.grad(
-            out, wanted, grad_outputs=grad_out, retain_graph=True, allow_unused=True
+            out, inputs, grad_outputs=grad_out, retain_graph=True, allow_unused=True
         )
-        it = iter(got)
-        for idx, (ok, _) in zip(reads + inner, inputs_ok, strict=True):
-            if not ok:
-                continue
-            g = next(it)
-            if g is None:
-                continue
-            grads[idx] = g if grads[idx] is None else grads[idx] + g
+        for k, g in zip(reads, got[: len(reads)], strict=True):
+            add(acc_cut, k, g)
+        for t, g in zip(inner, got[len(reads) :], strict=True):
+            add(inner_grads, t, g)
 
     objective = texture_roi(y, top, left, window).sum()
-    backprop(objective, None, "y")
-    for j in reversed(seg.cut_taps):
-        if grads[j] is not None:
-            backprop(taps[j], grads[j], j)
+    if seg.y_cut is not None:
+        if y.requires_grad:
+            (g_y,) = torch.autograd.grad(objective, [y], retain_graph=True)
+            acc_cut[seg.y_cut] = g_y
+    else:
+        backprop_local(objective, None, "y")
+    tap_of_cut = {k: j for j, k in seg.cut_of_tap.items()}
+    grads: list[torch.Tensor | None] = [None] * n
+    for k in reversed(range(seg.n_cuts)):
+        g = acc_cut[k]
+        if g is None:
+            continue
+        backprop_local(values[k], g, k)
+        if k in tap_of_cut:
+            grads[tap_of_cut[k]] = g
+        acc_cut[k] = None  # free as we go
     for i in range(n):
         if grads[i] is None:
+            grads[i] = inner_grads[i]
+        if grads[i] is None:
             grads[i] = torch.zeros_like(taps[i])
-        _check_finite(grads[i], f"the gradient of T_ROI at tap {i} ({model.taps[i].name})")
-    if all(not bool(grads[i].any()) for i in seg.cut_taps):
+    part_idx = [j for j in range(n) if flags[j]]
+    if all(not bool(grads[i].any()) for i in part_idx):
         warn.append(
             f"the output does not depend on the ROI (top={top}, left={left}, window={window}): "
             "every T_ROI gradient is zero, so the local maps are all zero"
         )
     local_raw = [gradcam_key(g[0]).detach() for g in grads]
+    _check_all_finite(
+        local_raw,
+        [f"the gradient of T_ROI at tap {i} ({t.name})" for i, t in enumerate(model.taps)],
+    )
     acc_local = KeyAccumulator()
-    for start in range(0, len(seg.cut_taps), KEY_CHUNK):
-        chunk = seg.cut_taps[start : start + KEY_CHUNK]
+    for start in range(0, len(part_idx), KEY_CHUNK):
+        chunk = part_idx[start : start + KEY_CHUNK]
         for key in layer_keys([local_raw[i] for i in chunk], (H, W)):
             acc_local.add(key)
     local_maps = acc_local.finish((H, W), device)
@@ -280,21 +310,52 @@ def compute_glam(
         if keep_layers:
             layers.append(rec)
 
+    def global_gradient(j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``dT_Global(f_j) / df_parent(j)``, walking only the segments in between."""
+        i = parents[j]
+        target = X if i < 0 else seg.cut_of_tap[i]
+        src = x if i < 0 else leaves[target]
+        k_j = seg.cut_of_tap[j]
+        between: set[int] = set()
+        stack = list(seg.reads[k_j])
+        while stack:
+            r = stack.pop()
+            if r == X or r == target or r in between or not usable[r]:
+                continue
+            if i >= 0 and i not in seg.tap_ancestors[r]:
+                continue
+            between.add(r)
+            stack.extend(seg.reads[r])
+        acc: dict[int, torch.Tensor] = {}
+
+        def step(out: torch.Tensor, grad_out: torch.Tensor | None, key: int) -> None:
+            if not out.requires_grad:
+                return
+            rs = [r for r in seg.reads[key] if r in between or r == target]
+            if not rs:
+                return
+            inputs = [x if r == X else leaves[r] for r in rs]
+            got = torch.autograd.grad(
+                out, inputs, grad_outputs=grad_out, retain_graph=True, allow_unused=True
+            )
+            for r, g in zip(rs, got, strict=True):
+                if g is not None:
+                    acc[r] = g if r not in acc else acc[r] + g
+
+        with torch.enable_grad():
+            step(texture_global(taps[j]).sum(), None, k_j)
+        for d in sorted(between, reverse=True):
+            if d in acc:
+                step(values[d], acc.pop(d), d)
+        G = acc.get(target)
+        return (G if G is not None else torch.zeros_like(src)), src
+
     next_emit = 0
-    for start in range(0, len(seg.cut_taps), KEY_CHUNK):
-        chunk = seg.cut_taps[start : start + KEY_CHUNK]
+    for start in range(0, len(part_idx), KEY_CHUNK):
+        chunk = part_idx[start : start + KEY_CHUNK]
         ms: list[torch.Tensor] = []
         for j in chunk:
-            p = parents[j]
-            src = x if p < 0 else leaf_of[p]
-            with torch.enable_grad():
-                tg = texture_global(taps[j]).sum()
-            G = None
-            if tg.requires_grad and src.requires_grad:
-                (G,) = torch.autograd.grad(tg, [src], retain_graph=True, allow_unused=True)
-            if G is None:
-                G = torch.zeros_like(src)
-            _check_finite(G, f"the global gradient of tap {j} ({model.taps[j].name})")
+            G, _ = global_gradient(j)
             raw = gradcam_key(G[0]).detach()
             hj, wj = taps[j].shape[-2:]
             a = taps[j][0].detach().abs().mean(dim=0)
@@ -303,6 +364,10 @@ def compute_glam(
             if store == "tensors":
                 global_grads[j] = G.detach()
             ms.append(m)
+        _check_all_finite(
+            [global_raw[j] for j in chunk],
+            [f"the global gradient of tap {j} ({model.taps[j].name})" for j in chunk],
+        )
         for key in layer_keys(ms, (H, W)):
             acc_global.add(key)
         last = chunk[-1]

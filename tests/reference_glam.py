@@ -62,7 +62,7 @@ def reference_parents(graph, x):
         _, taps = graph(x)
     part = [t.dim() == 4 and t.shape[2] > 1 and t.shape[3] > 1 for t in taps]
     parents = []
-    for j, node in enumerate(tap_nodes):
+    for node in tap_nodes:
         anc = set()
         stack = list(node.all_input_nodes)
         while stack:
@@ -86,7 +86,7 @@ def reference_glam(graph, x, top, left, l, parents=None):
         part = [t.dim() == 4 and t.shape[2] > 1 and t.shape[3] > 1 for t in taps]
     idx = [i for i in range(len(taps)) if part[i]]
     g = torch.autograd.grad(T_roi(y, top, left, l), [taps[i] for i in idx], retain_graph=True, allow_unused=True)
-    g = [gi if gi is not None else torch.zeros_like(taps[i]) for gi, i in zip(g, idx)]
+    g = [gi if gi is not None else torch.zeros_like(taps[i]) for gi, i in zip(g, idx, strict=True)]
     k = [N(R(N(A(gi[0])), (H, W))) for gi in g]
     local = combine(k)
     K = []

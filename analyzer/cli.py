@@ -1,0 +1,584 @@
+"""The ``glam`` command line: a thin layer over :mod:`importers`, :mod:`analyzer.runs`,
+:mod:`analyzer.archive` and :mod:`analyzer.figures`.
+
+Exit codes: 0 success; 2 user errors (bad paths, ROI outside the output, corrupt model file,
+missing run, not an archive, click usage errors); 3 model or runtime failures (unsupported
+operators, failed parity, NaN). Errors print one ``error: ...`` line on stderr; ``--debug``
+(``-v``) adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from analyzer.errors import GlamError, UserInputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DEBUG = "glam.debug"
+_ARGV = "glam.argv"
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(s.strip() for s in str(text).strip().splitlines() if s.strip())
+
+
+class GlamGroup(click.Group):
+    """A click group that turns :class:`GlamError` into ``error: ...`` + its exit code."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        argv = list(args)
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta[_ARGV] = argv
+        return ctx
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except GlamError as exc:
+            self._report(ctx, exc)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; finished runs are kept in the archive", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # noqa: BLE001 - one line, exit 3, traceback on --debug
+            self._report(ctx, exc, prefix=f"unexpected {type(exc).__name__}: ")
+            if not ctx.meta.get(_DEBUG):
+                click.echo("       (rerun with --debug for the traceback)", err=True)
+            ctx.exit(3)
+
+    @staticmethod
+    def _report(ctx: click.Context, exc: BaseException, prefix: str = "") -> None:
+        if ctx.meta.get(_DEBUG):
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        click.echo(f"error: {prefix}{_one_line(str(exc)) or type(exc).__name__}", err=True)
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[_DEBUG] = True
+    return value
+
+
+def debug_option(f: F) -> F:
+    """``--debug`` / ``-v``: print tracebacks of errors."""
+    return click.option(
+        "--debug",
+        "-v",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_debug,
+        help="Print the traceback of errors.",
+    )(f)
+
+
+def _command_line(ctx: click.Context) -> str:
+    root = ctx.find_root()
+    argv = root.meta.get(_ARGV, sys.argv[1:])
+    return "glam " + shlex.join(str(a) for a in argv)
+
+
+def _model_options(f: F) -> F:
+    """Import overrides shared by ``inspect`` and ``analyze``."""
+    for opt in reversed(
+        [
+            click.option("--in-channels", type=click.Choice(["1", "3"]), default=None,
+                         help="Input channels: 1 (Y of YCbCr) or 3 (RGB); default: detected."),
+            click.option("--layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False),
+                         default=None, help="Native input layout; default: detected."),
+            click.option("--input-range", type=click.Choice(["auto", "1", "255"]),
+                         default="auto", show_default=True,
+                         help="Native input range: [0, 1] or [0, 255]."),
+            click.option("--output", "output", default=None,
+                         help="Output to analyse, by name or index (default 0)."),
+            click.option("--tolerance", type=float, default=None, show_default="1e-4",
+                         help="Largest accepted parity error against the original model."),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def _load_model(
+    path: str,
+    in_channels: str | None,
+    layout: str | None,
+    input_range: str,
+    output: str | None,
+    tolerance: float | None,
+) -> Any:
+    import importers
+
+    out: str | int | None = output
+    if output is not None and output.strip().lstrip("-").isdigit():
+        out = int(output)
+    kwargs: dict[str, Any] = {}
+    if tolerance is not None:
+        kwargs["tolerance"] = tolerance
+    return importers.load(
+        path,
+        in_channels=int(in_channels) if in_channels else None,
+        layout=layout.upper() if layout else None,
+        input_range=input_range,
+        output=out,
+        **kwargs,
+    )
+
+
+def _json_line(obj: Any) -> str:
+    return json.dumps(_jsonable(obj), sort_keys=True, allow_nan=False)
+
+
+def _jsonable(obj: Any) -> Any:
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ---------------------------------------------------------------------------------- group
+
+
+@click.group(cls=GlamGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@debug_option
+@click.version_option(package_name="glam", prog_name="glam")
+def cli() -> None:
+    """GL-AM attribution maps for super-resolution networks (ONNX / TorchScript / torch.export).
+
+    \b
+    glam inspect MODEL               what glam sees in a model (taps, scale, parity)
+    glam analyze MODEL IMAGE...      GL-AM (and LAM) into an HDF5 archive
+    glam ls / show / export          read an archive
+    glam compare ARCHIVE --runs A,B  one figure and table across runs
+    glam demo                        the whole job on the bundled model and image
+    """
+
+
+# -------------------------------------------------------------------------------- inspect
+
+
+@cli.command()
+@click.argument("model")
+@_model_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@debug_option
+def inspect(
+    model: str,
+    in_channels: str | None,
+    layout: str | None,
+    input_range: str,
+    output: str | None,
+    tolerance: float | None,
+    as_json: bool,
+) -> None:
+    """Import MODEL and show its format, conventions, parity and tap table."""
+    m = _load_model(model, in_channels, layout, input_range, output, tolerance)
+    s = m.summary()
+    if as_json:
+        click.echo(_json_line({"schema_version": 1, **s}))
+        return
+    from analyzer.runs import format_table
+
+    meta = s.get("metadata") or {}
+    inp, out, par = s["input"], s["output"], s["parity"]
+    click.echo(f"model      {s['path']}")
+    click.echo(f"format     {s['format']}" + "".join(
+        f", {k} {meta[k]}" for k in ("opset", "producer_name", "producer_version", "ir_version")
+        if k in meta))
+    click.echo(f"sha256     {s['sha256']}")
+    click.echo(
+        f"input      {', '.join(inp['names']) or '-'}: {inp['channels']} channel(s) "
+        f"{'(Y of YCbCr)' if inp['channels'] == 1 else '(RGB)'}, {inp['layout']}, range "
+        f"[0, {inp['range']}] ({inp['range_source']}), "
+        f"{'fixed ' + 'x'.join(map(str, inp['fixed_size'])) if inp['fixed_size'] else 'any size'}"
+    )
+    click.echo(
+        f"output     {out['name']} (index {out['index']} of {len(out['names']) or 1}), "
+        f"{out['channels']} channel(s)"
+    )
+    click.echo(f"scale      x{s['scale']} (offset {s['offset'][0]},{s['offset'][1]}; "
+               f"{s['conventions'].get('scale_source', '')})")
+    click.echo(
+        f"parity     {'passed' if par['passed'] else 'FAILED'}: max abs error "
+        f"{par['max_abs_error']:.3g} <= {par['tolerance']:g} against {par['reference']}"
+    )
+    for w in s.get("warnings", []):
+        click.echo(f"warning    {w}")
+    taps = s["taps"]
+    n_part = sum(1 for t in taps if t["participating"])
+    click.echo(f"taps       {len(taps)} convolution(s), {n_part} participating")
+    rows = [("index", "name", "op", "shape", "parent", "part.")]
+    for t in taps:
+        rows.append((str(t["index"]), t["name"], t["op"], "x".join(map(str, t["shape"])),
+                     str(t["parent"]), "yes" if t["participating"] else "no"))
+    click.echo(format_table(rows))
+
+
+# -------------------------------------------------------------------------------- analyze
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True)
+@click.option("-o", "--archive", "archive", default=None,
+              help="HDF5 archive to write/append (default ./glam-runs.h5).")
+@click.option("--run", "run", default=None,
+              help="Run name (several images: NAME__<image stem>); default <model>__<image>.")
+@click.option("--roi", default=None, metavar="TOP,LEFT",
+              help="ROI corner in output pixels (default: the output centre).")
+@click.option("--window", type=int, default=16, show_default=True, help="ROI window size.")
+@click.option("--hr", is_flag=True, help="IMAGE is the HR reference; LR = bicubic downscale.")
+@click.option("--reference", default=None, metavar="HR.png",
+              help="HR reference of an LR IMAGE (for PSNR).")
+@click.option("--lam", is_flag=True, help="Also compute LAM (Gu & Dong, CVPR 2021).")
+@click.option("--lam-fold", type=int, default=50, show_default=True, help="LAM path steps.")
+@click.option("--lam-batch", type=int, default=8, show_default=True,
+              help="LAM path steps per model evaluation.")
+@click.option("--lam-sigma", type=float, default=1.2, show_default=True, help="LAM blur sigma.")
+@click.option("--lam-kernel", type=int, default=9, show_default=True, help="LAM kernel size.")
+@click.option("--store", type=click.Choice(["maps", "tensors"]), default="maps",
+              show_default=True, help="Per-layer data to archive.")
+@click.option("--store-dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Float type of per-layer datasets.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@_model_options
+@click.option("--figures", "figures", default=None, metavar="DIR",
+              help="Write each run's figures into DIR/<run>/.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per run on stdout (and nothing else).")
+@click.option("--overwrite", is_flag=True, help="Replace runs that already exist.")
+@debug_option
+@click.pass_context
+def analyze(
+    ctx: click.Context,
+    model: str,
+    images: Sequence[str],
+    archive: str | None,
+    run: str | None,
+    roi: str | None,
+    window: int,
+    hr: bool,
+    reference: str | None,
+    lam: bool,
+    lam_fold: int,
+    lam_batch: int,
+    lam_sigma: float,
+    lam_kernel: int,
+    store: str,
+    store_dtype: str,
+    device: str,
+    in_channels: str | None,
+    layout: str | None,
+    input_range: str,
+    output: str | None,
+    tolerance: float | None,
+    figures: str | None,
+    as_json: bool,
+    overwrite: bool,
+) -> None:
+    """Compute GL-AM for MODEL on each IMAGE (file or directory) into an HDF5 archive."""
+    from analyzer.archive import check_run_names
+    from analyzer.runs import (
+        DEFAULT_ARCHIVE,
+        AnalyzeOptions,
+        RunSummary,
+        analyze_images,
+        expand_images,
+        parse_roi,
+        run_names,
+        summary_table,
+    )
+
+    archive_path = Path(archive) if archive else Path(DEFAULT_ARCHIVE)
+    options = AnalyzeOptions(
+        run=run,
+        roi=parse_roi(roi),
+        window=window,
+        hr=hr,
+        reference=reference,
+        lam=lam,
+        lam_fold=lam_fold,
+        lam_sigma=lam_sigma,
+        lam_kernel=lam_kernel,
+        lam_batch=lam_batch,
+        store=store,  # type: ignore[arg-type]
+        store_dtype=store_dtype,  # type: ignore[arg-type]
+        device=device,
+        overwrite=overwrite,
+        figures=figures,
+        command_line=_command_line(ctx),
+        progress=lam and not as_json and sys.stderr.isatty(),
+    )
+    options.validate()
+    if reference is not None and not Path(reference).is_file():
+        raise UserInputError(f"reference {reference!r} does not exist; pass the HR image file")
+    files = expand_images(images)
+    # Fail on paths and name clashes before the (slow) model import.
+    check_run_names(archive_path, run_names(model, files, run), overwrite=overwrite)
+    m = _load_model(model, in_channels, layout, input_range, output, tolerance)
+    many = len(files) > 1
+
+    def report(s: RunSummary) -> None:
+        if as_json:
+            click.echo(_json_line(s.to_dict()))
+            return
+        if many:
+            return
+        mt = s.metrics
+        click.echo(f"run {s.run!r} -> {s.archive}")
+        parts = [f"DI local {mt['di_local']:.2f}", f"DI global {mt['di_global']:.2f}"]
+        if "psnr" in mt:
+            parts.append(f"PSNR {mt['psnr']:.2f} dB")
+        if "di_lam" in mt:
+            parts.append(f"DI LAM {mt['di_lam']:.2f}")
+        click.echo("  " + ", ".join(parts) + f" ({mt['seconds_glam']:.2f} s GL-AM)")
+        for w in s.warnings:
+            click.echo(f"  warning: {w}")
+        if s.figures:
+            click.echo(f"  figures: {Path(s.figures[0]).parent}/")
+
+    summaries = analyze_images(m, files, archive_path, options, progress=many, on_run=report)
+    if many:
+        table = summary_table(summaries)
+        click.echo(table, err=as_json)
+        click.echo(f"{len(summaries)} run(s) -> {archive_path}", err=as_json)
+
+
+# ----------------------------------------------------------------------------- ls / show
+
+
+@cli.command(name="ls")
+@click.argument("archive")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+@debug_option
+def ls_(archive: str, as_json: bool) -> None:
+    """List the runs of ARCHIVE with model, image, DI local/global and PSNR."""
+    from analyzer.archive import open_archive
+    from analyzer.runs import _fmt, format_table
+
+    rows = [("run", "model", "image", "DI local", "DI global", "PSNR", "DI LAM")]
+    with open_archive(archive) as ar:
+        names = ar.runs()
+        for name in names:
+            g = ar.group(name)
+            a, mt = g.attrs, dict(g["metrics"].attrs)
+            if as_json:
+                click.echo(_json_line({
+                    "schema_version": 1, "run": name, "model": a.get("model_path"),
+                    "image": a.get("image_path"), "baseline": a.get("baseline", False),
+                    "metrics": {k: float(v) for k, v in mt.items()},
+                }))
+                continue
+            rows.append((
+                name,
+                Path(str(a.get("model_path", ""))).name,
+                Path(str(a.get("image_path", ""))).name,
+                _fmt(_f(mt.get("di_local"))),
+                _fmt(_f(mt.get("di_global"))),
+                _fmt(_f(mt.get("psnr"))),
+                _fmt(_f(mt.get("di_lam"))),
+            ))
+    if not as_json:
+        if len(rows) == 1:
+            click.echo(f"{archive}: no runs")
+        else:
+            click.echo(format_table(rows))
+
+
+def _f(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+@cli.command()
+@click.argument("archive")
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's description as JSON.")
+@debug_option
+def show(archive: str, run: str, as_json: bool) -> None:
+    """Show RUN of ARCHIVE: metrics, provenance and a tap summary."""
+    from analyzer.archive import open_archive
+    from analyzer.runs import _fmt, format_table
+
+    with open_archive(archive) as ar:
+        rd = ar.run(run)
+    if as_json:
+        click.echo(_json_line({"schema_version": 1, "archive": archive, **rd.summary()}))
+        return
+    a = rd.attrs
+    click.echo(f"run        {rd.name}{'  (baseline)' if rd.baseline else ''}")
+    click.echo(f"model      {a.get('model_path')} ({a.get('model_format')}, "
+               f"sha256 {str(a.get('model_sha256', ''))[:12]})")
+    click.echo(f"image      {a.get('image_path')} ({'HR' if a.get('image_is_hr') else 'LR'}, "
+               f"sha256 {str(a.get('image_sha256', ''))[:12]})")
+    h, w = rd.input.shape[-2:]
+    H, W = rd.output.shape[-2:]
+    click.echo(f"sizes      LR {h}x{w} -> SR {H}x{W} (x{a.get('scale')}), ROI "
+               f"top={a.get('roi_top')} left={a.get('roi_left')} window={a.get('window')}")
+    click.echo(f"device     {a.get('device')}; store {a.get('store')} ({a.get('store_dtype')})")
+    click.echo("metrics")
+    for k in sorted(rd.metrics):
+        click.echo(f"  {k:28s} {_fmt(rd.metrics[k], 4)}")
+    p = rd.provenance
+    click.echo("provenance")
+    for k in ("glam_version", "python", "torch", "onnx", "onnxruntime", "command_line"):
+        if k in p:
+            click.echo(f"  {k:14s} {p[k]}")
+    par = p.get("parity", {})
+    if par:
+        click.echo(f"  parity         {'passed' if par.get('passed') else 'FAILED'} "
+                   f"({par.get('max_abs_error', float('nan')):.3g} vs {par.get('reference')})")
+    for wmsg in rd.warnings:
+        click.echo(f"warning    {wmsg}")
+    n_part = sum(1 for t in rd.taps if t["participating"])
+    click.echo(f"taps       {len(rd.taps)} convolution(s), {n_part} participating")
+    rows = [("index", "name", "op", "shape", "parent", "part.")]
+    shown = rd.taps if len(rd.taps) <= 24 else rd.taps[:12] + rd.taps[-6:]
+    for i, t in enumerate(shown):
+        if len(rd.taps) > 24 and i == 12:
+            rows.append(("...", f"({len(rd.taps) - 18} more)", "", "", "", ""))
+        rows.append((str(t["index"]), t["name"], t["op"], "x".join(map(str, t["shape"])),
+                     str(t["parent"]), "yes" if t["participating"] else "no"))
+    click.echo(format_table(rows))
+
+
+# --------------------------------------------------------------------------------- export
+
+
+@cli.command()
+@click.argument("archive")
+@click.argument("run")
+@click.option("--to", "to", required=True, metavar="DIR", help="Output directory.")
+@debug_option
+def export(archive: str, run: str, to: str) -> None:
+    """Write RUN's figures (PNG) and maps (.npy) into DIR."""
+    import numpy as np
+
+    from analyzer import figures
+    from analyzer.archive import open_archive
+
+    d = Path(to)
+    if d.exists() and not d.is_dir():
+        raise UserInputError(f"--to {to!r} is a file; pass a directory")
+    d.mkdir(parents=True, exist_ok=True)
+    with open_archive(archive) as ar:
+        rd = ar.run(run)
+        data = ar.figure_data(rd)
+    written: list[Path] = list(figures.write_all(data, d))
+    arrays: dict[str, Any] = {"input": rd.input, "output": rd.output}
+    if rd.reference is not None:
+        arrays["reference"] = rd.reference
+    for k, v in rd.local.items():
+        arrays[f"local_{k}"] = v
+    for k, v in rd.global_.items():
+        arrays[f"global_{k}"] = v
+    if rd.lam:
+        for k in ("attribution", "map", "map_output"):
+            if k in rd.lam:
+                arrays[f"lam_{k}"] = rd.lam[k]
+    for k, v in arrays.items():
+        p = d / f"{k}.npy"
+        np.save(p, np.asarray(v, dtype=np.float32))
+        written.append(p)
+    meta = d / "run.json"
+    meta.write_text(json.dumps(_jsonable({"schema_version": 1, "archive": archive,
+                                          **rd.summary()}), sort_keys=True, indent=1))
+    written.append(meta)
+    click.echo(f"exported run {run!r} to {d}/ ({len(written)} files)")
+
+
+# -------------------------------------------------------------------------------- compare
+
+
+@cli.command()
+@click.argument("archive")
+@click.option("--runs", "runs", required=True, metavar="A,B,...",
+              help="Comma-separated run names (at least 2).")
+@click.option("--to", "to", default=".", show_default=True, metavar="DIR",
+              help="Directory for compare.png and compare.txt.")
+@debug_option
+def compare(archive: str, runs: str, to: str) -> None:
+    """One figure and one table comparing RUNS of ARCHIVE."""
+    from analyzer import figures
+    from analyzer.archive import open_archive
+
+    names = [r.strip() for r in runs.split(",") if r.strip()]
+    if len(names) < 2:
+        raise UserInputError(f"--runs {runs!r} names {len(names)} run(s); compare at least 2 "
+                             "(e.g. --runs A,B; see `glam ls`)")
+    d = Path(to)
+    if d.exists() and not d.is_dir():
+        raise UserInputError(f"--to {to!r} is a file; pass a directory")
+    with open_archive(archive) as ar:
+        data = [ar.figure_data(n) for n in names]
+    d.mkdir(parents=True, exist_ok=True)
+    fig = figures.compare_figure(data, d / "compare.png")
+    table = figures.compare_table(data)
+    (d / "compare.txt").write_text(table + "\n")
+    click.echo(table)
+    click.echo(f"figure: {fig}")
+
+
+# ----------------------------------------------------------------------------------- demo
+
+
+@cli.command()
+@click.option("--out", "out", default="glam-demo", show_default=True, metavar="DIR",
+              help="Output directory.")
+@click.option("--model", "model", default=None, help="Use this model instead of the bundled one.")
+@click.option("--image", "image", default=None, help="Use this HR image instead of the bundled one.")
+@click.option("--lam-fold", type=int, default=None, help="LAM path steps (default 16).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@debug_option
+@click.pass_context
+def demo(ctx: click.Context, out: str, model: str | None, image: str | None,
+         lam_fold: int | None, device: str) -> None:
+    """Run GL-AM and LAM on the bundled model and CC0 image; write an archive and figures."""
+    from analyzer.runs import DEMO_LAM_FOLD, demo_report, run_demo
+
+    res = run_demo(out, model_path=model, image_path=image,
+                   lam_fold=lam_fold if lam_fold is not None else DEMO_LAM_FOLD,
+                   device=device, command_line=_command_line(ctx))
+    for line in demo_report(res):
+        click.echo(line)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (``glam``)."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="glam")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

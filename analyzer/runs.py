@@ -1,0 +1,601 @@
+"""Orchestration behind ``glam analyze`` / ``glam demo``: model + images -> analyses -> archive.
+
+>>> import importers
+>>> from analyzer.runs import AnalyzeOptions, analyze_images
+>>> model = importers.load("model.onnx")                                    # doctest: +SKIP
+>>> summaries = analyze_images(model, ["img.png"], "glam-runs.h5",
+...                            AnalyzeOptions(hr=True, lam=True))           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analyzer.archive import STORE_DTYPES, RunWriter, StoreDtype, check_run_names, open_archive
+from analyzer.errors import AnalysisError, UserInputError
+from analyzer.glam import StoreMode
+from analyzer.images import list_images
+from importers.model import ImportedModel
+
+DEFAULT_ARCHIVE = "glam-runs.h5"
+
+
+@dataclass
+class AnalyzeOptions:
+    """Options of one ``glam analyze`` invocation (shared by every image).
+
+    Attributes
+    ----------
+    run:
+        Run name; with several images the image stem is appended (``NAME__stem``).
+    roi:
+        ``(top, left)`` in output pixels, or ``None`` for the output centre.
+    window:
+        ROI window.
+    hr:
+        The images are HR references (LR = bicubic downscale).
+    reference:
+        An HR reference for a single LR image.
+    lam, lam_fold, lam_sigma, lam_kernel, lam_batch:
+        LAM and its path options.
+    store, store_dtype:
+        What per-layer data to archive and in which float type.
+    device:
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    overwrite:
+        Replace existing runs of the same name.
+    figures:
+        Directory for per-run figures (``DIR/<run>/``), or ``None``.
+    baseline:
+        Mark runs as baselines.
+    command_line:
+        Recorded in each run's provenance.
+    progress:
+        Show LAM's progress bar.
+    """
+
+    run: str | None = None
+    roi: tuple[int, int] | None = None
+    window: int = 16
+    hr: bool = False
+    reference: str | Path | None = None
+    lam: bool = False
+    lam_fold: int = 50
+    lam_sigma: float = 1.2
+    lam_kernel: int = 9
+    lam_batch: int = 8
+    store: StoreMode = "maps"
+    store_dtype: StoreDtype = "float32"
+    device: str = "auto"
+    overwrite: bool = False
+    figures: str | Path | None = None
+    baseline: bool = False
+    command_line: str = ""
+    progress: bool = False
+
+    def validate(self) -> None:
+        """Reject bad option values before any work is done.
+
+        Raises
+        ------
+        AnalysisError, UserInputError
+        """
+        if self.window < 2:
+            raise AnalysisError(
+                f"window {self.window} is too small; use a window of at least 2 pixels"
+            )
+        if self.roi is not None and (self.roi[0] < 0 or self.roi[1] < 0):
+            raise AnalysisError(f"ROI {self.roi[0]},{self.roi[1]} is negative; use TOP,LEFT >= 0")
+        if self.hr and self.reference is not None:
+            raise UserInputError("pass either --hr or --reference HR.png, not both")
+        if self.lam_fold < 1:
+            raise AnalysisError(f"--lam-fold {self.lam_fold} must be at least 1")
+        if self.lam_batch < 1:
+            raise AnalysisError(f"--lam-batch {self.lam_batch} must be at least 1")
+        if self.lam_kernel < 1:
+            raise AnalysisError(f"--lam-kernel {self.lam_kernel} must be at least 1")
+        if self.store not in ("maps", "tensors"):
+            raise UserInputError(f"store mode {self.store!r} is not supported; use maps or tensors")
+        if self.store_dtype not in STORE_DTYPES:
+            raise UserInputError(
+                f"store dtype {self.store_dtype!r} is not supported; use float32 or float16"
+            )
+
+
+@dataclass
+class RunSummary:
+    """What one analysed image produced (also the ``--json`` line of ``glam analyze``)."""
+
+    run: str
+    archive: str
+    model: str
+    image: str
+    metrics: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (non-finite floats become ``None``)."""
+        return {
+            "schema_version": 1,
+            "run": self.run,
+            "archive": self.archive,
+            "model": self.model,
+            "image": self.image,
+            "metrics": {k: finite_or_none(v) for k, v in self.metrics.items()},
+            "warnings": list(self.warnings),
+            "figures": list(self.figures),
+        }
+
+
+def finite_or_none(v: Any) -> Any:
+    """``None`` for NaN/Inf floats (JSON has no infinity), the value otherwise."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def parse_roi(text: str | None) -> tuple[int, int] | None:
+    """Parse ``"TOP,LEFT"``.
+
+    Raises
+    ------
+    AnalysisError
+        When the text is not two comma-separated integers.
+    """
+    if text is None or text == "":
+        return None
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        raise AnalysisError(
+            f"--roi {text!r} is not TOP,LEFT (two integers in output pixels, e.g. --roi 40,64)"
+        ) from None
+
+
+def sanitize_name(text: str) -> str:
+    """Make ``text`` usable as one HDF5 name: ``/`` and whitespace become ``_``."""
+    out = "".join("_" if (ch == "/" or ch == "\\" or ch.isspace()) else ch for ch in text)
+    return out.lstrip(".") or "run"
+
+
+def default_run_name(model_path: str | Path, image_path: str | Path) -> str:
+    """``<model stem>__<image stem>``, e.g. ``rcan_small_x2.legacy__astronaut_hr``."""
+    return sanitize_name(f"{Path(model_path).stem}__{Path(image_path).stem}")
+
+
+def expand_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Every image named (directories expand to the images in them, sorted).
+
+    Raises
+    ------
+    UserInputError
+        For a missing path or a directory without images.
+    """
+    if not paths:
+        raise UserInputError("no image given; pass an image file or a directory of images")
+    out: list[Path] = []
+    for p in paths:
+        q = Path(p)
+        if not q.exists():
+            raise UserInputError(f"image {str(q)!r} does not exist; pass an existing image or directory")
+        out.extend(list_images(q))
+    return out
+
+
+def run_names(
+    model_path: str | Path, images: Sequence[Path], run: str | None
+) -> list[str]:
+    """Run names for ``images``: default names, ``run`` for one image, ``run__stem`` for many."""
+    if run is None:
+        return [default_run_name(model_path, im) for im in images]
+    if "/" in run:
+        raise UserInputError(
+            f"--run {run!r} contains '/'; a run name is one HDF5 name, e.g. {sanitize_name(run)!r}"
+        )
+    if len(images) == 1:
+        return [run]
+    return [f"{run}__{sanitize_name(Path(im).stem)}" for im in images]
+
+
+def _crop_rgb(lr_rgb: Any, crop: tuple[int, int, int, int] | None) -> np.ndarray:
+    arr = np.asarray(lr_rgb.convert("RGB"), dtype=np.float32) / 255.0
+    if crop is not None:
+        t, l_, h, w = crop
+        arr = arr[t : t + h, l_ : l_ + w]
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def analyze_one(
+    model: ImportedModel,
+    image: str | Path,
+    archive: str | Path,
+    name: str,
+    options: AnalyzeOptions,
+    *,
+    on_layer: Callable[[Any], None] | None = None,
+) -> RunSummary:
+    """Analyse one image and commit the run to the archive.
+
+    Per-layer records are streamed to the archive writer as the engine produces them.
+
+    Parameters
+    ----------
+    model:
+        Imported model.
+    image:
+        LR image (or HR with ``options.hr``).
+    archive:
+        Archive path.
+    name:
+        Run name.
+    options:
+        Analysis options.
+    on_layer:
+        Extra per-layer callback (called after the record is written; tests use it).
+
+    Returns
+    -------
+    RunSummary
+    """
+    from analyzer.api import analyze, prepare_image
+
+    prepared = prepare_image(model, image, hr=options.hr, reference=options.reference)
+    with RunWriter(
+        archive,
+        name,
+        store=options.store,
+        store_dtype=options.store_dtype,
+        overwrite=options.overwrite,
+    ) as writer:
+
+        def sink(rec: Any) -> None:
+            writer.add_layer(rec)
+            if on_layer is not None:
+                on_layer(rec)
+
+        result = analyze(
+            model,
+            prepared.lr,
+            options.roi,
+            options.window,
+            reference=prepared.reference,
+            lam=options.lam,
+            device=options.device,
+            store=options.store,
+            on_layer=sink,
+            keep_layers=False,
+            lam_fold=options.lam_fold,
+            lam_sigma=options.lam_sigma,
+            lam_kernel=options.lam_kernel,
+            lam_batch=options.lam_batch,
+            progress=options.progress,
+        )
+        input_rgb = None
+        if model.conventions.in_channels == 1 and prepared.lr_rgb is not None:
+            input_rgb = _crop_rgb(prepared.lr_rgb, result.input_crop)
+        writer.finish(
+            model,
+            result,
+            image_path=prepared.image_path,
+            image_sha256=prepared.image_sha256,
+            reference_path=prepared.reference_path,
+            image_is_hr=prepared.is_hr,
+            input_rgb=input_rgb,
+            command_line=options.command_line,
+            baseline=options.baseline,
+        )
+    summary = RunSummary(
+        run=name,
+        archive=str(archive),
+        model=str(model.path),
+        image=str(image),
+        metrics=dict(result.metrics),
+        warnings=list(dict.fromkeys([*model.warnings, *result.warnings])),
+    )
+    if options.figures is not None:
+        summary.figures = [str(p) for p in write_run_figures(archive, name, Path(options.figures) / name)]
+    return summary
+
+
+def write_run_figures(archive: str | Path, run: str, directory: str | Path) -> list[Path]:
+    """Write the figures of an archived run into ``directory`` (``analyzer.figures``)."""
+    from analyzer import figures
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    with open_archive(archive) as ar:
+        data = ar.figure_data(run)
+    return list(figures.write_all(data, d))
+
+
+def analyze_images(
+    model: ImportedModel,
+    images: Sequence[str | Path],
+    archive: str | Path,
+    options: AnalyzeOptions,
+    *,
+    progress: bool = False,
+    on_run: Callable[[RunSummary], None] | None = None,
+    on_layer: Callable[[Any], None] | None = None,
+) -> list[RunSummary]:
+    """Analyse every image (directories expand) into one archive, one run per image.
+
+    Run names are checked against the archive *before* anything is computed. Each run is
+    committed as soon as it is done, so an interruption keeps the finished ones.
+
+    Parameters
+    ----------
+    model:
+        Imported model.
+    images:
+        Image files and/or directories.
+    archive:
+        Archive path (created if missing).
+    options:
+        Analysis options.
+    progress:
+        Show a tqdm progress bar over images on stderr.
+    on_run:
+        Called with each run's summary right after it is committed.
+    on_layer:
+        Extra per-layer callback.
+
+    Returns
+    -------
+    list[RunSummary]
+    """
+    options.validate()
+    files = expand_images(images)
+    if options.reference is not None and len(files) > 1:
+        raise UserInputError(
+            "--reference names one HR image but several LR images were given; use --hr with "
+            "HR images instead, or analyse one image at a time"
+        )
+    names = run_names(model.path, files, options.run)
+    check_run_names(archive, names, overwrite=options.overwrite)
+    from tqdm.auto import tqdm
+
+    out: list[RunSummary] = []
+    bar = tqdm(total=len(files), desc="glam analyze", unit="image", disable=not progress)
+    try:
+        for f, name in zip(files, names, strict=True):
+            bar.set_postfix_str(Path(f).name)
+            s = analyze_one(model, f, archive, name, options, on_layer=on_layer)
+            out.append(s)
+            if on_run is not None:
+                on_run(s)
+            bar.update(1)
+    finally:
+        bar.close()
+    return out
+
+
+def summary_table(summaries: Sequence[RunSummary]) -> str:
+    """A plain-text table: run, DI local/global, PSNR, DI LAM, seconds."""
+    head = ("run", "DI local", "DI global", "PSNR", "DI LAM", "seconds")
+    rows = [head]
+    for s in summaries:
+        m = s.metrics
+        rows.append(
+            (
+                s.run,
+                _fmt(m.get("di_local")),
+                _fmt(m.get("di_global")),
+                _fmt(m.get("psnr")),
+                _fmt(m.get("di_lam")),
+                _fmt(m.get("seconds_glam", 0.0) + m.get("seconds_lam", 0.0)),
+            )
+        )
+    return format_table(rows)
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return f"{v:.{digits}f}"
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table; numeric columns are right-aligned, the others left-aligned."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+
+    def numeric(i: int) -> bool:
+        cells = [str(r[i]) for r in rows[1:]]
+        return bool(cells) and all(_is_number(c) for c in cells)
+
+    right = [numeric(i) for i in range(len(widths))]
+    lines = []
+    for r in rows:
+        cells = [
+            str(c).rjust(w) if rj else str(c).ljust(w)
+            for c, w, rj in zip(r, widths, right, strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _is_number(text: str) -> bool:
+    if text in ("-", "inf", "", "..."):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------- demo
+
+DEMO_LAM_FOLD = 16
+
+
+@dataclass
+class DemoResult:
+    """What ``glam demo`` produced."""
+
+    out_dir: Path
+    archive: Path
+    run: str
+    model: str
+    image: str
+    figures: list[Path]
+    summary: RunSummary
+
+
+def default_demo_inputs() -> tuple[Path | None, Path]:
+    """The bundled default model (``fixtures.DEFAULT_MODEL``, ``None`` when fixtures are not
+    built) and image (``fixtures.DEFAULT_IMAGE`` or ``fixtures/images/astronaut_hr.png``)."""
+    root = Path(__file__).resolve().parent.parent / "fixtures"
+    model: Path | None = None
+    image = root / "images" / "astronaut_hr.png"
+    try:
+        import fixtures
+    except ImportError:
+        fixtures = None  # type: ignore[assignment]
+    if fixtures is not None:
+        m = getattr(fixtures, "DEFAULT_MODEL", None)
+        i = getattr(fixtures, "DEFAULT_IMAGE", None)
+        model = Path(m) if m is not None else None
+        image = Path(i) if i is not None else image
+    return model, image
+
+
+def run_demo(
+    out_dir: str | Path = "glam-demo",
+    *,
+    model_path: str | Path | None = None,
+    image_path: str | Path | None = None,
+    lam_fold: int = DEMO_LAM_FOLD,
+    device: str = "auto",
+    command_line: str = "glam demo",
+    progress: bool = False,
+) -> DemoResult:
+    """The main job on the bundled defaults: GL-AM + LAM on a fixture model, archive + figures.
+
+    Parameters
+    ----------
+    out_dir:
+        Output directory (``demo.h5`` and ``figures/<run>/`` are written there).
+    model_path, image_path:
+        Override the bundled model / HR image.
+    lam_fold:
+        LAM path steps (modest by default so the demo is quick on a CPU).
+    device:
+        Device string.
+    command_line:
+        Recorded in the archive.
+    progress:
+        Show LAM's progress bar.
+
+    Returns
+    -------
+    DemoResult
+
+    Raises
+    ------
+    UserInputError
+        When no bundled model exists and none is given.
+    """
+    import importers
+
+    default_model, default_image = default_demo_inputs()
+    mp = Path(model_path) if model_path is not None else default_model
+    ip = Path(image_path) if image_path is not None else default_image
+    if mp is None or not mp.exists():
+        raise UserInputError(
+            "the bundled demo model is missing (fixtures/models/ is not built); build it with "
+            "`python -m fixtures.make_fixtures` or pass --model MODEL"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    archive = out / "demo.h5"
+    model = importers.load(mp)
+    options = AnalyzeOptions(
+        hr=True,
+        lam=True,
+        lam_fold=lam_fold,
+        device=device,
+        overwrite=True,
+        figures=out / "figures",
+        command_line=command_line,
+        progress=progress,
+    )
+    summaries = analyze_images(model, [ip], archive, options)
+    s = summaries[0]
+    return DemoResult(
+        out_dir=out,
+        archive=archive,
+        run=s.run,
+        model=str(mp),
+        image=str(ip),
+        figures=[Path(f) for f in s.figures],
+        summary=s,
+    )
+
+
+def demo_report(demo: DemoResult) -> list[str]:
+    """A few friendly lines about what the demo wrote and what it shows."""
+    m = demo.summary.metrics
+    lines = [
+        f"glam demo: {Path(demo.model).name} on {Path(demo.image).name} (HR; LR = bicubic x"
+        f"{_scale_hint(demo)} downscale)",
+        f"  archive : {demo.archive}  (run {demo.run!r}; browse with `glam ls {demo.archive}`)",
+        f"  figures : {Path(demo.out_dir) / 'figures' / demo.run}/ ({len(demo.figures)} files)",
+    ]
+    if "psnr" in m:
+        lines.append(f"  output  : PSNR {_fmt(m['psnr'])} dB against the HR image")
+    di_l, di_g = m.get("di_local"), m.get("di_global")
+    lines.append(
+        f"  GL-AM   : DI local {_fmt(di_l)}, global {_fmt(di_g)} "
+        f"(diffusion index: 0 = a few pixels matter, 100 = every pixel matters equally)"
+    )
+    if "di_lam" in m:
+        lines.append(
+            f"  LAM     : DI {_fmt(m['di_lam'])} (input size, as LAM reports it; "
+            f"{_fmt(m.get('di_lam_output'))} at output size), {_fmt(m.get('seconds_lam'))} s "
+            f"vs {_fmt(m.get('seconds_glam'))} s for GL-AM"
+        )
+    af, af_lam = m.get("attributed_fraction_local"), m.get("attributed_fraction_lam")
+    if af is not None:
+        line = (
+            f"  pixels  : {100 * af:.1f}% of output pixels carry above-average GL-AM (local) "
+            "attribution for the ROI"
+        )
+        if af_lam is not None:
+            line += f", {100 * af_lam:.1f}% for LAM"
+        lines.append(line)
+    lines.append(
+        f"  ROI     : {roi_text(demo)}; the figures mark it with a box, bright = matters most"
+    )
+    return lines
+
+
+def roi_text(demo: DemoResult) -> str:
+    """``16x16 window at (top, left) of the HxW output``."""
+    try:
+        with open_archive(demo.archive) as ar:
+            rd = ar.run(demo.run)
+    except Exception:  # noqa: BLE001 - a hint only
+        return "centre of the output"
+    H, W = rd.output.shape[-2:]
+    return f"{rd.window}x{rd.window} window at (top={rd.roi[0]}, left={rd.roi[1]}) of the {H}x{W} output"
+
+
+def _scale_hint(demo: DemoResult) -> str:
+    try:
+        with open_archive(demo.archive) as ar:
+            return str(ar.run(demo.run).attrs.get("scale", "?"))
+    except Exception:  # noqa: BLE001 - a hint only
+        return "?"

@@ -1,0 +1,326 @@
+"""GL-AM engine tests: closed forms, finite differences, the literal reference, invariants."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from reference_glam import reference_gini, reference_glam
+from torch import nn
+
+import analyzer
+import importers
+from analyzer.errors import AnalysisError, NumericalError
+from analyzer.glam import compute_glam
+from analyzer.maps import normalize, resize
+from analyzer.texture import gradient_magnitude, texture_global, texture_roi
+
+
+class OneConvShuffle(nn.Module):
+    """A single linear 1x1 conv followed by pixel shuffle: y = PS(W x)."""
+
+    def __init__(self, cin: int = 3, scale: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cin * scale * scale, 1, bias=False)
+        self.ps = nn.PixelShuffle(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ps(self.conv(x))
+
+
+class SmallSR(nn.Module):
+    """conv -> ReLU(inplace) -> conv + channel attention + residual -> conv -> shuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+        self.body = nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.ca1 = nn.Conv2d(8, 4, 1)
+        self.ca2 = nn.Conv2d(4, 8, 1)
+        self.tail = nn.Conv2d(8, 12, 3, padding=1)
+        self.ps = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.act(self.head(x))
+        g = self.body(f)
+        g = g * torch.sigmoid(self.ca2(torch.relu(self.ca1(self.pool(g)))))
+        return self.ps(self.tail(g + f))
+
+
+def _mag_grad_numpy(t: np.ndarray, top: int, left: int, l: int, eps: float = 1e-12) -> np.ndarray:
+    """Hand-derived d T_ROI / d t for t of shape (C, H, W) (no autograd)."""
+    C, H, W = t.shape
+    grad = np.zeros_like(t)
+    for c in range(C):
+        for p in range(top, min(top + l, H - 1)):
+            for q in range(left, min(left + l, W - 1)):
+                dh = t[c, p, q] - t[c, p + 1, q]
+                dw = t[c, p, q] - t[c, p, q + 1]
+                m = np.sqrt(dh * dh + dw * dw + eps)
+                grad[c, p, q] += (dh + dw) / m
+                grad[c, p + 1, q] -= dh / m
+                grad[c, p, q + 1] -= dw / m
+    return grad
+
+
+def _np_N(z: np.ndarray) -> np.ndarray:
+    z = np.maximum(z, 0)
+    m = z.max()
+    return z / m if m > 0 else np.zeros_like(z)
+
+
+def _np_A(g: np.ndarray) -> np.ndarray:
+    return np.abs(np.einsum("c,chw->hw", g.mean(axis=(1, 2)), g))
+
+
+@pytest.fixture(scope="module")
+def one_conv() -> importers.ImportedModel:
+    torch.manual_seed(0)
+    return importers.from_module(OneConvShuffle())
+
+
+@pytest.fixture(scope="module")
+def small_sr() -> importers.ImportedModel:
+    torch.manual_seed(1)
+    return importers.from_module(SmallSR())
+
+
+def test_local_map_closed_form(one_conv: importers.ImportedModel) -> None:
+    """One tap: k_0 = N(R(N(A(PS^-1(dT/dy))), (H, W))); Consensus = N(k_0); Variation = 0."""
+    torch.manual_seed(2)
+    x = torch.rand(1, 3, 10, 12)
+    top, left, l = 5, 7, 8
+    res = compute_glam(one_conv, x, top, left, l)
+    with torch.no_grad():
+        y = one_conv.graph(x)[0][0].double().numpy()
+    dy = _mag_grad_numpy(y, top, left, l)
+    g0 = F.pixel_unshuffle(torch.from_numpy(dy)[None], 2)[0].numpy()
+    key = _np_N(_np_A(g0))
+    key_up = normalize(resize(torch.from_numpy(key).float(), y.shape[-2:])).numpy()
+    np.testing.assert_allclose(res.local["consensus"], key_up, atol=2e-5)
+    np.testing.assert_array_equal(res.local["variation"], np.zeros_like(key_up))
+    np.testing.assert_allclose(res.local["sum"], key_up, atol=2e-5)
+
+
+class Conv3Shuffle(nn.Module):
+    """A single linear 3x3 conv (zero padding) followed by pixel shuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, padding=1, bias=False)
+        self.ps = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ps(self.conv(x))
+
+
+def test_global_map_closed_form() -> None:
+    """parent(0) = input: G_0 = W^T * dT_Global/df_0 (transposed conv of the hand-derived
+    texture gradient); m_0 = N(A(G_0)) * N(mean_c |f_0|); Consensus_G = N(R(N(m_0))).
+
+    (A 1x1 conv would not do: sum_{p,q} dT_Global/dt = 0 per channel, so the Grad-CAM
+    weights of G vanish up to rounding; zero padding of a 3x3 conv makes them non-zero.)
+    """
+    torch.manual_seed(3)
+    model = importers.from_module(Conv3Shuffle())
+    x = torch.rand(1, 3, 10, 12)
+    res = compute_glam(model, x, 2, 2, 8)
+    assert res.parents == [-1]
+    w = model.graph.conv.weight.detach().double()
+    with torch.no_grad():
+        f = model.graph(x)[1][0][0].double().numpy()
+    H, W = f.shape[-2:]
+    dT_df = torch.from_numpy(_mag_grad_numpy(f, 0, 0, max(H, W)))[None]
+    G = F.conv_transpose2d(dT_df, w, padding=1)[0].numpy()
+    m = _np_N(_np_A(G)) * _np_N(np.abs(f).mean(axis=0))
+    key = normalize(resize(torch.from_numpy(_np_N(m)).float(), res.output.shape[-2:])).numpy()
+    np.testing.assert_allclose(res.layers[0].global_map, m, atol=2e-5)
+    np.testing.assert_allclose(res.global_["consensus"], key, atol=2e-5)
+    np.testing.assert_allclose(res.global_["sum"], key, atol=2e-5)
+
+
+def test_texture_gradient_matches_finite_differences() -> None:
+    torch.manual_seed(4)
+    t = torch.rand(1, 2, 9, 11, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(texture_roi(t, 2, 3, 5).sum(), [t])
+    num = torch.zeros_like(t)
+    h = 1e-6
+    flat = t.detach().clone().view(-1)
+    for i in range(flat.numel()):
+        plus, minus = flat.clone(), flat.clone()
+        plus[i] += h
+        minus[i] -= h
+        fp = texture_roi(plus.view_as(t), 2, 3, 5).sum()
+        fm = texture_roi(minus.view_as(t), 2, 3, 5).sum()
+        num.view(-1)[i] = (fp - fm) / (2 * h)
+    torch.testing.assert_close(g, num, atol=1e-6, rtol=1e-5)
+    ref = _mag_grad_numpy(t.detach()[0].numpy(), 2, 3, 5)
+    np.testing.assert_allclose(g[0].numpy(), ref, atol=1e-10)
+
+
+def test_texture_definitions() -> None:
+    t = torch.arange(20.0).view(1, 1, 4, 5)
+    mag = gradient_magnitude(t)
+    assert mag.shape == (1, 1, 3, 4)
+    # dh = -5, dw = -1 everywhere
+    torch.testing.assert_close(mag, torch.full_like(mag, float(np.sqrt(26.0 + 1e-12))))
+    assert float(texture_global(t)) == pytest.approx(12 * np.sqrt(26.0), rel=1e-6)
+    # window past the edge of mag: indices are simply absent
+    assert float(texture_roi(t, 2, 3, 16)) == pytest.approx(float(mag[..., 2:, 3:].sum()))
+
+
+def test_engine_matches_literal_reference(small_sr: importers.ImportedModel) -> None:
+    torch.manual_seed(5)
+    x = torch.rand(1, 3, 18, 22)
+    res = compute_glam(small_sr, x, 9, 13, 16)
+    loc, glob, parents, y = reference_glam(small_sr.graph, x, 9, 13, 16)
+    assert res.parents == parents
+    np.testing.assert_allclose(res.output, y, atol=1e-6)
+    for k in ("consensus", "variation", "sum"):
+        np.testing.assert_allclose(res.local[k], loc[k], atol=1e-5)
+        np.testing.assert_allclose(res.global_[k], glob[k], atol=1e-5)
+
+
+def test_participation_and_parents(small_sr: importers.ImportedModel) -> None:
+    names = [t.name for t in small_sr.taps]
+    assert names == ["head", "body", "ca1", "ca2", "tail"]
+    part = [t.participating for t in small_sr.taps]
+    assert part == [True, True, False, False, True]
+    # tail's latest participating ancestor is body (through the CA branch and the residual)
+    assert [t.parent for t in small_sr.taps] == [-1, 0, 1, 1, 1]
+
+
+def test_maps_invariants_and_determinism(small_sr: importers.ImportedModel) -> None:
+    torch.manual_seed(6)
+    x = torch.rand(1, 3, 16, 16)
+    a = compute_glam(small_sr, x, 4, 4, 16)
+    b = compute_glam(small_sr, x, 4, 4, 16)
+    for maps in (a.local, a.global_):
+        for m in maps.values():
+            assert m.dtype == np.float32
+            assert m.shape == (32, 32)
+            assert np.isfinite(m).all() and m.min() >= 0 and m.max() == pytest.approx(1.0)
+    for k in a.local:
+        np.testing.assert_array_equal(a.local[k], b.local[k])
+        np.testing.assert_array_equal(a.global_[k], b.global_[k])
+
+
+def test_store_tensors_and_streaming(small_sr: importers.ImportedModel) -> None:
+    torch.manual_seed(7)
+    x = torch.rand(1, 3, 12, 12)
+    seen: list[int] = []
+    res = compute_glam(
+        small_sr,
+        x,
+        2,
+        2,
+        8,
+        store="tensors",
+        on_layer=lambda r: seen.append(r.index),
+        keep_layers=False,
+    )
+    assert seen == list(range(5)) and res.layers == []
+    rec = compute_glam(small_sr, x, 2, 2, 8, store="tensors").layers[1]
+    assert rec.activation.shape == (8, 12, 12) and rec.grad_local.shape == (8, 12, 12)
+    assert rec.grad_global.shape == (8, 12, 12)  # d T(f_1) / d f_0, parent resolution
+    assert rec.global_map.shape == (12, 12)
+    # non-participating taps carry a local map but no global map
+    ca = compute_glam(small_sr, x, 2, 2, 8).layers[2]
+    assert ca.local_map.shape == (1, 1) and ca.global_map is None
+
+
+def test_metrics_gini_matches_lam_reference() -> None:
+    rng = np.random.default_rng(0)
+    for m in (rng.random((20, 30)), rng.normal(size=(7, 9)), np.zeros((4, 4))):
+        assert analyzer.gini(m) == pytest.approx(reference_gini(m), abs=1e-12)
+    assert analyzer.diffusion_index(np.ones((5, 5))) == pytest.approx(100.0, abs=1e-6)
+    spike = np.zeros((10, 10))
+    spike[3, 3] = 1
+    assert analyzer.diffusion_index(spike) < 2.0
+    assert analyzer.attributed_fraction(spike) == pytest.approx(0.01)
+
+
+def test_bad_roi_and_window(small_sr: importers.ImportedModel) -> None:
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(AnalysisError, match="not inside"):
+        analyzer.analyze(small_sr, x, roi=(10, 0), window=8, device="cpu")
+    with pytest.raises(AnalysisError, match="not inside"):
+        analyzer.analyze(small_sr, x, roi=(-1, 0), window=4, device="cpu")
+    with pytest.raises(AnalysisError, match="window 1"):
+        analyzer.analyze(small_sr, x, roi=(0, 0), window=1, device="cpu")
+
+
+class NanNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, padding=1)
+        self.ps = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ps(self.conv(x)) / (x.mean() - x.mean())
+
+
+class ConstNet(nn.Module):
+    """Output does not depend on the input: every T_ROI gradient is zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, padding=1)
+        self.ps = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ps(self.conv(x)) * 0.0 + F.interpolate(x, scale_factor=2.0)
+
+
+def test_nan_output_is_a_typed_error() -> None:
+    torch.manual_seed(8)
+    model = importers.from_module(ConstNet())
+    from importers.tap import tap_graph
+
+    # swap in a graph whose output is NaN (from_module itself refuses it at the parity check)
+    model.graph, _, _ = tap_graph(torch.fx.symbolic_trace(NanNet()))
+    with pytest.raises(NumericalError, match="NaN"):
+        compute_glam(model, torch.rand(1, 3, 8, 8), 0, 0, 4)
+
+
+def test_roi_independent_output_warns_and_gives_zero_maps() -> None:
+    torch.manual_seed(9)
+    model = importers.from_module(ConstNet())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = compute_glam(model, torch.rand(1, 3, 8, 8), 2, 2, 8)
+    assert any("does not depend on the ROI" in str(w.message) for w in caught)
+    assert res.warnings
+    for m in res.local.values():
+        assert np.isfinite(m).all() and not m.any()
+
+
+def test_device_selection() -> None:
+    assert analyzer.resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert analyzer.resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(analyzer.UserInputError, match="CUDA is not available"):
+            analyzer.resolve_device("cuda")
+    with pytest.raises(analyzer.UserInputError, match="not understood"):
+        analyzer.resolve_device("tpu:banana")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(small_sr: importers.ImportedModel) -> None:
+    torch.manual_seed(10)
+    x = torch.rand(1, 3, 20, 20)
+    cpu = analyzer.analyze(small_sr, x, device="cpu", lam=True, lam_fold=10)
+    gpu = analyzer.analyze(small_sr, x, device="cuda", lam=True, lam_fold=10)
+    small_sr.to("cpu")
+    assert gpu.device.startswith("cuda")
+    for k in cpu.local:
+        np.testing.assert_allclose(gpu.local[k], cpu.local[k], atol=1e-4)
+        np.testing.assert_allclose(gpu.global_[k], cpu.global_[k], atol=1e-4)
+    np.testing.assert_allclose(gpu.lam.map, cpu.lam.map, atol=1e-4)

@@ -1,0 +1,130 @@
+"""LAM baseline tests: official-code numerics, batching invariance, completeness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import analyzer
+import importers
+from analyzer.lam import blur_path, compute_lam, gaussian_kernel
+from analyzer.texture import texture_roi
+
+
+class SmoothSR(nn.Module):
+    """A smooth (softplus) SR net: path integrals converge quickly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 12, 3, padding=1)
+        self.ps = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ps(self.c2(F.softplus(self.c1(x))))
+
+
+@pytest.fixture(scope="module")
+def smooth() -> importers.ImportedModel:
+    torch.manual_seed(0)
+    return importers.from_module(SmoothSR())
+
+
+def _filter2d_reflect101(img: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Literal cv2.filter2D (correlation, anchor at the centre, BORDER_REFLECT_101)."""
+    l = k.shape[0]
+    a, b = -((-l) // 2 + 1), l // 2
+    pad = np.pad(img, ((a, b), (a, b)), mode="reflect")  # numpy 'reflect' == reflect-101
+    out = np.zeros_like(img, dtype=np.float64)
+    for i in range(l):
+        for j in range(l):
+            out += k[i, j] * pad[i : i + img.shape[0], j : j + img.shape[1]]
+    return out
+
+
+def test_gaussian_kernels() -> None:
+    k = gaussian_kernel(9, 1.2)
+    assert k.shape == (9, 9) and k.sum() == pytest.approx(1.0)
+    assert k[4, 4] == k.max()
+    delta = gaussian_kernel(9, 0.0)
+    assert delta[4, 4] == pytest.approx(1.0) and delta.sum() == pytest.approx(1.0)
+
+
+def test_blur_path_matches_official_numerics() -> None:
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, 14, 17)
+    fold, sigma, l = 6, 1.2, 9
+    images, derivs = blur_path(x, sigma, fold, l)
+    sig = np.linspace(sigma, 0, fold + 1)
+    ks = [gaussian_kernel(l, s) for s in sig]
+    xn = x[0].double().numpy()
+    for i in range(fold):
+        ref_img = np.stack([_filter2d_reflect101(xn[c], ks[i + 1]) for c in range(3)])
+        ref_der = np.stack(
+            [_filter2d_reflect101(xn[c], (ks[i + 1] - ks[i]) * fold) for c in range(3)]
+        )
+        np.testing.assert_allclose(images[i].numpy(), ref_img.astype(np.float32), atol=1e-6)
+        np.testing.assert_allclose(derivs[i].numpy(), ref_der.astype(np.float32), atol=1e-6)
+    # the last path image is the input itself (K_m is an exact delta)
+    np.testing.assert_allclose(images[-1].numpy(), x[0].numpy(), atol=1e-7)
+
+
+def test_lam_matches_per_step_reference(smooth: importers.ImportedModel) -> None:
+    """The official loop: one model evaluation per step, grad * derivative, mean."""
+    torch.manual_seed(2)
+    x = torch.rand(1, 3, 12, 12)
+    top, left, win, fold = 6, 6, 8, 8
+    res = compute_lam(smooth, x, top, left, win, fold=fold, lam_batch=3)
+    images, derivs = blur_path(x, 1.2, fold, 9)
+    acc = []
+    for i in range(fold):
+        z = images[i : i + 1].clone().requires_grad_(True)
+        obj = texture_roi(smooth.graph(z)[0], top, left, win).sum()
+        (g,) = torch.autograd.grad(obj, [z])
+        acc.append((g * derivs[i : i + 1])[0].numpy())
+    attr = np.mean(np.stack(acc), axis=0)
+    np.testing.assert_allclose(res.attribution, attr, atol=1e-6)
+    s = np.abs(attr.sum(0))
+    np.testing.assert_allclose(res.map, s / s.max(), atol=1e-6)
+    assert res.map_output.shape == (24, 24)
+
+
+def test_lam_batch_size_does_not_change_the_result(smooth: importers.ImportedModel) -> None:
+    torch.manual_seed(3)
+    x = torch.rand(1, 3, 12, 14)
+    results = [compute_lam(smooth, x, 4, 4, 8, fold=12, lam_batch=b) for b in (1, 5, 12)]
+    for r in results[1:]:
+        np.testing.assert_allclose(r.attribution, results[0].attribution, atol=1e-6)
+        np.testing.assert_allclose(r.map, results[0].map, atol=1e-5)
+
+
+def test_lam_completeness(smooth: importers.ImportedModel) -> None:
+    """sum(attr) ~= T_ROI(F(x)) - T_ROI(F(gamma_0)) within 2 % at fold = 50."""
+    torch.manual_seed(4)
+    img = torch.rand(1, 3, 6, 6)
+    x = F.interpolate(img, size=(16, 16), mode="bilinear", align_corners=False)  # smooth input
+    res = compute_lam(smooth, x, 8, 8, 16, fold=50, lam_batch=25)
+    k0 = torch.from_numpy(gaussian_kernel(9, 1.2))
+    g0 = (
+        F.conv2d(F.pad(x.double(), (4, 4, 4, 4), mode="reflect").transpose(0, 1), k0[None, None])
+        .transpose(0, 1)
+        .float()
+    )
+    with torch.no_grad():
+        delta = float(
+            texture_roi(smooth.graph(x)[0], 8, 8, 16) - texture_roi(smooth.graph(g0)[0], 8, 8, 16)
+        )
+    assert float(res.attribution.sum()) == pytest.approx(delta, rel=0.02)
+
+
+def test_lam_through_analyze_reports_metrics(smooth: importers.ImportedModel) -> None:
+    torch.manual_seed(5)
+    x = torch.rand(1, 3, 12, 12)
+    res = analyzer.analyze(smooth, x, lam=True, lam_fold=10, device="cpu")
+    for key in ("di_lam", "di_lam_output", "attributed_fraction_lam", "seconds_lam"):
+        assert key in res.metrics
+    assert res.metrics["di_lam"] == pytest.approx(analyzer.diffusion_index(res.lam.map))
+    assert res.lam.attribution.shape == (3, 12, 12)

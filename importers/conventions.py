@@ -148,7 +148,7 @@ def measure_scale(
     try:
         c2, h2, w2 = out_size(size2)
         two = True
-    except (ModelError, RuntimeError, ValueError, IndexError):
+    except (ModelError, RuntimeError, ValueError, IndexError, AssertionError):
         if layout.fixed_size is None:
             raise
         two = False

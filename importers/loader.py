@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import warnings as pywarnings
 from pathlib import Path
+
 import numpy as np
 import torch
 from torch import fx, nn
@@ -193,7 +194,7 @@ def finish_import(
         meas = measure_scale(run, lay, channels, out_idx, probe_size)
     except GlamError:
         raise
-    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+    except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as exc:
         raise ModelError(
             f"the converted model failed to run on a {channels}-channel {lay.layout} input: "
             f"{_one_line(exc)}"
@@ -272,7 +273,7 @@ def _guess_channels(run, lay) -> int:
             with torch.no_grad():
                 run(to_native(probe_input(c, *size), lay.layout, 1))
             return c
-        except (RuntimeError, ValueError, IndexError) as exc:
+        except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
             errors.append(f"{c} channels: {_one_line(exc)}")
     raise ConventionError(
         "could not find the number of input channels (tried 3 and 1): "
@@ -304,7 +305,7 @@ def check_parity(
         pywarnings.simplefilter("ignore")
         outs = _native_runner(gm)(native)
     try:
-        ref = raw.reference([native.numpy()])
+        ref = raw.reference([native.numpy().copy()])
     except GlamError:
         raise
     except Exception as exc:  # noqa: BLE001 - any runtime failure of the original model
@@ -335,7 +336,7 @@ def check_parity(
     if not passed:
         if raw.first_divergence is not None:
             try:
-                node = raw.first_divergence([native.numpy()])
+                node = raw.first_divergence([native.numpy().copy()])
             except Exception:  # noqa: BLE001 - diagnosis is best effort
                 node = None
         where = f"; first diverging node: {node}" if node else ""

@@ -1,0 +1,1 @@
+"""Benchmarks of glam (run ``python -m bench``)."""

@@ -1,0 +1,182 @@
+"""GL-AM cost benchmark: ``python -m bench`` (see ``--help``).
+
+For each paper-size architecture (CARN, RRDBNet, RCAN, RNAN, SAN; x4, 64x64 LR input,
+2 CPU threads unless ``--threads``), measured side by side in one process per model:
+
+* ``fb``: one forward pass and one backward pass of ``T_ROI`` to the input — the unit;
+* ``glam``: GL-AM, local + global maps (GLAM.md), the engine the CLI uses;
+* ``lam``: LAM with ``fold`` path steps (batched by ``--lam-batch``).
+
+Reported: the ratios GL-AM / fb and LAM / GL-AM, and peak memory (resident set growth on
+CPU, ``max_memory_allocated`` on CUDA) of GL-AM versus fb. Each (model, workload) runs in
+its own subprocess so that peaks do not mix. Timings are medians over ``--repeats`` after
+one warm-up run. Weights are random (seeded): cost does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ARCHS = ("carn", "rrdbnet", "rcan", "rnan", "san")
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    warnings.simplefilter("ignore")
+    import analyzer
+    import importers
+    from analyzer.glam import compute_glam
+    from analyzer.lam import compute_lam
+    from analyzer.texture import texture_roi
+    from fixtures.architectures import build
+
+    dev = analyzer.resolve_device(args.device)
+    net = build(arch, "paper").eval()
+    t_import = time.perf_counter()
+    model = importers.from_module(net, input_range=1)
+    t_import = time.perf_counter() - t_import
+    model.to(dev)
+    x = torch.rand(1, 3, args.size, args.size, device=dev)
+    s = model.conventions.scale
+    H = s * args.size
+    top = left = (H - args.window) // 2
+
+    def fb() -> None:
+        xx = x.clone().requires_grad_(True)
+        y = model.graph(xx)[0]
+        torch.autograd.grad(texture_roi(y, top, left, args.window).sum(), [xx])
+
+    def glam() -> None:
+        compute_glam(model, x, top, left, args.window, keep_layers=False)
+
+    def lam() -> None:
+        compute_lam(model, x, top, left, args.window, fold=args.lam_fold, lam_batch=args.lam_batch)
+
+    run = {"fb": fb, "glam": glam, "lam": lam}[workload]
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    rss0 = _rss_kib()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    times = []
+    n_runs = 1 if workload == "lam" else args.repeats + 1  # LAM: 50x the cost, no warm-up
+    for _ in range(n_runs):
+        sync()
+        t = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - t)
+    if len(times) > 1:
+        times = times[1:]  # the first run is the warm-up (and holds the memory peak)
+    if dev.type == "cuda":
+        peak_mib = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
+    else:
+        peak_mib = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    return {
+        "arch": arch,
+        "workload": workload,
+        "seconds": statistics.median(times),
+        "peak_mib": peak_mib,
+        "taps": len(model.taps),
+        "participating": sum(t.participating for t in model.taps),
+        "params": sum(p.numel() for p in net.parameters()),
+        "import_seconds": t_import,
+        "device": str(dev),
+    }
+
+
+def _spawn(arch: str, workload: str, argv: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "bench", "--worker", arch, workload, *argv]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--archs", default=",".join(ARCHS), help="comma-separated architectures")
+    p.add_argument("--size", type=int, default=64, help="LR input size (square)")
+    p.add_argument("--window", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up")
+    p.add_argument("--lam-fold", type=int, default=50)
+    p.add_argument("--lam-batch", type=int, default=1, help="LAM path steps per evaluation")
+    p.add_argument("--no-lam", action="store_true", help="skip LAM (fast check of GL-AM/fb)")
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument("--worker", nargs=2, metavar=("ARCH", "WORKLOAD"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(args.worker[0], args.worker[1], args)))
+        return 0
+    passthrough = [
+        "--size", str(args.size), "--window", str(args.window), "--threads", str(args.threads),
+        "--device", args.device, "--repeats", str(args.repeats), "--lam-fold", str(args.lam_fold),
+        "--lam-batch", str(args.lam_batch),
+    ]  # fmt: skip
+    rows = []
+    header = (
+        f"{'model':8} {'taps':>5} {'part':>5} {'fb s':>8} {'GL-AM s':>8} {'GL-AM/fb':>9} "
+        f"{'LAM s':>8} {'LAM/GL-AM':>10} {'mem fb':>8} {'mem GL-AM':>10}"
+    )
+    print(
+        f"GL-AM benchmark: {args.size}x{args.size} LR, x4, {args.threads} threads, "
+        f"device {args.device}, LAM fold {args.lam_fold} (batch {args.lam_batch})",
+        flush=True,
+    )
+    print(header, flush=True)
+    for arch in args.archs.split(","):
+        res = {w: _spawn(arch, w, passthrough) for w in ("fb", "glam")}
+        if not args.no_lam:
+            res["lam"] = _spawn(arch, "lam", passthrough)
+        fb, gl = res["fb"], res["glam"]
+        lam_s = res["lam"]["seconds"] if "lam" in res else float("nan")
+        row = {
+            "arch": arch,
+            "taps": fb["taps"],
+            "participating": fb["participating"],
+            "params": fb["params"],
+            "fb_seconds": fb["seconds"],
+            "glam_seconds": gl["seconds"],
+            "glam_over_fb": gl["seconds"] / fb["seconds"],
+            "lam_seconds": lam_s,
+            "lam_over_glam": lam_s / gl["seconds"],
+            "peak_mib_fb": fb["peak_mib"],
+            "peak_mib_glam": gl["peak_mib"],
+            "device": fb["device"],
+        }
+        rows.append(row)
+        print(
+            f"{arch:8} {row['taps']:5d} {row['participating']:5d} {row['fb_seconds']:8.2f} "
+            f"{row['glam_seconds']:8.2f} {row['glam_over_fb']:9.2f} {lam_s:8.1f} "
+            f"{row['lam_over_glam']:10.1f} {row['peak_mib_fb']:7.0f}M {row['peak_mib_glam']:9.0f}M",
+            flush=True,
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -551,6 +551,115 @@ def compare(archive: str, runs: str, to: str) -> None:
     click.echo(f"figure: {fig}")
 
 
+# ------------------------------------------------------------------------ baseline / check
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True)
+@click.option("-o", "--archive", "archive", required=True, metavar="BASELINE.h5",
+              help="Baseline archive to write (or append to).")
+@click.option("--run", "run", default=None,
+              help="Run name (several images: NAME__<image stem>); default <model>__<image>.")
+@click.option("--roi", default=None, metavar="TOP,LEFT",
+              help="ROI corner in output pixels (default: the output centre).")
+@click.option("--window", type=int, default=16, show_default=True, help="ROI window size.")
+@click.option("--hr", is_flag=True, help="IMAGE is the HR reference; LR = bicubic downscale.")
+@click.option("--reference", default=None, metavar="HR.png",
+              help="HR reference of an LR IMAGE (enables the PSNR check).")
+@click.option("--lam", is_flag=True, help="Also compute LAM (enables the LAM checks).")
+@click.option("--lam-fold", type=int, default=50, show_default=True, help="LAM path steps.")
+@click.option("--lam-batch", type=int, default=8, show_default=True,
+              help="LAM path steps per model evaluation.")
+@click.option("--lam-sigma", type=float, default=1.2, show_default=True, help="LAM blur sigma.")
+@click.option("--lam-kernel", type=int, default=9, show_default=True, help="LAM kernel size.")
+@click.option("--store", type=click.Choice(["maps", "tensors"]), default="maps",
+              show_default=True, help="Per-layer data to archive (maps are always kept).")
+@click.option("--store-dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Float type of per-layer datasets.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@_model_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run on stdout.")
+@click.option("--overwrite", is_flag=True, help="Replace runs that already exist.")
+@debug_option
+@click.pass_context
+def baseline(
+    ctx: click.Context, model: str, images: Sequence[str], archive: str, run: str | None,
+    roi: str | None, window: int, hr: bool, reference: str | None, lam: bool, lam_fold: int,
+    lam_batch: int, lam_sigma: float, lam_kernel: int, store: str, store_dtype: str,
+    device: str, in_channels: str | None, layout: str | None, input_range: str,
+    output: str | None, tolerance: float | None, as_json: bool, overwrite: bool,
+) -> None:
+    """Write a baseline archive for `glam check`: `glam analyze` with runs marked baseline."""
+    from analyzer.check import make_baseline, prepare_baseline
+    from analyzer.runs import AnalyzeOptions, RunSummary, parse_roi
+
+    options = AnalyzeOptions(
+        run=run, roi=parse_roi(roi), window=window, hr=hr, reference=reference, lam=lam,
+        lam_fold=lam_fold, lam_sigma=lam_sigma, lam_kernel=lam_kernel, lam_batch=lam_batch,
+        store=store, store_dtype=store_dtype, device=device,  # type: ignore[arg-type]
+        overwrite=overwrite, command_line=_command_line(ctx), baseline=True,
+    )
+    files = prepare_baseline(model, images, archive, options)
+    m = _load_model(model, in_channels, layout, input_range, output, tolerance)
+
+    def report(s: RunSummary) -> None:
+        click.echo(_json_line({**s.to_dict(), "baseline": True}) if as_json
+                   else f"baseline run {s.run!r} -> {s.archive}")
+
+    summaries = make_baseline(m, files, archive, options, on_run=report)
+    if not as_json:
+        click.echo(f"{len(summaries)} baseline run(s) in {archive}; gate a model with "
+                   f"`glam check MODEL --baseline {archive}`")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--baseline", "baseline_path", required=True, metavar="BASELINE.h5",
+              help="Baseline archive (`glam baseline`).")
+@click.option("--runs", "runs", default=None, metavar="A,B,...",
+              help="Runs to check, names or globs (default: every baseline run).")
+@click.option("--tol", "tol", multiple=True, metavar="[RUN_GLOB:]METRIC=VALUE",
+              help="Tolerance of one metric (repeatable; VALUE 'off' skips it).")
+@click.option("--tolerances", "tolerances_file", default=None, metavar="FILE",
+              help="Tolerance file (TOML or JSON), see docs/ci.md.")
+@click.option("--top-k", "top_k", type=float, default=None, metavar="PERCENT",
+              help="k of the top-k overlap checks (default 10).")
+@click.option("--json", "json_path", default=None, metavar="REPORT.json",
+              help="Write the JSON report here.")
+@click.option("--junit", "junit_path", default=None, metavar="REPORT.xml",
+              help="Write a JUnit XML report here.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--input-range", type=click.Choice(["baseline", "auto", "1", "255"]),
+              default="baseline", show_default=True,
+              help="Model input range: the baseline's, detected, or forced.")
+@click.option("--failures-only", is_flag=True, help="Show only failed checks in the table.")
+@click.option("--exit-zero", is_flag=True, help="Exit 0 even when checks fail (collect reports).")
+@debug_option
+def check(
+    model: str, baseline_path: str, runs: str | None, tol: Sequence[str],
+    tolerances_file: str | None, top_k: float | None, json_path: str | None,
+    junit_path: str | None, device: str, input_range: str, failures_only: bool, exit_zero: bool,
+) -> None:
+    """Gate MODEL against a baseline: exit 0 pass, 1 regression, 2 usage, 3 model error."""
+    from analyzer.check import check_model
+    from analyzer.tolerances import build_tolerances
+
+    tolerances = build_tolerances(tolerances_file, tol, top_k)
+    names = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
+    rng = None if input_range == "baseline" else input_range
+    rep = check_model(model, baseline_path, tolerances, names, device, input_range=rng)
+    click.echo(rep.table(failures_only=failures_only))
+    for note in rep.notes():
+        click.echo(f"note: {note}")
+    for path, write in ((json_path, rep.write_json), (junit_path, rep.write_junit)):
+        if path:
+            click.echo(f"report: {write(path)}")
+    click.echo(rep.final_line(), err=True)
+    if not rep.ok and not exit_zero:
+        raise click.exceptions.Exit(1)
+
+
 # ----------------------------------------------------------------------------------- demo
 
 

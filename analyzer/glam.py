@@ -19,7 +19,7 @@ import torch
 from analyzer.errors import AnalysisError, NumericalError
 from analyzer.maps import KeyAccumulator, gradcam_key, normalize, resize
 from analyzer.segments import SegmentedGraph, X, build_segmented
-from analyzer.texture import texture_global, texture_roi
+from analyzer.texture import texture_global_grad, texture_roi
 from importers.model import ImportedModel
 from importers.tap import participating
 
@@ -117,18 +117,27 @@ def _check_all_finite(maps: Sequence[torch.Tensor], what: Sequence[str]) -> None
         _check_finite(maps[first] * float("nan"), what[first])
 
 
-def layer_keys(maps: Sequence[torch.Tensor], size: Sequence[int]) -> list[torch.Tensor]:
-    """``N(R(N(m), size))`` for each map, resizing same-size maps in one batched call."""
-    out: list[torch.Tensor | None] = [None] * len(maps)
+def layer_key_stack(maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+    """``N(R(N(m), size))`` for each non-negative map, as one ``(B, H, W)`` stack.
+
+    Same-size maps are resized together. The maps are >= 0 (``|.|`` or products of ``N``),
+    so the inner ``N`` is a positive per-map scale that ``R`` (linear) carries through and
+    the outer ``N`` removes: ``N(R(N(m))) = N(R(m))``.
+    """
     groups: dict[tuple[int, int], list[int]] = {}
     for i, m in enumerate(maps):
         groups.setdefault(tuple(m.shape[-2:]), []).append(i)
+    if len(groups) == 1:
+        return normalize(resize(torch.stack(list(maps)), size))
+    out = maps[0].new_empty((len(maps), int(size[0]), int(size[1])))
     for idx in groups.values():
-        stack = normalize(torch.stack([maps[i] for i in idx]))
-        keys = normalize(resize(stack, size))
-        for k, i in enumerate(idx):
-            out[i] = keys[k]
-    return out  # type: ignore[return-value]
+        out[idx] = normalize(resize(torch.stack([maps[i] for i in idx]), size))
+    return out
+
+
+def layer_keys(maps: Sequence[torch.Tensor], size: Sequence[int]) -> list[torch.Tensor]:
+    """Per-layer keys ``N(R(N(m), size))`` (see :func:`layer_key_stack`) as a list."""
+    return list(layer_key_stack(maps, size)) if maps else []
 
 
 class _SegmentCache:
@@ -270,8 +279,7 @@ def compute_glam(
     acc_local = KeyAccumulator()
     for start in range(0, len(part_idx), KEY_CHUNK):
         chunk = part_idx[start : start + KEY_CHUNK]
-        for key in layer_keys([local_raw[i] for i in chunk], (H, W)):
-            acc_local.add(key)
+        acc_local.add_stack(layer_key_stack([local_raw[i] for i in chunk], (H, W)))
     local_maps = acc_local.finish((H, W), device)
     _sync(device)
     timings["local"] = time.perf_counter() - t1
@@ -342,8 +350,7 @@ def compute_glam(
                 if g is not None:
                     acc[r] = g if r not in acc else acc[r] + g
 
-        with torch.enable_grad():
-            step(texture_global(taps[j]).sum(), None, k_j)
+        step(taps[j], texture_global_grad(taps[j].detach()), k_j)
         for d in sorted(between, reverse=True):
             if d in acc:
                 step(values[d], acc.pop(d), d)
@@ -368,8 +375,7 @@ def compute_glam(
             [global_raw[j] for j in chunk],
             [f"the global gradient of tap {j} ({model.taps[j].name})" for j in chunk],
         )
-        for key in layer_keys(ms, (H, W)):
-            acc_global.add(key)
+        acc_global.add_stack(layer_key_stack(ms, (H, W)))
         last = chunk[-1]
         while next_emit <= last:
             emit(next_emit)

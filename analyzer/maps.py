@@ -3,6 +3,7 @@ and the Consensus / Variation / Sum combination of per-layer keys."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -16,21 +17,37 @@ def normalize(z: torch.Tensor) -> torch.Tensor:
     """
     z = torch.clamp(z, min=0)
     m = z.amax(dim=(-2, -1), keepdim=True)
-    safe = torch.where(m > 0, m, torch.ones_like(m))
-    return torch.where(m > 0, z / safe, torch.zeros_like(z))
+    # where the max is 0 the clamped map is all zeros already: dividing by 1 keeps it 0
+    return z / torch.where(m > 0, m, torch.ones_like(m))
+
+
+@functools.lru_cache(maxsize=64)
+def _interpolation_matrix(n_in: int, n_out: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """``(n_out, n_in)`` matrix ``M`` with ``M @ v`` = 1-D bicubic resize of ``v``.
+
+    Built by resizing the identity with ``F.interpolate`` itself, so it holds exactly the
+    weights (and border clamping) torch uses; torch's bicubic kernel is separable.
+    """
+    eye = torch.eye(n_in, dtype=torch.float64)[:, None, :, None]
+    cols = F.interpolate(eye, size=(n_out, 1), mode="bicubic", align_corners=False)
+    return cols[:, 0, :, 0].T.contiguous().to(device=device, dtype=dtype)
 
 
 def resize(z: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """``R(z, size)``: bicubic, ``align_corners=False``; identity when the size matches.
 
-    ``z`` is ``(H, W)`` or a stack ``(B, H, W)`` of same-size maps (resized in one call).
+    ``z`` is ``(H, W)`` or a stack ``(B, H, W)`` of same-size maps. Computed as
+    ``M_h @ z @ M_w^T`` with the separable interpolation matrices of
+    ``F.interpolate(mode="bicubic")``: the same result to float rounding (tested), about
+    10x faster on CPU for stacks of maps.
     """
     size = (int(size[0]), int(size[1]))
-    if tuple(z.shape[-2:]) == size:
+    h, w = int(z.shape[-2]), int(z.shape[-1])
+    if (h, w) == size:
         return z
-    if z.dim() == 2:
-        return F.interpolate(z[None, None], size=size, mode="bicubic", align_corners=False)[0, 0]
-    return F.interpolate(z[:, None], size=size, mode="bicubic", align_corners=False)[:, 0]
+    mh = _interpolation_matrix(h, size[0], str(z.device), z.dtype)
+    mw = _interpolation_matrix(w, size[1], str(z.device), z.dtype)
+    return mh @ z @ mw.T
 
 
 def gradcam_key(g: torch.Tensor) -> torch.Tensor:
@@ -38,8 +55,10 @@ def gradcam_key(g: torch.Tensor) -> torch.Tensor:
 
     Grad-CAM channel weights (the paper's ``grad x W`` reduced over channels, GLAM.md).
     """
-    alpha = g.mean(dim=(-2, -1), keepdim=True)
-    return (alpha * g).sum(dim=-3).abs()
+    c, h, w = g.shape[-3:]
+    flat = g.reshape(c, h * w)
+    alpha = flat.mean(dim=1)
+    return (alpha @ flat).abs().reshape(h, w)
 
 
 class KeyAccumulator:
@@ -64,6 +83,24 @@ class KeyAccumulator:
             self.variation = self.variation + (key - self.previous).abs()
         self.previous = key
         self.count += 1
+
+    def add_stack(self, keys: torch.Tensor) -> None:
+        """Add consecutive layers' keys ``(B, H, W)`` at once (same result as ``add`` each)."""
+        if keys.shape[0] == 0:
+            return
+        if self.total is None:
+            self.total = keys[0].clone()
+            self.variation = torch.zeros_like(keys[0])
+            self.previous = keys[0]
+            self.count = 1
+            keys = keys[1:]
+            if keys.shape[0] == 0:
+                return
+        self.total = self.total + keys.sum(dim=0)
+        steps = torch.cat([self.previous[None], keys]).diff(dim=0).abs_()
+        self.variation = self.variation + steps.sum(dim=0)
+        self.previous = keys[-1]
+        self.count += keys.shape[0]
 
     def finish(self, size: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
         """Return ``{"consensus", "variation", "sum"}`` as in GLAM.md (zeros if no layer)."""

@@ -70,26 +70,46 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
     def lam() -> None:
         compute_lam(model, x, top, left, args.window, fold=args.lam_fold, lam_batch=args.lam_batch)
 
-    run = {"fb": fb, "glam": glam, "lam": lam}[workload]
+    run = {"fb": fb, "glam": glam, "lam": lam, "time": None}[workload]
 
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
+    def timed(fn) -> float:
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t
+
+    if workload == "time":
+        # fb and GL-AM alternate in one process (same allocator and cache state); medians
+        fb()
+        glam()  # warm-up of both
+        t_fb, t_glam = [], []
+        for _ in range(args.repeats):
+            t_fb.append(timed(fb))
+            t_glam.append(timed(glam))
+        t_lam = timed(lam) if not args.no_lam else float("nan")
+        return {
+            "arch": arch,
+            "workload": workload,
+            "fb_seconds": statistics.median(t_fb),
+            "glam_seconds": statistics.median(t_glam),
+            "lam_seconds": t_lam,
+            "taps": len(model.taps),
+            "participating": sum(t.participating for t in model.taps),
+            "params": sum(p.numel() for p in net.parameters()),
+            "import_seconds": t_import,
+            "device": str(dev),
+        }
+    # memory: one cold run of the workload in a fresh process
     rss0 = _rss_kib()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev)
-    times = []
-    n_runs = 1 if workload == "lam" else args.repeats + 1  # LAM: 50x the cost, no warm-up
-    for _ in range(n_runs):
-        sync()
-        t = time.perf_counter()
-        run()
-        sync()
-        times.append(time.perf_counter() - t)
-    if len(times) > 1:
-        times = times[1:]  # the first run is the warm-up (and holds the memory peak)
+    seconds = timed(run)
     if dev.type == "cuda":
         peak_mib = (torch.cuda.max_memory_allocated(dev) - base) / 2**20
     else:
@@ -97,7 +117,7 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
     return {
         "arch": arch,
         "workload": workload,
-        "seconds": statistics.median(times),
+        "seconds": seconds,
         "peak_mib": peak_mib,
         "taps": len(model.taps),
         "participating": sum(t.participating for t in model.taps),
@@ -120,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up")
+    p.add_argument("--repeats", type=int, default=5, help="timed fb/GL-AM pairs after a warm-up")
     p.add_argument("--lam-fold", type=int, default=50)
     p.add_argument("--lam-batch", type=int, default=1, help="LAM path steps per evaluation")
     p.add_argument("--no-lam", action="store_true", help="skip LAM (fast check of GL-AM/fb)")
@@ -147,25 +167,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header, flush=True)
     for arch in args.archs.split(","):
-        res = {w: _spawn(arch, w, passthrough) for w in ("fb", "glam")}
-        if not args.no_lam:
-            res["lam"] = _spawn(arch, "lam", passthrough)
-        fb, gl = res["fb"], res["glam"]
-        lam_s = res["lam"]["seconds"] if "lam" in res else float("nan")
+        tm = _spawn(arch, "time", passthrough + (["--no-lam"] if args.no_lam else []))
+        mem = {w: _spawn(arch, w, passthrough) for w in ("fb", "glam")}
         row = {
             "arch": arch,
-            "taps": fb["taps"],
-            "participating": fb["participating"],
-            "params": fb["params"],
-            "fb_seconds": fb["seconds"],
-            "glam_seconds": gl["seconds"],
-            "glam_over_fb": gl["seconds"] / fb["seconds"],
-            "lam_seconds": lam_s,
-            "lam_over_glam": lam_s / gl["seconds"],
-            "peak_mib_fb": fb["peak_mib"],
-            "peak_mib_glam": gl["peak_mib"],
-            "device": fb["device"],
+            "taps": tm["taps"],
+            "participating": tm["participating"],
+            "params": tm["params"],
+            "fb_seconds": tm["fb_seconds"],
+            "glam_seconds": tm["glam_seconds"],
+            "glam_over_fb": tm["glam_seconds"] / tm["fb_seconds"],
+            "lam_seconds": tm["lam_seconds"],
+            "lam_over_glam": tm["lam_seconds"] / tm["glam_seconds"],
+            "peak_mib_fb": mem["fb"]["peak_mib"],
+            "peak_mib_glam": mem["glam"]["peak_mib"],
+            "device": tm["device"],
         }
+        lam_s = row["lam_seconds"]
         rows.append(row)
         print(
             f"{arch:8} {row['taps']:5d} {row['participating']:5d} {row['fb_seconds']:8.2f} "
@@ -174,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2)
+        )
     return 0
 
 

@@ -324,3 +324,22 @@ def test_cuda_matches_cpu(small_sr: importers.ImportedModel) -> None:
         np.testing.assert_allclose(gpu.local[k], cpu.local[k], atol=1e-4)
         np.testing.assert_allclose(gpu.global_[k], cpu.global_[k], atol=1e-4)
     np.testing.assert_allclose(gpu.lam.map, cpu.lam.map, atol=1e-4)
+
+
+def test_closed_form_texture_gradient_matches_autograd() -> None:
+    from analyzer.texture import texture_global_grad
+
+    torch.manual_seed(11)
+    t = torch.rand(1, 4, 9, 11, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(texture_global(t).sum(), [t])
+    torch.testing.assert_close(texture_global_grad(t.detach()), g, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("src", "dst"), [((7, 9), (28, 36)), ((16, 12), (40, 30)), ((20, 24), (9, 13))])
+def test_resize_equals_torch_bicubic(src: tuple[int, int], dst: tuple[int, int]) -> None:
+    """R (separable matrices) equals F.interpolate(bicubic, align_corners=False)."""
+    torch.manual_seed(12)
+    z = torch.rand(5, *src)
+    ref = F.interpolate(z[:, None], size=dst, mode="bicubic", align_corners=False)[:, 0]
+    torch.testing.assert_close(resize(z, dst), ref, atol=2e-6, rtol=0)
+    torch.testing.assert_close(resize(z[0], dst), ref[0], atol=2e-6, rtol=0)

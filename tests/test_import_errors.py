@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import export_onnx
 from torch import nn
 
 import importers
 from analyzer.cli import cli
 from analyzer.errors import ModelFileError, NotSuperResolutionError
-from conftest import export_onnx
 
 
 class Downscaler(nn.Module):

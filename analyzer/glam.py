@@ -19,7 +19,7 @@ import torch
 from analyzer.errors import AnalysisError, NumericalError
 from analyzer.maps import KeyAccumulator, gradcam_key, normalize, resize
 from analyzer.segments import SegmentedGraph, X, build_segmented
-from analyzer.texture import texture_global_grad, texture_roi
+from analyzer.texture import texture_global, texture_roi
 from importers.model import ImportedModel
 from importers.tap import participating
 
@@ -350,7 +350,11 @@ def compute_glam(
                 if g is not None:
                     acc[r] = g if r not in acc else acc[r] + g
 
-        step(taps[j], texture_global_grad(taps[j].detach()), k_j)
+        # autograd of T_Global (not a closed form): layers whose Grad-CAM weights of G_j
+        # vanish analytically (see the README) are rounding noise, and only the same float
+        # operations reproduce it as an autograd-based implementation of GLAM.md computes it
+        with torch.enable_grad():
+            step(texture_global(taps[j]).sum(), None, k_j)
         for d in sorted(between, reverse=True):
             if d in acc:
                 step(values[d], acc.pop(d), d)

@@ -326,15 +326,6 @@ def test_cuda_matches_cpu(small_sr: importers.ImportedModel) -> None:
     np.testing.assert_allclose(gpu.lam.map, cpu.lam.map, atol=1e-4)
 
 
-def test_closed_form_texture_gradient_matches_autograd() -> None:
-    from analyzer.texture import texture_global_grad
-
-    torch.manual_seed(11)
-    t = torch.rand(1, 4, 9, 11, dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(texture_global(t).sum(), [t])
-    torch.testing.assert_close(texture_global_grad(t.detach()), g, atol=1e-12, rtol=1e-12)
-
-
 @pytest.mark.parametrize(("src", "dst"), [((7, 9), (28, 36)), ((16, 12), (40, 30)), ((20, 24), (9, 13))])
 def test_resize_equals_torch_bicubic(src: tuple[int, int], dst: tuple[int, int]) -> None:
     """R (separable matrices) equals F.interpolate(bicubic, align_corners=False)."""

@@ -41,7 +41,7 @@ def workdir(tmp_path: Path) -> Path:
     (tmp_path / "lr_images").mkdir()
     (tmp_path / "images").mkdir()
     hr.resize((48, 48), Image.BICUBIC).save(tmp_path / "lr_images" / "one.png")
-    hr.crop((0, 0, 64, 48)).resize((32, 24), Image.BICUBIC).save(tmp_path / "lr_images" / "two.png")
+    hr.crop((0, 0, 96, 80)).resize((48, 40), Image.BICUBIC).save(tmp_path / "lr_images" / "two.png")
     hr.save(tmp_path / "images" / "hr.png")
     return tmp_path
 

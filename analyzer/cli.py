@@ -116,6 +116,44 @@ def _model_options(f: F) -> F:
     return f
 
 
+def _analysis_options(*, reference_help: str, lam_help: str, store_help: str) -> Callable[[F], F]:
+    """Options shared by ``analyze`` and ``baseline`` (ROI, reference, LAM, storage, device,
+    import overrides)."""
+    options = [
+        click.option("--run", "run", default=None,
+                     help="Run name (several images: NAME__<image stem>); default <model>__<image>."),
+        click.option("--roi", default=None, metavar="TOP,LEFT",
+                     help="ROI corner in output pixels (default: the output centre)."),
+        click.option("--window", type=int, default=16, show_default=True, help="ROI window size."),
+        click.option("--hr", is_flag=True,
+                     help="IMAGE is the HR reference; LR = bicubic downscale."),
+        click.option("--reference", default=None, metavar="HR.png", help=reference_help),
+        click.option("--lam", is_flag=True, help=lam_help),
+        click.option("--lam-fold", type=int, default=50, show_default=True, help="LAM path steps."),
+        click.option("--lam-batch", type=int, default=8, show_default=True,
+                     help="LAM path steps per model evaluation."),
+        click.option("--lam-sigma", type=float, default=1.2, show_default=True,
+                     help="LAM blur sigma."),
+        click.option("--lam-kernel", type=int, default=9, show_default=True,
+                     help="LAM kernel size."),
+        click.option("--store", type=click.Choice(["maps", "tensors"]), default="maps",
+                     show_default=True, help=store_help),
+        click.option("--store-dtype", type=click.Choice(["float32", "float16"]),
+                     default="float32", show_default=True,
+                     help="Float type of per-layer datasets."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto, cpu, cuda or cuda:N."),
+    ]
+
+    def apply(f: F) -> F:
+        f = _model_options(f)
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return apply
+
+
 def _load_model(
     path: str,
     in_channels: str | None,
@@ -255,26 +293,11 @@ def inspect(
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--archive", "archive", default=None,
               help="HDF5 archive to write/append (default ./glam-runs.h5).")
-@click.option("--run", "run", default=None,
-              help="Run name (several images: NAME__<image stem>); default <model>__<image>.")
-@click.option("--roi", default=None, metavar="TOP,LEFT",
-              help="ROI corner in output pixels (default: the output centre).")
-@click.option("--window", type=int, default=16, show_default=True, help="ROI window size.")
-@click.option("--hr", is_flag=True, help="IMAGE is the HR reference; LR = bicubic downscale.")
-@click.option("--reference", default=None, metavar="HR.png",
-              help="HR reference of an LR IMAGE (for PSNR).")
-@click.option("--lam", is_flag=True, help="Also compute LAM (Gu & Dong, CVPR 2021).")
-@click.option("--lam-fold", type=int, default=50, show_default=True, help="LAM path steps.")
-@click.option("--lam-batch", type=int, default=8, show_default=True,
-              help="LAM path steps per model evaluation.")
-@click.option("--lam-sigma", type=float, default=1.2, show_default=True, help="LAM blur sigma.")
-@click.option("--lam-kernel", type=int, default=9, show_default=True, help="LAM kernel size.")
-@click.option("--store", type=click.Choice(["maps", "tensors"]), default="maps",
-              show_default=True, help="Per-layer data to archive.")
-@click.option("--store-dtype", type=click.Choice(["float32", "float16"]), default="float32",
-              show_default=True, help="Float type of per-layer datasets.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@_model_options
+@_analysis_options(
+    reference_help="HR reference of an LR IMAGE (for PSNR).",
+    lam_help="Also compute LAM (Gu & Dong, CVPR 2021).",
+    store_help="Per-layer data to archive.",
+)
 @click.option("--figures", "figures", default=None, metavar="DIR",
               help="Write each run's figures into DIR/<run>/.")
 @click.option("--json", "as_json", is_flag=True,
@@ -559,26 +582,11 @@ def compare(archive: str, runs: str, to: str) -> None:
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--archive", "archive", required=True, metavar="BASELINE.h5",
               help="Baseline archive to write (or append to).")
-@click.option("--run", "run", default=None,
-              help="Run name (several images: NAME__<image stem>); default <model>__<image>.")
-@click.option("--roi", default=None, metavar="TOP,LEFT",
-              help="ROI corner in output pixels (default: the output centre).")
-@click.option("--window", type=int, default=16, show_default=True, help="ROI window size.")
-@click.option("--hr", is_flag=True, help="IMAGE is the HR reference; LR = bicubic downscale.")
-@click.option("--reference", default=None, metavar="HR.png",
-              help="HR reference of an LR IMAGE (enables the PSNR check).")
-@click.option("--lam", is_flag=True, help="Also compute LAM (enables the LAM checks).")
-@click.option("--lam-fold", type=int, default=50, show_default=True, help="LAM path steps.")
-@click.option("--lam-batch", type=int, default=8, show_default=True,
-              help="LAM path steps per model evaluation.")
-@click.option("--lam-sigma", type=float, default=1.2, show_default=True, help="LAM blur sigma.")
-@click.option("--lam-kernel", type=int, default=9, show_default=True, help="LAM kernel size.")
-@click.option("--store", type=click.Choice(["maps", "tensors"]), default="maps",
-              show_default=True, help="Per-layer data to archive (maps are always kept).")
-@click.option("--store-dtype", type=click.Choice(["float32", "float16"]), default="float32",
-              show_default=True, help="Float type of per-layer datasets.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@_model_options
+@_analysis_options(
+    reference_help="HR reference of an LR IMAGE (enables the PSNR check).",
+    lam_help="Also compute LAM (enables the LAM checks).",
+    store_help="Per-layer data to archive (maps are always kept).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run on stdout.")
 @click.option("--overwrite", is_flag=True, help="Replace runs that already exist.")
 @debug_option

@@ -134,3 +134,25 @@ def imported_tiny(tiny_model: Path):  # type: ignore[no-untyped-def]
     import importers
 
     return importers.load(tiny_model)
+
+
+@pytest.fixture()
+def cached_model_load(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Memoise successful ``importers.load`` calls per (path, options) within one test module.
+
+    Every command under test still imports a real model file through ``importers.load`` the
+    first time; errors are never cached. Keeps the CLI test modules fast on a 2-core machine.
+    """
+    import importers
+
+    real = getattr(importers.load, "__wrapped_real__", importers.load)
+    cache: dict[tuple, object] = request.module.__dict__.setdefault("_MODEL_CACHE", {})
+
+    def load(path, **kw):  # type: ignore[no-untyped-def]
+        key = (str(Path(path).resolve()), tuple(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = real(path, **kw)
+        return cache[key]
+
+    load.__wrapped_real__ = real  # type: ignore[attr-defined]
+    monkeypatch.setattr(importers, "load", load)

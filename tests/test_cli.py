@@ -22,22 +22,8 @@ from analyzer.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
-_REAL_LOAD = importers.load
-_CACHE: dict[tuple, object] = {}
-
-
-@pytest.fixture(autouse=True)
-def _cached_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every command still goes through ``importers.load`` on a real ONNX file; successful
-    imports are memoised per (path, options) to keep this file fast on a shared CPU."""
-
-    def load(path, **kw):  # type: ignore[no-untyped-def]
-        key = (str(Path(path).resolve()), tuple(sorted(kw.items())))
-        if key not in _CACHE:
-            _CACHE[key] = _REAL_LOAD(path, **kw)
-        return _CACHE[key]
-
-    monkeypatch.setattr(importers, "load", load)
+# every command still imports real model files; successful imports are memoised per module
+pytestmark = pytest.mark.usefixtures("cached_model_load")
 
 
 def glam(*args: object, code: int = 0) -> object:

@@ -334,3 +334,22 @@ def test_resize_equals_torch_bicubic(src: tuple[int, int], dst: tuple[int, int])
     ref = F.interpolate(z[:, None], size=dst, mode="bicubic", align_corners=False)[:, 0]
     torch.testing.assert_close(resize(z, dst), ref, atol=2e-6, rtol=0)
     torch.testing.assert_close(resize(z[0], dst), ref[0], atol=2e-6, rtol=0)
+
+
+def test_closed_form_texture_gradient_matches_autograd() -> None:
+    from analyzer.texture import texture_global_grad
+
+    torch.manual_seed(11)
+    t = torch.rand(1, 4, 9, 11, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(texture_global(t).sum(), [t])
+    torch.testing.assert_close(texture_global_grad(t.detach()), g, atol=1e-12, rtol=1e-12)
+
+
+def test_gradcam_conditioning_detects_cancelling_weights() -> None:
+    from analyzer.glam import _gradcam_ill_conditioned
+    from analyzer.texture import texture_global_grad
+
+    torch.manual_seed(13)
+    g = texture_global_grad(torch.rand(1, 3, 12, 12))[0]  # per-channel sums are exactly 0
+    assert _gradcam_ill_conditioned(g)
+    assert not _gradcam_ill_conditioned(torch.rand(3, 12, 12))

@@ -325,24 +325,13 @@ def local_figure(data: FigureData, path: Path) -> Path:
     Path
         ``path``.
     """
-    rgb = _image(data.output_rgb)
-    pw, ph = _panel_size(rgb.shape)
-    fig = _new_figure(5 * pw + 0.9, ph + 1.0)
-    axes = fig.subplots(1, 5)
-    _show_image(axes[0], rgb, "Output + ROI", data)
-    _show_heat(axes[1], data.local["consensus"], "Consensus", data)
-    _show_heat(axes[2], data.local["variation"], "Variation", data)
-    _show_heat(axes[3], data.local["sum"], "Sum", data)
-    _show_overlay(axes[4], rgb, data.local["sum"], "Sum over output", data)
-    _colorbar(fig, axes[1:], "local attribution")
-    _suptitle(
-        fig,
+    caption = (
         f"Local GL-AM: {_header(data)}\n"
         f"DI {_fmt(_metric(data, 'di_local'))}  \u00b7  "
         f"attributed {_pct(_metric(data, 'attributed_fraction_local'))}  \u00b7  "
-        f"ROI PSNR {_fmt(_metric(data, 'psnr_roi'), '.2f', ' dB')}",
+        f"ROI PSNR {_fmt(_metric(data, 'psnr_roi'), '.2f', ' dB')}"
     )
-    return _save(fig, path)
+    return _maps_figure(data, path, data.local, "local", caption, roi=True)
 
 
 def global_figure(data: FigureData, path: Path) -> Path:
@@ -366,24 +355,38 @@ def global_figure(data: FigureData, path: Path) -> Path:
     Path
         ``path``.
     """
-    rgb = _image(data.output_rgb)
-    pw, ph = _panel_size(rgb.shape)
-    fig = _new_figure(5 * pw + 0.9, ph + 1.0)
-    axes = fig.subplots(1, 5)
-    _show_image(axes[0], rgb, "Output")
-    _show_heat(axes[1], data.global_["consensus"], "Consensus")
-    _show_heat(axes[2], data.global_["variation"], "Variation")
-    _show_heat(axes[3], data.global_["sum"], "Sum")
-    _show_overlay(axes[4], rgb, data.global_["sum"], "Sum over output")
-    _colorbar(fig, axes[1:], "global attribution")
-    _suptitle(
-        fig,
+    caption = (
         f"Global GL-AM: {_label(data)}\n"
         f"DI {_fmt(_metric(data, 'di_global'))}  \u00b7  "
         f"attributed {_pct(_metric(data, 'attributed_fraction_global'))}  \u00b7  "
         f"PSNR {_fmt(_metric(data, 'psnr'), '.2f', ' dB')}  \u00b7  "
-        f"MSE {_fmt(_metric(data, 'mse'), '.4f')}",
+        f"MSE {_fmt(_metric(data, 'mse'), '.4f')}"
     )
+    return _maps_figure(data, path, data.global_, "global", caption, roi=False)
+
+
+def _maps_figure(
+    data: FigureData,
+    path: Path,
+    maps: dict[str, np.ndarray],
+    kind: str,
+    caption: str,
+    *,
+    roi: bool,
+) -> Path:
+    """Output, Consensus, Variation, Sum and the Sum overlaid (Fig. 3/4 layout)."""
+    rgb = _image(data.output_rgb)
+    pw, ph = _panel_size(rgb.shape)
+    fig = _new_figure(5 * pw + 0.9, ph + 1.0)
+    axes = fig.subplots(1, 5)
+    boxed = data if roi else None
+    _show_image(axes[0], rgb, "Output + ROI" if roi else "Output", boxed)
+    _show_heat(axes[1], maps["consensus"], "Consensus", boxed)
+    _show_heat(axes[2], maps["variation"], "Variation", boxed)
+    _show_heat(axes[3], maps["sum"], "Sum", boxed)
+    _show_overlay(axes[4], rgb, maps["sum"], "Sum over output", boxed)
+    _colorbar(fig, axes[1:], f"{kind} attribution")
+    _suptitle(fig, caption)
     return _save(fig, path)
 
 

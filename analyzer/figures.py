@@ -142,13 +142,18 @@ def _image(a: np.ndarray) -> np.ndarray:
 
 
 def _unit(m: np.ndarray) -> np.ndarray:
-    """A 2-D map in [0, 1]: kept as is when already there, else min-max scaled; NaN -> 0."""
+    """A 2-D map in [0, 1] for display: kept when already there, clipped when it only
+    undershoots 0 slightly (bicubic ringing), else min-max scaled; NaN -> 0."""
     a = np.nan_to_num(np.asarray(m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     a = np.squeeze(a)
     if a.ndim == 3:  # C x H x W or H x W x C: combine channels
         a = np.abs(a).sum(axis=0 if a.shape[0] < a.shape[-1] else -1)
     if a.ndim != 2:
         raise UserInputError(f"expected a 2-D attribution map, got shape {np.shape(m)}")
+    if a.size and a.min() < 0.0 and a.max() <= 1.0 and a.min() > -0.5:
+        # a [0, 1] map with a small bicubic undershoot (LAM's map at output size): clip, so
+        # the background stays black instead of being lifted by a min-max rescale
+        return np.clip(a, 0.0, 1.0)
     if a.size and (a.min() < 0.0 or a.max() > 1.0):
         lo, hi = float(a.min()), float(a.max())
         a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)

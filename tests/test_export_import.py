@@ -17,6 +17,7 @@ from test_torchscript_import import (
     SECOND_SIZE,
     TOL,
     assert_close_list,
+    assert_tap_is_pre_activation,
     conv_hook_reference,
     example,
     first,
@@ -112,20 +113,7 @@ def test_inplace_relu_tap_is_pre_activation(
     """EDSR's ``ReLU(inplace=True)`` after conv1: the tap keeps the negative values."""
     _, model, _, m = imported
     x = example()
-    captured: list[torch.Tensor] = []
-    handle = model.body[0].conv1.register_forward_hook(
-        lambda mod, inp, out: captured.append(out.detach().clone())
-    )
-    try:
-        with torch.no_grad():
-            model(x.clone())
-    finally:
-        handle.remove()
-    idx = [t.name for t in m.taps].index("body.0.conv1")
-    with torch.no_grad():
-        _, taps = m.graph(x)
-    assert (captured[0] < 0).any()
-    assert float((taps[idx] - captured[0]).abs().max()) <= TOL
+    assert_tap_is_pre_activation(model, m, x)
 
 
 def test_raw_graph_contract(export_dir: Path) -> None:

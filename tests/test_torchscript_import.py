@@ -438,14 +438,11 @@ def test_taps_match_eager_hooks(
     assert_close_list(tap_grads, grads, "tap gradient")
 
 
-def test_inplace_relu_tap_is_pre_activation(ts_dir: Path) -> None:
-    """EDSR's ``ReLU(inplace=True)`` after conv1: the tap keeps the negative values."""
-    model = make_net("edsr")
-    path = save_torchscript(model, "trace", ts_dir / "edsr_relu.pt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = importers.load(path, input_range=1)
-    x = example()
+def assert_tap_is_pre_activation(
+    model: nn.Module, m: importers.ImportedModel, x: torch.Tensor
+) -> None:
+    """The tap of ``body.0.conv1`` (followed by ``ReLU(inplace=True)``) equals the conv's own
+    output, negative values included, as a forward hook on the eager model captures it."""
     captured: list[torch.Tensor] = []
     handle = model.body[0].conv1.register_forward_hook(
         lambda mod, inp, out: captured.append(out.detach().clone())
@@ -460,6 +457,17 @@ def test_inplace_relu_tap_is_pre_activation(ts_dir: Path) -> None:
         _, taps = m.graph(x)
     assert (captured[0] < 0).any()
     assert float((taps[idx] - captured[0]).abs().max()) <= TOL
+
+
+def test_inplace_relu_tap_is_pre_activation(ts_dir: Path) -> None:
+    """EDSR's ``ReLU(inplace=True)`` after conv1: the tap keeps the negative values."""
+    model = make_net("edsr")
+    path = save_torchscript(model, "trace", ts_dir / "edsr_relu.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = importers.load(path, input_range=1)
+    x = example()
+    assert_tap_is_pre_activation(model, m, x)
 
 
 def test_translate_direct_traced_and_scripted(ts_dir: Path) -> None:

@@ -341,7 +341,7 @@ def compute_glam(
 
     fallbacks: list[int] = []
 
-    def global_gradient(j: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def global_gradient(j: int) -> torch.Tensor:
         """``dT_Global(f_j) / df_parent(j)``, walking only the segments in between."""
         i = parents[j]
         target = X if i < 0 else seg.cut_of_tap[i]
@@ -391,14 +391,14 @@ def compute_glam(
             with torch.enable_grad():
                 G = walk((texture_global(taps[j]).sum(), None))
             fallbacks.append(j)
-        return G, src
+        return G
 
     next_emit = 0
     for start in range(0, len(part_idx), KEY_CHUNK):
         chunk = part_idx[start : start + KEY_CHUNK]
         ms: list[torch.Tensor] = []
         for j in chunk:
-            G, _ = global_gradient(j)
+            G = global_gradient(j)
             raw = gradcam_key(G[0]).detach()
             hj, wj = taps[j].shape[-2:]
             a = taps[j][0].detach().abs().mean(dim=0)

@@ -71,28 +71,15 @@ class KeyAccumulator:
         self.total: torch.Tensor | None = None
         self.variation: torch.Tensor | None = None
         self.previous: torch.Tensor | None = None
-        self.count = 0
-
-    def add(self, key: torch.Tensor) -> None:
-        """Add the next participating layer's key (``(H, W)`` at output size)."""
-        if self.total is None:
-            self.total = key.clone()
-            self.variation = torch.zeros_like(key)
-        else:
-            self.total = self.total + key
-            self.variation = self.variation + (key - self.previous).abs()
-        self.previous = key
-        self.count += 1
 
     def add_stack(self, keys: torch.Tensor) -> None:
-        """Add consecutive layers' keys ``(B, H, W)`` at once (same result as ``add`` each)."""
+        """Add the next participating layers' keys ``(B, H, W)``, in execution order."""
         if keys.shape[0] == 0:
             return
         if self.total is None:
             self.total = keys[0].clone()
             self.variation = torch.zeros_like(keys[0])
             self.previous = keys[0]
-            self.count = 1
             keys = keys[1:]
             if keys.shape[0] == 0:
                 return
@@ -100,7 +87,6 @@ class KeyAccumulator:
         steps = torch.cat([self.previous[None], keys]).diff(dim=0).abs_()
         self.variation = self.variation + steps.sum(dim=0)
         self.previous = keys[-1]
-        self.count += keys.shape[0]
 
     def finish(self, size: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
         """Return ``{"consensus", "variation", "sum"}`` as in GLAM.md (zeros if no layer)."""

@@ -120,8 +120,6 @@ def build_segmented(tapped: fx.GraphModule, participating: Sequence[bool]) -> Se
         reads: set[int] = set()
         inner: set[int] = set()
         stack = list(start.all_input_nodes)
-        if start in tap_index and start not in part_taps:
-            inner.add(tap_index[start])
         seen: set[fx.Node] = set()
         while stack:
             n = stack.pop()

@@ -155,7 +155,7 @@ def from_module(
         tolerance=tolerance,
         probe_size=None,
     )
-    imported.format = "module"  # type: ignore[assignment]
+    imported.format = "module"
     return imported
 
 
@@ -355,11 +355,3 @@ def check_parity(
         input_shape=tuple(native.shape),
         first_divergence=node,
     )
-
-
-def canonical_output(model: ImportedModel, x: torch.Tensor) -> torch.Tensor:
-    """Run the tapped graph and return only ``y`` (no grad)."""
-    with torch.no_grad():
-        return model.graph(x)[0]
-
-

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-ModelFormat = Literal["onnx", "torchscript", "export"]
+ModelFormat = Literal["onnx", "torchscript", "export", "module"]
 
 
 @dataclass

@@ -16,13 +16,11 @@ from test_torchscript_import import (
     NETS,
     SECOND_SIZE,
     TOL,
-    assert_close_list,
     assert_tap_is_pre_activation,
-    conv_hook_reference,
+    assert_taps_match_eager_hooks,
     example,
     first,
     make_net,
-    tap_values_and_grads,
 )
 from torch import nn
 from torch.export import Dim
@@ -97,13 +95,7 @@ def test_taps_match_eager_hooks(
 ) -> None:
     """Tap count, names (module paths), values and gradients equal the hook reference."""
     _, model, _, m = imported
-    x = example(*SECOND_SIZE)
-    names, values, grads = conv_hook_reference(model, x)
-    assert m.n_taps == len(names)
-    assert [t.name for t in m.taps] == names
-    tap_values, tap_grads = tap_values_and_grads(m, x)
-    assert_close_list(tap_values, values, "tap value")
-    assert_close_list(tap_grads, grads, "tap gradient")
+    assert_taps_match_eager_hooks(model, m)
 
 
 @pytest.mark.parametrize("imported", ["edsr"], indirect=True)

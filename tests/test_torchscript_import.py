@@ -424,11 +424,8 @@ def test_shape_generic(imported: tuple[str, nn.Module, Path, importers.ImportedM
     assert float((y - ref).abs().max()) <= TOL
 
 
-def test_taps_match_eager_hooks(
-    imported: tuple[str, nn.Module, Path, importers.ImportedModel],
-) -> None:
-    """Tap count, names, values (pre-activation) and gradients equal the hook reference."""
-    _, model, _, m = imported
+def assert_taps_match_eager_hooks(model: nn.Module, m: importers.ImportedModel) -> None:
+    """Tap count, names (module paths), values and gradients equal the hook reference."""
     x = example(*SECOND_SIZE)
     names, values, grads = conv_hook_reference(model, x)
     assert m.n_taps == len(names)
@@ -436,6 +433,14 @@ def test_taps_match_eager_hooks(
     tap_values, tap_grads = tap_values_and_grads(m, x)
     assert_close_list(tap_values, values, "tap value")
     assert_close_list(tap_grads, grads, "tap gradient")
+
+
+def test_taps_match_eager_hooks(
+    imported: tuple[str, nn.Module, Path, importers.ImportedModel],
+) -> None:
+    """Tap count, names, values (pre-activation) and gradients equal the hook reference."""
+    _, model, _, m = imported
+    assert_taps_match_eager_hooks(model, m)
 
 
 def assert_tap_is_pre_activation(

@@ -1,9 +1,10 @@
 """The GL-AM engine: local and global attribution maps over a tapped graph (GLAM.md).
 
-Cost: one forward pass through the segmented graph, one backward for the local map (run
-segment by segment), and one *local* autograd call per participating tap for the global
-map — about one more backward in total, not ``n`` (see :mod:`analyzer.segments`).
-"""
+Cost: one forward pass through the segmented graph (:mod:`analyzer.segments`), one
+backward pass for the local map, run segment by segment, and one short walk per
+participating layer for the global map, about one more backward in all, not ``n``
+(:mod:`analyzer.backward`). Per-layer keys are resized in batches and streamed into
+the Consensus / Variation / Sum accumulators (:mod:`analyzer.maps`)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from typing import Literal
 import numpy as np
 import torch
 
+from analyzer.allocator import keep_freed_memory
+from analyzer.backward import GlobalGradients, LocalBackward
 from analyzer.errors import AnalysisError, NumericalError
-from analyzer.maps import KeyAccumulator, gradcam_key, normalize, resize
-from analyzer.segments import SegmentedGraph, X, build_segmented
-from analyzer.texture import texture_global, texture_global_grad, texture_roi
+from analyzer.maps import KeyAccumulator, gradcam_key, normalize_, normalize_nonnegative, resize
+from analyzer.segments import SegmentedGraph, build_segmented
+from analyzer.texture import texture_roi
 from importers.model import ImportedModel
 from importers.tap import participating
 
@@ -106,27 +109,6 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
         )
 
 
-# Below this ratio of |mean G_c| to mean |G_c| (max over channels), A(G) is recomputed with
-# autograd. Measured on paper-size RCAN/SAN: degenerate layers sit near 1e-9 (closed form vs
-# autograd keys differ by 0.1-0.9), all others at >= 1.6e-2 (keys differ by < 1e-6).
-GRADCAM_CONDITION = 5e-3
-
-
-def _gradcam_ill_conditioned(g: torch.Tensor) -> bool:
-    """True when the Grad-CAM weights of ``g`` (``C x H x W``) nearly cancel.
-
-    ``sum_{p,q} dT_Global/dt = 0`` per channel, so ``mean_{p,q} G_c`` can be orders of
-    magnitude below ``mean |G_c|``; then ``A(G)`` amplifies float rounding (1e-7 relative
-    errors in ``G`` become large errors in the normalised key) and only the exact float
-    operations of an autograd implementation reproduce it.
-    """
-    c = g.shape[0]
-    flat = g.reshape(c, -1)
-    signed = flat.mean(dim=1).abs().max()
-    magnitude = flat.abs().mean(dim=1).max()
-    return bool(signed <= GRADCAM_CONDITION * magnitude)
-
-
 def _check_all_finite(maps: Sequence[torch.Tensor], what: Sequence[str]) -> None:
     """One finiteness check for many maps (a NaN/Inf gradient makes its Grad-CAM map
     non-finite); names the first offending map."""
@@ -149,10 +131,10 @@ def layer_key_stack(maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.
     for i, m in enumerate(maps):
         groups.setdefault(tuple(m.shape[-2:]), []).append(i)
     if len(groups) == 1:
-        return normalize(resize(torch.stack(list(maps)), size))
+        return normalize_(resize(torch.stack(list(maps)), size))  # stack is a fresh tensor
     out = maps[0].new_empty((len(maps), int(size[0]), int(size[1])))
     for idx in groups.values():
-        out[idx] = normalize(resize(torch.stack([maps[i] for i in idx]), size))
+        out[idx] = normalize_(resize(torch.stack([maps[i] for i in idx]), size))
     return out
 
 
@@ -175,6 +157,129 @@ class _SegmentCache:
 
 
 _SEGMENTS = _SegmentCache()
+
+
+@dataclass
+class _LocalPass:
+    """What :func:`_local_pass` hands back."""
+
+    raw: list[torch.Tensor]  # A(g_i) for every tap, native size
+    grads: dict[int, torch.Tensor]  # g_i (store="tensors" only)
+    depends: bool  # some participating g_i is non-zero
+    maps: dict[str, torch.Tensor]  # Consensus / Variation / Sum at output size
+    seconds: float
+
+
+def _local_pass(
+    seg: SegmentedGraph,
+    y: torch.Tensor,
+    taps: Sequence[torch.Tensor],
+    values: Sequence[object],
+    leaves: Sequence[object],
+    flags: Sequence[bool],
+    names: Sequence[str],
+    roi: tuple[int, int, int],
+    keep_grads: bool,
+) -> _LocalPass:
+    """The local map: one backward of ``T_ROI(y)``, segment by segment, then the keys."""
+    t0 = time.perf_counter()
+    top, left, window = roi
+    n = len(taps)
+    local = LocalBackward(seg, taps, leaves)
+    local.seed(texture_roi(y, top, left, window).sum(), y)
+    tap_of_cut = {k: j for j, k in seg.cut_of_tap.items()}
+    raw: list[torch.Tensor | None] = [None] * n
+    grads: dict[int, torch.Tensor] = {}
+    depends = False
+    for k in reversed(range(seg.n_cuts)):
+        g = local.step(k, values)
+        j = tap_of_cut.get(k)
+        if g is not None and j is not None:
+            # the raw map is taken as soon as the gradient is final; the activation-sized
+            # gradient itself is only kept for store="tensors"
+            raw[j] = gradcam_key(g[0]).detach()
+            depends = depends or (flags[j] and bool(g.any()))
+            if keep_grads:
+                grads[j] = g
+    for i in range(n):  # taps inside segments, and taps the ROI does not reach
+        if raw[i] is None:
+            g = local.inner_grads[i]
+            if g is None:
+                g = torch.zeros_like(taps[i])
+            raw[i] = gradcam_key(g[0]).detach()
+            depends = depends or (flags[i] and bool(g.any()))
+            if keep_grads:
+                grads[i] = g
+    local.inner_grads.clear()
+    done = [r for r in raw if r is not None]
+    _check_all_finite(done, [f"the gradient of T_ROI at tap {i} ({nm})" for i, nm in enumerate(names)])
+    size = (int(y.shape[-2]), int(y.shape[-1]))
+    acc = KeyAccumulator()
+    part_idx = [j for j in range(n) if flags[j]]
+    for start in range(0, len(part_idx), KEY_CHUNK):
+        chunk = part_idx[start : start + KEY_CHUNK]
+        acc.add_stack(layer_key_stack([done[i] for i in chunk], size))
+    maps = acc.finish(size, y.device)
+    return _LocalPass(done, grads, depends, maps, time.perf_counter() - t0)
+
+
+@dataclass
+class _GlobalPass:
+    """What :func:`_global_pass` fills in (per-layer dicts keyed by tap index; entries are
+    popped as their records are handed out)."""
+
+    m: dict[int, torch.Tensor] = field(default_factory=dict)  # m_j, native size
+    raw: dict[int, torch.Tensor] = field(default_factory=dict)  # A(G_j), parent's size
+    energy: dict[int, torch.Tensor] = field(default_factory=dict)  # a_j
+    grads: dict[int, torch.Tensor] = field(default_factory=dict)  # G_j (store="tensors")
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    fallbacks: list[int] = field(default_factory=list)  # layers recomputed with autograd
+    seconds: float = 0.0
+
+
+def _global_pass(
+    out: _GlobalPass,
+    seg: SegmentedGraph,
+    x: torch.Tensor,
+    size: tuple[int, int],
+    taps: Sequence[torch.Tensor],
+    values: Sequence[object],
+    leaves: Sequence[object],
+    parents: Sequence[int],
+    flags: Sequence[bool],
+    names: Sequence[str],
+    keep_grads: bool,
+    on_chunk: Callable[[int], None],
+) -> None:
+    """The global map into ``out``: ``G_j`` and ``m_j`` per participating layer, keys
+    accumulated in chunks; ``on_chunk(j)`` after each chunk (``j`` its last tap)."""
+    t0 = time.perf_counter()
+    walker = GlobalGradients(seg, x, taps, values, leaves, parents)
+    out.fallbacks = walker.fallbacks
+    acc = KeyAccumulator()
+    part_idx = [j for j in range(len(taps)) if flags[j]]
+    for start in range(0, len(part_idx), KEY_CHUNK):
+        chunk = part_idx[start : start + KEY_CHUNK]
+        for j in chunk:
+            G, raw = walker.gradient(j)
+            f = taps[j][0].detach()
+            a = f.abs().sum(dim=0).div_(f.shape[0])  # a_j = mean_c |f_j|
+            # m_j = N(R(N(A(G_j)), (H_j, W_j))) * N(a_j); N(N(z)) = N(z) exactly (z >= 0)
+            m = normalize_nonnegative(raw)
+            if tuple(m.shape) != tuple(f.shape[-2:]):
+                m = normalize_(resize(m, f.shape[-2:]))
+            out.m[j] = m.mul_(normalize_nonnegative(a))
+            out.raw[j], out.energy[j] = raw, a
+            if keep_grads:
+                out.grads[j] = G.detach()
+        _check_all_finite(
+            [out.raw[j] for j in chunk],
+            [f"the global gradient of tap {j} ({names[j]})" for j in chunk],
+        )
+        acc.add_stack(layer_key_stack([out.m[j] for j in chunk], size))
+        on_chunk(chunk[-1])
+    out.maps = acc.finish(size, x.device)
+    out.seconds = time.perf_counter() - t0
 
 
 def compute_glam(
@@ -210,6 +315,8 @@ def compute_glam(
     GlamMaps
     """
     device = x.device
+    if device.type == "cpu":
+        keep_freed_memory()  # activation-sized buffers come and go: reuse, don't re-fault
     timings: dict[str, float] = {}
     warn: list[str] = []
     x = x.detach().clone().requires_grad_(True)
@@ -237,199 +344,61 @@ def compute_glam(
     _sync(device)
     timings["forward"] = time.perf_counter() - t0
 
-    # ------------------------------------------- local: one backward, segment by segment
-    t1 = time.perf_counter()
+    # ------------------------------------------- backward: the local pass, the global pass
+    names = [t.name for t in model.taps]
+    store_grads = store == "tensors"
     n = len(taps)
-    usable = [isinstance(u, torch.Tensor) and u.requires_grad for u in leaves]
-    acc_cut: list[torch.Tensor | None] = [None] * seg.n_cuts
-    inner_grads: list[torch.Tensor | None] = [None] * n
-
-    def add(store_: list, idx: int, g: torch.Tensor | None) -> None:
-        if g is not None:
-            store_[idx] = g if store_[idx] is None else store_[idx] + g
-
-    def backprop_local(out: torch.Tensor, grad_out: torch.Tensor | None, key: int | str) -> None:
-        if not out.requires_grad:
-            return
-        reads = [k for k in seg.reads[key] if k != X and usable[k]]
-        inner = [t for t in seg.inner_taps[key] if taps[t].requires_grad]
-        inputs = [leaves[k] for k in reads] + [taps[t] for t in inner]
-        if not inputs:
-            return
-        got = torch.autograd.grad(
-            out, inputs, grad_outputs=grad_out, retain_graph=True, allow_unused=True
-        )
-        for k, g in zip(reads, got[: len(reads)], strict=True):
-            add(acc_cut, k, g)
-        for t, g in zip(inner, got[len(reads) :], strict=True):
-            add(inner_grads, t, g)
-
-    objective = texture_roi(y, top, left, window).sum()
-    if seg.y_cut is not None:
-        if y.requires_grad:
-            (g_y,) = torch.autograd.grad(objective, [y], retain_graph=True)
-            acc_cut[seg.y_cut] = g_y
-    else:
-        backprop_local(objective, None, "y")
-    tap_of_cut = {k: j for j, k in seg.cut_of_tap.items()}
-    grads: list[torch.Tensor | None] = [None] * n
-    for k in reversed(range(seg.n_cuts)):
-        g = acc_cut[k]
-        if g is None:
-            continue
-        backprop_local(values[k], g, k)
-        if k in tap_of_cut:
-            grads[tap_of_cut[k]] = g
-        acc_cut[k] = None  # free as we go
-    for i in range(n):
-        if grads[i] is None:
-            grads[i] = inner_grads[i]
-        if grads[i] is None:
-            grads[i] = torch.zeros_like(taps[i])
-    part_idx = [j for j in range(n) if flags[j]]
-    if all(not bool(grads[i].any()) for i in part_idx):
+    local = _local_pass(seg, y, taps, values, leaves, flags, names, (top, left, window), store_grads)
+    if not local.depends:
         warn.append(
             f"the output does not depend on the ROI (top={top}, left={left}, window={window}): "
             "every T_ROI gradient is zero, so the local maps are all zero"
         )
-    local_raw = [gradcam_key(g[0]).detach() for g in grads]
-    _check_all_finite(
-        local_raw,
-        [f"the gradient of T_ROI at tap {i} ({t.name})" for i, t in enumerate(model.taps)],
-    )
-    acc_local = KeyAccumulator()
-    for start in range(0, len(part_idx), KEY_CHUNK):
-        chunk = part_idx[start : start + KEY_CHUNK]
-        acc_local.add_stack(layer_key_stack([local_raw[i] for i in chunk], (H, W)))
-    local_maps = acc_local.finish((H, W), device)
-    _sync(device)
-    timings["local"] = time.perf_counter() - t1
-
-    # ------------------------------------------------ global: one local call per segment
-    t2 = time.perf_counter()
-    acc_global = KeyAccumulator()
     layers: list[LayerRecord] = []
-    global_m: dict[int, torch.Tensor] = {}
-    global_raw: dict[int, torch.Tensor] = {}
-    global_grads: dict[int, torch.Tensor] = {}
-    energy: dict[int, torch.Tensor] = {}
+    emitted = 0
 
-    def emit(i: int) -> None:
-        rec = LayerRecord(
-            index=i,
-            name=model.taps[i].name,
-            op=model.taps[i].op,
-            parent=parents[i],
-            participating=flags[i],
-            shape=tuple(int(d) for d in taps[i].shape),
-            local_map=local_raw[i].cpu().numpy(),
-        )
-        if i in global_m:
-            rec.global_map = global_m.pop(i).cpu().numpy()
-            rec.global_grad_map = global_raw.pop(i).cpu().numpy()
-            rec.activation_energy = energy.pop(i).cpu().numpy()
-        if store == "tensors":
-            rec.activation = taps[i][0].detach().cpu().numpy()
-            rec.grad_local = grads[i][0].detach().cpu().numpy()
-            if i in global_grads:
-                rec.grad_global = global_grads.pop(i)[0].detach().cpu().numpy()
-        global_grads.pop(i, None)
-        if on_layer is not None:
-            on_layer(rec)
-        if keep_layers:
-            layers.append(rec)
-
-    fallbacks: list[int] = []
-
-    def global_gradient(j: int) -> torch.Tensor:
-        """``dT_Global(f_j) / df_parent(j)``, walking only the segments in between."""
-        i = parents[j]
-        target = X if i < 0 else seg.cut_of_tap[i]
-        src = x if i < 0 else leaves[target]
-        k_j = seg.cut_of_tap[j]
-        between: set[int] = set()
-        stack = list(seg.reads[k_j])
-        while stack:
-            r = stack.pop()
-            if r == X or r == target or r in between or not usable[r]:
-                continue
-            if i >= 0 and i not in seg.tap_ancestors[r]:
-                continue
-            between.add(r)
-            stack.extend(seg.reads[r])
-        acc: dict[int, torch.Tensor] = {}
-
-        def step(out: torch.Tensor, grad_out: torch.Tensor | None, key: int) -> None:
-            if not out.requires_grad:
-                return
-            rs = [r for r in seg.reads[key] if r in between or r == target]
-            if not rs:
-                return
-            inputs = [x if r == X else leaves[r] for r in rs]
-            got = torch.autograd.grad(
-                out, inputs, grad_outputs=grad_out, retain_graph=True, allow_unused=True
+    def emit_through(last: int) -> None:
+        """Hand out the records of taps ``emitted..last`` (execution order) and drop them."""
+        nonlocal emitted
+        for i in range(emitted, last + 1):
+            rec = LayerRecord(
+                index=i,
+                name=names[i],
+                op=model.taps[i].op,
+                parent=parents[i],
+                participating=flags[i],
+                shape=tuple(int(d) for d in taps[i].shape),
+                local_map=local.raw[i].cpu().numpy(),
             )
-            for r, g in zip(rs, got, strict=True):
-                if g is not None:
-                    acc[r] = g if r not in acc else acc[r] + g
+            if i in glob.m:
+                rec.global_map = glob.m.pop(i).cpu().numpy()
+                rec.global_grad_map = glob.raw.pop(i).cpu().numpy()
+                rec.activation_energy = glob.energy.pop(i).cpu().numpy()
+            if store_grads:
+                rec.activation = taps[i][0].detach().cpu().numpy()
+                rec.grad_local = local.grads.pop(i)[0].detach().cpu().numpy()
+                if i in glob.grads:
+                    rec.grad_global = glob.grads.pop(i)[0].detach().cpu().numpy()
+            if on_layer is not None:
+                on_layer(rec)
+            if keep_layers:
+                layers.append(rec)
+        emitted = max(emitted, last + 1)
 
-        def walk(seed: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
-            acc.clear()
-            step(seed[0], seed[1], k_j)
-            for d in sorted(between, reverse=True):
-                if d in acc:
-                    step(values[d], acc.pop(d), d)
-            G = acc.get(target)
-            return G if G is not None else torch.zeros_like(src)
-
-        # Fast path: the closed-form texture gradient as the segment's cotangent.
-        G = walk((taps[j], texture_global_grad(taps[j].detach())))
-        if _gradcam_ill_conditioned(G[0]):
-            # The Grad-CAM weights of G_j (nearly) vanish, so A(G_j) is rounding noise that
-            # only the same float operations reproduce: redo it with autograd of T_Global,
-            # as an autograd-based implementation of GLAM.md computes it (see the README).
-            with torch.enable_grad():
-                G = walk((texture_global(taps[j]).sum(), None))
-            fallbacks.append(j)
-        return G
-
-    next_emit = 0
-    for start in range(0, len(part_idx), KEY_CHUNK):
-        chunk = part_idx[start : start + KEY_CHUNK]
-        ms: list[torch.Tensor] = []
-        for j in chunk:
-            G = global_gradient(j)
-            raw = gradcam_key(G[0]).detach()
-            hj, wj = taps[j].shape[-2:]
-            a = taps[j][0].detach().abs().mean(dim=0)
-            m = normalize(resize(normalize(raw), (hj, wj))) * normalize(a)
-            global_m[j], global_raw[j], energy[j] = m, raw, a
-            if store == "tensors":
-                global_grads[j] = G.detach()
-            ms.append(m)
-        _check_all_finite(
-            [global_raw[j] for j in chunk],
-            [f"the global gradient of tap {j} ({model.taps[j].name})" for j in chunk],
-        )
-        acc_global.add_stack(layer_key_stack(ms, (H, W)))
-        last = chunk[-1]
-        while next_emit <= last:
-            emit(next_emit)
-            next_emit += 1
-    while next_emit < n:
-        emit(next_emit)
-        next_emit += 1
-    global_maps = acc_global.finish((H, W), device)
+    glob = _GlobalPass()
+    _global_pass(glob, seg, x, (H, W), taps, values, leaves, parents, flags, names, store_grads, emit_through)
+    emit_through(n - 1)
     _sync(device)
-    timings["global"] = time.perf_counter() - t2
-    timings["global_autograd_layers"] = float(len(fallbacks))
+    timings["local"] = local.seconds
+    timings["global"] = glob.seconds
+    timings["global_autograd_layers"] = float(len(glob.fallbacks))
     timings["total"] = time.perf_counter() - t0
     for msg in warn:
         pywarnings.warn(msg, stacklevel=2)
     return GlamMaps(
         output=y[0].detach().cpu().numpy(),
-        local={k: v.detach().cpu().numpy() for k, v in local_maps.items()},
-        global_={k: v.detach().cpu().numpy() for k, v in global_maps.items()},
+        local={k: v.detach().cpu().numpy() for k, v in local.maps.items()},
+        global_={k: v.detach().cpu().numpy() for k, v in glob.maps.items()},
         parents=parents,
         participating=flags,
         shapes=[tuple(int(d) for d in t.shape) for t in taps],

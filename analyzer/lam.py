@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from analyzer.allocator import keep_freed_memory
 from analyzer.errors import AnalysisError, ModelError, NumericalError
 from analyzer.maps import resize
 from analyzer.texture import texture_roi
@@ -114,6 +115,8 @@ def compute_lam(
         raise AnalysisError(f"LAM fold {fold} must be at least 1")
     if lam_batch < 1:
         raise AnalysisError(f"lam_batch {lam_batch} must be at least 1")
+    if x.device.type == "cpu":
+        keep_freed_memory()
     t0 = time.perf_counter()
     images, derivs = blur_path(x, sigma, fold, l)
     warnings: list[str] = []

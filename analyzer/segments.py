@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import fx
@@ -64,6 +64,51 @@ class SegmentedGraph:
     reads: dict[int | str, list[int]]
     inner_taps: dict[int | str, list[int]]
     tap_ancestors: list[frozenset[int]]
+    _plans: dict[tuple[int, int], list[tuple[int, list[int]]]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def walk_plan(self, k_j: int, parent: int, target: int) -> list[tuple[int, list[int]]]:
+        """The segments to walk for ``dT/df_j`` back to ``f_parent(j)`` (cached).
+
+        Parameters
+        ----------
+        k_j:
+            Cut id of tap ``j``.
+        parent:
+            ``parent(j)`` (tap index, ``-1`` for the model input).
+        target:
+            Cut id of the parent's value (:data:`X` for the input).
+
+        Returns
+        -------
+        list of (cut id, reads)
+            First ``(k_j, reads)``, then every cut between the parent and ``j`` in reverse
+            execution order; ``reads`` keeps only the leaves on the way (those between, and
+            the target). Cuts between are those that depend on the parent, so no walk
+            leaves the stretch of graph from ``f_parent(j)`` to ``f_j``.
+        """
+        key = (k_j, target)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        between: set[int] = set()
+        stack = list(self.reads[k_j])
+        while stack:
+            r = stack.pop()
+            if r == X or r == target or r in between:
+                continue
+            if parent >= 0 and parent not in self.tap_ancestors[r]:
+                continue
+            between.add(r)
+            stack.extend(self.reads[r])
+        keep = between | {target}
+        plan = [
+            (k, [r for r in self.reads[k] if r in keep])
+            for k in [k_j, *sorted(between, reverse=True)]
+        ]
+        self._plans[key] = plan
+        return plan
 
 
 def _fan_out(node: fx.Node) -> int:

@@ -48,7 +48,11 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
     from analyzer.texture import texture_roi
     from fixtures.architectures import build
 
+    from analyzer.allocator import keep_freed_memory
+
     dev = analyzer.resolve_device(args.device)
+    if dev.type == "cpu":
+        keep_freed_memory()  # what the engine does on CPU; applied before fb too (fair unit)
     net = build(arch, "paper").eval()
     t_import = time.perf_counter()
     model = importers.from_module(net, input_range=1)

@@ -1,0 +1,166 @@
+"""The two backward passes of GL-AM over a :class:`~analyzer.segments.SegmentedGraph`.
+
+* :class:`LocalBackward`: ``dT_ROI(y)/df_i`` for every tap, one segment at a time in reverse
+  execution order (the chain rule applied piecewise).
+* :class:`GlobalGradients`: ``G_j = dT_Global(f_j)/df_parent(j)``, walking only the
+  segments between ``parent(j)`` and ``j``.
+
+Both run on the graph of one forward pass (kept with ``retain_graph``); the engine
+interleaves them (:func:`analyzer.glam.compute_glam`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from analyzer.maps import gradcam_key, gradcam_key_conditioned
+from analyzer.segments import SegmentedGraph, X
+from analyzer.texture import texture_global, texture_global_grad
+
+# Below this ratio of |mean G_c| to mean |G_c| (max over channels), A(G) is recomputed with
+# autograd. Measured on the paper-size fixtures: degenerate layers (a spatially uniform
+# linear path from the parent, e.g. a 1x1 conv) sit near 1e-9, where the closed-form and
+# autograd keys differ by 0.1-0.9; a few first layers after a 1x1 mean shift sit at 2e-3 to
+# 5e-3 (recomputed too, at little cost); all others are above 1e-2, where the two keys agree
+# to 1e-6.
+GRADCAM_CONDITION = 5e-3
+
+
+def _grad(
+    out: torch.Tensor, inputs: Sequence[torch.Tensor], grad_out: torch.Tensor | None
+) -> tuple[torch.Tensor | None, ...]:
+    return torch.autograd.grad(
+        out, list(inputs), grad_outputs=grad_out, retain_graph=True, allow_unused=True
+    )
+
+
+class LocalBackward:
+    """One backward pass of ``T_ROI(y)``, run segment by segment.
+
+    Parameters
+    ----------
+    seg:
+        The segmented graph.
+    taps, leaves:
+        Tap outputs and cut-point leaves of the forward pass.
+    """
+
+    def __init__(
+        self, seg: SegmentedGraph, taps: Sequence[torch.Tensor], leaves: Sequence[object]
+    ) -> None:
+        self.seg = seg
+        self.taps = taps
+        self.leaves = leaves
+        self.usable = [isinstance(u, torch.Tensor) and u.requires_grad for u in leaves]
+        self.cut_grads: list[torch.Tensor | None] = [None] * seg.n_cuts
+        self.inner_grads: list[torch.Tensor | None] = [None] * len(taps)
+
+    def _backprop(self, out: torch.Tensor, grad_out: torch.Tensor | None, key: int | str) -> None:
+        if not out.requires_grad:
+            return
+        reads = [k for k in self.seg.reads[key] if k != X and self.usable[k]]
+        inner = [t for t in self.seg.inner_taps[key] if self.taps[t].requires_grad]
+        inputs = [self.leaves[k] for k in reads] + [self.taps[t] for t in inner]
+        if not inputs:
+            return
+        got = _grad(out, inputs, grad_out)
+        for k, g in zip(reads, got[: len(reads)], strict=True):
+            if g is not None:
+                old = self.cut_grads[k]
+                self.cut_grads[k] = g if old is None else old + g
+        for t, g in zip(inner, got[len(reads) :], strict=True):
+            if g is not None:
+                old = self.inner_grads[t]
+                self.inner_grads[t] = g if old is None else old + g
+
+    def seed(self, objective: torch.Tensor, y: torch.Tensor) -> None:
+        """Start from the scalar ``T_ROI(y)``: back through the output's segment."""
+        if self.seg.y_cut is not None:
+            if y.requires_grad:
+                (g_y,) = torch.autograd.grad(objective, [y], retain_graph=True)
+                self.cut_grads[self.seg.y_cut] = g_y
+        else:
+            self._backprop(objective, None, "y")
+
+    def step(self, k: int, values: Sequence[object]) -> torch.Tensor | None:
+        """Back through cut ``k``'s segment; returns ``dT_ROI/dv_k`` (``None`` if 0).
+
+        Call for ``k = n_cuts - 1, ..., 0`` in turn: by then every consumer of ``v_k`` has
+        added its share. The gradient is released here (the caller keeps it if needed).
+        """
+        g = self.cut_grads[k]
+        if g is None:
+            return None
+        self._backprop(values[k], g, k)  # type: ignore[arg-type]
+        self.cut_grads[k] = None
+        return g
+
+
+class GlobalGradients:
+    """``G_j = dT_Global(f_j)/df_parent(j)`` for participating taps.
+
+    The cotangent of ``T_Global`` at ``f_j`` is taken in closed form
+    (:func:`~analyzer.texture.texture_global_grad`); where the Grad-CAM weights of ``G_j``
+    nearly cancel (:data:`GRADCAM_CONDITION`), ``A(G_j)`` is float-rounding noise that only
+    the same float operations reproduce, so that layer is recomputed with autograd of
+    ``T_Global``, as an autograd-based implementation of GLAM.md computes it (see the
+    README, "Where GLAM.md is ambiguous").
+    """
+
+    def __init__(
+        self,
+        seg: SegmentedGraph,
+        x: torch.Tensor,
+        taps: Sequence[torch.Tensor],
+        values: Sequence[object],
+        leaves: Sequence[object],
+        parents: Sequence[int],
+    ) -> None:
+        self.seg, self.x, self.taps, self.values, self.leaves = seg, x, taps, values, leaves
+        self.parents = parents
+        self.usable = [isinstance(u, torch.Tensor) and u.requires_grad for u in leaves]
+        self.fallbacks: list[int] = []
+
+    def _walk(
+        self, j: int, out: torch.Tensor, grad_out: torch.Tensor | None
+    ) -> torch.Tensor:
+        i = self.parents[j]
+        seg = self.seg
+        target = X if i < 0 else seg.cut_of_tap[i]
+        plan = seg.walk_plan(seg.cut_of_tap[j], i, target)
+        acc: dict[int, torch.Tensor] = {}
+
+        def step(o: torch.Tensor, go: torch.Tensor | None, reads: list[int]) -> None:
+            if not o.requires_grad:
+                return
+            rs = [r for r in reads if r == X or self.usable[r]]
+            if not rs:
+                return
+            got = _grad(o, [self.x if r == X else self.leaves[r] for r in rs], go)  # type: ignore[misc]
+            for r, g in zip(rs, got, strict=True):
+                if g is not None:
+                    acc[r] = g if r not in acc else acc[r] + g
+
+        step(out, grad_out, plan[0][1])
+        for d, reads in plan[1:]:
+            if d in acc:
+                step(self.values[d], acc.pop(d), reads)  # type: ignore[arg-type]
+        G = acc.get(target)
+        if G is None:
+            src = self.x if i < 0 else self.leaves[target]
+            return torch.zeros_like(src)  # type: ignore[arg-type]
+        return G
+
+    def gradient(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(G_j, A(G_j))`` for participating tap ``j`` (``A`` detached, ``H_i x W_i``)."""
+        f = self.taps[j]
+        G = self._walk(j, f, texture_global_grad(f.detach()))
+        raw, conditioning = gradcam_key_conditioned(G[0])
+        if conditioning <= GRADCAM_CONDITION:
+            with torch.enable_grad():
+                G = self._walk(j, texture_global(f).sum(), None)
+            raw = gradcam_key(G[0])
+            self.fallbacks.append(j)
+        return G, raw.detach()

@@ -144,16 +144,24 @@ def layer_keys(maps: Sequence[torch.Tensor], size: Sequence[int]) -> list[torch.
 
 
 class _SegmentCache:
-    """Segmented graphs per participation pattern (participation depends on input size)."""
+    """Segmented graphs and ``parent(j)`` per participation pattern (participation depends
+    on the input size)."""
 
     def __init__(self) -> None:
         self._cache: dict[tuple[int, tuple[bool, ...]], SegmentedGraph] = {}
+        self._parents: dict[tuple[int, tuple[bool, ...]], list[int]] = {}
 
     def get(self, model: ImportedModel, flags: Sequence[bool]) -> SegmentedGraph:
         key = (id(model.graph), tuple(flags))
         if key not in self._cache:
             self._cache[key] = build_segmented(model.graph, flags)
         return self._cache[key]
+
+    def parents(self, model: ImportedModel, flags: Sequence[bool]) -> list[int]:
+        key = (id(model.graph), tuple(flags))
+        if key not in self._parents:
+            self._parents[key] = model.parents(flags)
+        return self._parents[key]
 
 
 _SEGMENTS = _SegmentCache()
@@ -337,7 +345,7 @@ def compute_glam(
             "no convolution has a spatial output larger than 1x1 at this input size; "
             "GL-AM needs at least one participating layer (use a larger input)"
         )
-    parents = model.parents(flags)
+    parents = _SEGMENTS.parents(model, flags)
     _check_finite(y, "the model output")
     H, W = int(y.shape[-2]), int(y.shape[-1])
     validate_roi((H, W), top, left, window)

@@ -5,8 +5,8 @@
 * :class:`GlobalGradients`: ``G_j = dT_Global(f_j)/df_parent(j)``, walking only the
   segments between ``parent(j)`` and ``j``.
 
-Both run on the graph of one forward pass (kept with ``retain_graph``); the engine
-interleaves them (:func:`analyzer.glam.compute_glam`).
+Both run on the graph of one forward pass (kept with ``retain_graph``), one after the
+other (:func:`analyzer.glam.compute_glam`).
 """
 
 from __future__ import annotations

@@ -219,16 +219,16 @@ def _local_pass(
             if keep_grads:
                 grads[i] = g
     local.inner_grads.clear()
-    done = [r for r in raw if r is not None]
-    _check_all_finite(done, [f"the gradient of T_ROI at tap {i} ({nm})" for i, nm in enumerate(names)])
+    raws = [r for r in raw if r is not None]  # every tap has one by now
+    _check_all_finite(raws, [f"the gradient of T_ROI at tap {i} ({nm})" for i, nm in enumerate(names)])
     size = (int(y.shape[-2]), int(y.shape[-1]))
     acc = KeyAccumulator()
     part_idx = [j for j in range(n) if flags[j]]
     for start in range(0, len(part_idx), KEY_CHUNK):
         chunk = part_idx[start : start + KEY_CHUNK]
-        acc.add_stack(layer_key_stack([done[i] for i in chunk], size))
+        acc.add_stack(layer_key_stack([raws[i] for i in chunk], size))
     maps = acc.finish(size, y.device)
-    return _LocalPass(done, grads, depends, maps, time.perf_counter() - t0)
+    return _LocalPass(raws, grads, depends, maps, time.perf_counter() - t0)
 
 
 @dataclass

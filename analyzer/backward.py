@@ -55,6 +55,16 @@ def _grad(
     )
 
 
+def _accumulate(
+    store: list[torch.Tensor | None], idx: Sequence[int], grads: Sequence[torch.Tensor | None]
+) -> None:
+    """``store[i] += g`` for each pair (a missing entry or gradient counts as 0)."""
+    for i, g in zip(idx, grads, strict=True):
+        if g is not None:
+            old = store[i]
+            store[i] = g if old is None else old + g
+
+
 class LocalBackward:
     """One backward pass of ``T_ROI(y)``, run segment by segment.
 
@@ -85,14 +95,8 @@ class LocalBackward:
         if not inputs:
             return
         got = _grad(out, inputs, grad_out)
-        for k, g in zip(reads, got[: len(reads)], strict=True):
-            if g is not None:
-                old = self.cut_grads[k]
-                self.cut_grads[k] = g if old is None else old + g
-        for t, g in zip(inner, got[len(reads) :], strict=True):
-            if g is not None:
-                old = self.inner_grads[t]
-                self.inner_grads[t] = g if old is None else old + g
+        _accumulate(self.cut_grads, reads, got[: len(reads)])
+        _accumulate(self.inner_grads, inner, got[len(reads) :])
 
     def seed(self, objective: torch.Tensor, y: torch.Tensor) -> None:
         """Start from the scalar ``T_ROI(y)``: back through the output's segment."""

@@ -12,7 +12,7 @@ import time
 import warnings as pywarnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -199,27 +199,27 @@ def _local_pass(
     raw: list[torch.Tensor | None] = [None] * n
     grads: dict[int, torch.Tensor] = {}
     depends = False
+
+    def take(i: int, g: torch.Tensor) -> None:
+        # the raw map is taken as soon as the gradient is final; the activation-sized
+        # gradient itself is only kept for store="tensors"
+        nonlocal depends
+        raw[i] = gradcam_key(g[0]).detach()
+        depends = depends or (flags[i] and bool(g.any()))
+        if keep_grads:
+            grads[i] = g
+
     for k in reversed(range(seg.n_cuts)):
         g = local.step(k, values)
         j = tap_of_cut.get(k)
         if g is not None and j is not None:
-            # the raw map is taken as soon as the gradient is final; the activation-sized
-            # gradient itself is only kept for store="tensors"
-            raw[j] = gradcam_key(g[0]).detach()
-            depends = depends or (flags[j] and bool(g.any()))
-            if keep_grads:
-                grads[j] = g
+            take(j, g)
     for i in range(n):  # taps inside segments, and taps the ROI does not reach
         if raw[i] is None:
             g = local.inner_grads[i]
-            if g is None:
-                g = torch.zeros_like(taps[i])
-            raw[i] = gradcam_key(g[0]).detach()
-            depends = depends or (flags[i] and bool(g.any()))
-            if keep_grads:
-                grads[i] = g
+            take(i, torch.zeros_like(taps[i]) if g is None else g)
     local.inner_grads.clear()
-    raws = [r for r in raw if r is not None]  # every tap has one by now
+    raws = cast(list[torch.Tensor], raw)  # every tap has its map by now
     _check_all_finite(raws, [f"the gradient of T_ROI at tap {i} ({nm})" for i, nm in enumerate(names)])
     size = (int(y.shape[-2]), int(y.shape[-1]))
     acc = KeyAccumulator()

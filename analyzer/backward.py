@@ -11,11 +11,13 @@ other (:func:`analyzer.glam.compute_glam`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 
-from analyzer.maps import gradcam_key, gradcam_key_conditioned
+from analyzer import kernels
+from analyzer.maps import gradcam_key
 from analyzer.segments import SegmentedGraph, X
 from analyzer.texture import texture_global, texture_global_grad
 
@@ -63,6 +65,23 @@ def _accumulate(
         if g is not None:
             old = store[i]
             store[i] = g if old is None else old + g
+
+
+@functools.lru_cache(maxsize=8)
+def closed_form_is_autograd(device: str, dtype: torch.dtype) -> bool:
+    """Whether :func:`analyzer.texture.texture_global_grad` equals autograd's gradient of
+    :func:`analyzer.texture.texture_global` bit for bit on this device and dtype.
+
+    It does on torch 2.14 (the closed form follows autograd's operations and summation
+    order); checked once per process on an awkward shape, since a torch version that
+    orders the sums differently would change the last bits.
+    """
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randn(2, 3, 7, 6, generator=gen).to(device=device, dtype=dtype)
+    leaf = t.clone().requires_grad_(True)
+    with torch.enable_grad():
+        (ref,) = torch.autograd.grad(texture_global(leaf).sum(), [leaf])
+    return bool(torch.equal(texture_global_grad(t), ref))
 
 
 class LocalBackward:
@@ -125,11 +144,11 @@ class GlobalGradients:
     """``G_j = dT_Global(f_j)/df_parent(j)`` for participating taps.
 
     The cotangent of ``T_Global`` at ``f_j`` is taken in closed form
-    (:func:`~analyzer.texture.texture_global_grad`); where the Grad-CAM weights of ``G_j``
+    (:func:`analyzer.kernels.texture_global_grad`); where the Grad-CAM weights of ``G_j``
     nearly cancel (:data:`GRADCAM_CONDITION`), ``A(G_j)`` is float-rounding noise that only
-    the same float operations reproduce, so that layer is recomputed with autograd of
-    ``T_Global``, as an autograd-based implementation of GLAM.md computes it (see the
-    README, "Where GLAM.md is ambiguous").
+    the same float operations reproduce, so that layer is recomputed from autograd's own
+    cotangent of ``T_Global`` and with the eager Grad-CAM operations, as an autograd-based
+    implementation of GLAM.md computes it (see the README, "Where GLAM.md is ambiguous").
     """
 
     def __init__(
@@ -179,11 +198,14 @@ class GlobalGradients:
     def gradient(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(G_j, A(G_j))`` for participating tap ``j`` (``A`` detached, ``H_i x W_i``)."""
         f = self.taps[j]
-        G = self._walk(j, f, texture_global_grad(f.detach()))
-        raw, conditioning = gradcam_key_conditioned(G[0])
+        G = self._walk(j, f, kernels.texture_global_grad(f.detach()))
+        raw, conditioning = kernels.gradcam_key_conditioned(G[0])
         if conditioning <= GRADCAM_CONDITION:
-            with torch.enable_grad():
-                G = self._walk(j, texture_global(f).sum(), None)
+            if closed_form_is_autograd(str(f.device), f.dtype):  # autograd's cotangent, cheaper
+                G = self._walk(j, f, texture_global_grad(f.detach()))
+            else:
+                with torch.enable_grad():
+                    G = self._walk(j, texture_global(f).sum(), None)
             raw = gradcam_key(G[0])
             self.fallbacks.append(j)
         return G, raw.detach()

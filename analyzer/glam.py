@@ -17,10 +17,18 @@ from typing import Literal, cast
 import numpy as np
 import torch
 
+from analyzer import kernels
 from analyzer.allocator import keep_freed_memory
 from analyzer.backward import GlobalGradients, LocalBackward
 from analyzer.errors import AnalysisError, NumericalError
-from analyzer.maps import KeyAccumulator, gradcam_key, normalize_, normalize_nonnegative, resize
+from analyzer.maps import (
+    KeyAccumulator,
+    gradcam_key,
+    normalize_,
+    normalize_nonnegative,
+    resize,
+    resized_stack,
+)
 from analyzer.segments import SegmentedGraph, build_segmented
 from analyzer.texture import texture_roi
 from importers.model import ImportedModel
@@ -127,15 +135,7 @@ def layer_key_stack(maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.
     so the inner ``N`` is a positive per-map scale that ``R`` (linear) carries through and
     the outer ``N`` removes: ``N(R(N(m))) = N(R(m))``.
     """
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, m in enumerate(maps):
-        groups.setdefault(tuple(m.shape[-2:]), []).append(i)
-    if len(groups) == 1:
-        return normalize_(resize(torch.stack(list(maps)), size))  # stack is a fresh tensor
-    out = maps[0].new_empty((len(maps), int(size[0]), int(size[1])))
-    for idx in groups.values():
-        out[idx] = normalize_(resize(torch.stack([maps[i] for i in idx]), size))
-    return out
+    return normalize_(resized_stack(maps, size))
 
 
 def layer_keys(maps: Sequence[torch.Tensor], size: Sequence[int]) -> list[torch.Tensor]:
@@ -226,7 +226,7 @@ def _local_pass(
     part_idx = [j for j in range(n) if flags[j]]
     for start in range(0, len(part_idx), KEY_CHUNK):
         chunk = part_idx[start : start + KEY_CHUNK]
-        acc.add_stack(layer_key_stack([raws[i] for i in chunk], size))
+        acc.add_maps([raws[i] for i in chunk], size)
     maps = acc.finish(size, y.device)
     return _LocalPass(raws, grads, depends, maps, time.perf_counter() - t0)
 
@@ -271,7 +271,7 @@ def _global_pass(
         for j in chunk:
             G, raw = walker.gradient(j)
             f = taps[j][0].detach()
-            a = f.abs().sum(dim=0).div_(f.shape[0])  # a_j = mean_c |f_j|
+            a = kernels.activation_energy(f)  # a_j = mean_c |f_j|
             # m_j = N(R(N(A(G_j)), (H_j, W_j))) * N(a_j); N(N(z)) = N(z) exactly (z >= 0)
             m = normalize_nonnegative(raw)
             if tuple(m.shape) != tuple(f.shape[-2:]):
@@ -284,7 +284,7 @@ def _global_pass(
             [out.raw[j] for j in chunk],
             [f"the global gradient of tap {j} ({names[j]})" for j in chunk],
         )
-        acc.add_stack(layer_key_stack([out.m[j] for j in chunk], size))
+        acc.add_maps([out.m[j] for j in chunk], size)
         on_chunk(chunk[-1])
     out.maps = acc.finish(size, x.device)
     out.seconds = time.perf_counter() - t0

@@ -101,6 +101,22 @@ def gradcam_key_conditioned(g: torch.Tensor) -> tuple[torch.Tensor, float]:
     return key, signed / magnitude
 
 
+def resized_stack(maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+    """``R(m, size)`` of each map, as one fresh ``(B, H, W)`` stack in the given order.
+
+    Same-size maps are resized together (one pair of matrix products per size).
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, m in enumerate(maps):
+        groups.setdefault(tuple(m.shape[-2:]), []).append(i)
+    if len(groups) == 1:
+        return resize(torch.stack(list(maps)), size)  # the stack is a fresh tensor
+    out = maps[0].new_empty((len(maps), int(size[0]), int(size[1])))
+    for idx in groups.values():
+        out[idx] = resize(torch.stack([maps[i] for i in idx]), size)
+    return out
+
+
 class KeyAccumulator:
     """Streams per-layer keys (in execution order) into Consensus, Variation and Sum.
 
@@ -111,6 +127,18 @@ class KeyAccumulator:
         self.total: torch.Tensor | None = None
         self.variation: torch.Tensor | None = None
         self.previous: torch.Tensor | None = None
+
+    def add_maps(self, maps: Sequence[torch.Tensor], size: Sequence[int]) -> None:
+        """Add the keys ``N(R(m, size))`` of the next non-negative maps, in execution order.
+
+        On CPU the normalisation and the running sums are one fused pass
+        (:func:`analyzer.kernels.accumulate_keys`); the keys are never stored.
+        """
+        from analyzer import kernels  # kernels builds on this module
+
+        resized = resized_stack(maps, size)
+        if not kernels.accumulate_keys(self, resized):
+            self.add_stack(normalize_(resized))
 
     def add_stack(self, keys: torch.Tensor) -> None:
         """Add the next participating layers' keys ``(B, H, W)``, in execution order."""

@@ -121,3 +121,18 @@ def test_fast_engine_matches_literal_reference(arch: str, kind: str) -> None:
     for k in ("consensus", "variation", "sum"):
         np.testing.assert_allclose(res.local[k], loc[k], atol=1e-5, err_msg=f"local {k}")
         np.testing.assert_allclose(res.global_[k], glob[k], atol=1e-5, err_msg=f"global {k}")
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_eager_engine_matches_literal_reference(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the fused CPU kernels (the path CUDA tensors take) the engine matches too."""
+    if not _available(arch, "trace.pt"):
+        pytest.skip(f"fixture {arch} trace.pt not built")
+    monkeypatch.setenv("GLAM_FUSED_KERNELS", "0")
+    model = _load(arch, "trace.pt")
+    x = _x(4)
+    res = compute_glam(model, x, 6, 5, 12)
+    loc, glob, _, _ = reference_glam(model.graph, x, 6, 5, 12)
+    for k in ("consensus", "variation", "sum"):
+        np.testing.assert_allclose(res.local[k], loc[k], atol=1e-5, err_msg=f"local {k}")
+        np.testing.assert_allclose(res.global_[k], glob[k], atol=1e-5, err_msg=f"global {k}")

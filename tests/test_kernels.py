@@ -1,0 +1,167 @@
+"""The fused CPU kernels (analyzer.kernels) against the eager torch code they replace,
+float64 autograd, and themselves at other thread counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from analyzer import kernels
+from analyzer.backward import closed_form_is_autograd
+from analyzer.maps import KeyAccumulator, gradcam_key_conditioned, normalize_, resized_stack
+from analyzer.texture import texture_global, texture_global_grad
+
+pytestmark = pytest.mark.skipif(not kernels.enabled(), reason="numba is not installed")
+
+SHAPES = [(1, 64, 32, 32), (1, 3, 2, 2), (2, 3, 5, 4), (1, 5, 2, 9), (1, 5, 9, 2), (1, 4, 17, 33)]
+
+
+def _rand(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+@pytest.fixture
+def kernels_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLAM_FUSED_KERNELS", "0")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_texture_kernel_matches_closed_form_and_float64_autograd(
+    shape: tuple[int, ...], scale: float
+) -> None:
+    t = _rand(shape, 1, scale)
+    fused = kernels.texture_global_grad(t)
+    eager = texture_global_grad(t)
+    t64 = t.double().requires_grad_(True)
+    (exact,) = torch.autograd.grad(texture_global(t64).sum(), [t64])
+    # each entry is a sum of 4 terms of magnitude <= 1: float32 rounding is ~1e-7
+    torch.testing.assert_close(fused, eager, atol=2e-6, rtol=0)
+    torch.testing.assert_close(fused.double(), exact, atol=2e-6, rtol=0)
+    assert fused.dtype == torch.float32 and fused.shape == t.shape
+
+
+def test_texture_kernel_without_differences_is_zero() -> None:
+    for shape in [(1, 3, 1, 7), (1, 3, 7, 1), (1, 2, 1, 1)]:
+        g = kernels.texture_global_grad(_rand(shape, 2))
+        assert g.shape == shape and not g.any()
+
+
+def test_texture_kernel_reads_strided_input() -> None:
+    t = _rand((1, 6, 9, 11), 3).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(
+        kernels.texture_global_grad(t), texture_global_grad(t.contiguous()), atol=2e-6, rtol=0
+    )
+
+
+def test_closed_form_is_autograd_to_the_bit() -> None:
+    """The eager closed form follows autograd's operations and summation order (torch 2.14):
+    the engine's recomputation of rounding-dominated layers relies on it, and checks it."""
+    t = _rand((1, 16, 33, 29), 4).requires_grad_(True)
+    (ref,) = torch.autograd.grad(texture_global(t).sum(), [t])
+    assert torch.equal(texture_global_grad(t.detach()), ref)
+    assert closed_form_is_autograd("cpu", torch.float32)
+
+
+@pytest.mark.parametrize("shape", [(64, 32, 32), (64, 1, 1), (3, 2, 2), (7, 13, 5)])
+def test_gradcam_kernel_matches_eager(shape: tuple[int, ...]) -> None:
+    g = _rand(shape, 5) + 0.3  # channel means well away from 0
+    key, r = kernels.gradcam_key_conditioned(g)
+    ref_key, ref_r = gradcam_key_conditioned(g)
+    torch.testing.assert_close(key, ref_key, atol=1e-6 * float(ref_key.max()), rtol=0)
+    assert r == pytest.approx(ref_r, rel=1e-5)
+
+
+def test_gradcam_kernel_conditioning() -> None:
+    cancelling = texture_global_grad(_rand((1, 3, 12, 12), 6))[0]  # channel sums exactly 0
+    assert kernels.gradcam_key_conditioned(cancelling)[1] < 1e-6
+    assert kernels.gradcam_key_conditioned(torch.rand(3, 12, 12))[1] > 0.5
+    key, r = kernels.gradcam_key_conditioned(torch.zeros(3, 12, 12))
+    assert r == float("inf") and not key.any()
+
+
+def test_activation_energy_matches_eager() -> None:
+    f = _rand((64, 20, 24), 7)
+    torch.testing.assert_close(
+        kernels.activation_energy(f), f.abs().sum(dim=0) / 64, atol=1e-6, rtol=0
+    )
+
+
+def _chunks(seed: int) -> list[list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        [torch.rand(8, 8, generator=g) for _ in range(5)],
+        [torch.rand(16, 16, generator=g), torch.zeros(8, 8), torch.rand(32, 32, generator=g)],
+        [torch.rand(8, 8, generator=g)],
+    ]
+
+
+def test_key_accumulation_matches_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    size = (32, 32)
+    fused = KeyAccumulator()
+    for chunk in _chunks(8):
+        fused.add_maps(chunk, size)
+    eager = KeyAccumulator()
+    for chunk in _chunks(8):
+        eager.add_stack(normalize_(resized_stack(chunk, size)))
+    got = fused.finish(size, torch.device("cpu"))
+    ref = eager.finish(size, torch.device("cpu"))
+    for k in ("consensus", "variation", "sum"):
+        torch.testing.assert_close(got[k], ref[k], atol=1e-6, rtol=0, msg=k)
+    monkeypatch.setenv("GLAM_FUSED_KERNELS", "0")  # and add_maps takes the eager path when off
+    off = KeyAccumulator()
+    for chunk in _chunks(8):
+        off.add_maps(chunk, size)
+    for k, v in off.finish(size, torch.device("cpu")).items():
+        assert torch.equal(v, ref[k]), k
+
+
+def test_non_finite_keys_stay_visible() -> None:
+    acc = KeyAccumulator()
+    acc.add_maps([torch.full((4, 4), float("nan"))], (8, 8))
+    assert torch.isnan(acc.finish((8, 8), torch.device("cpu"))["consensus"]).all()
+
+
+def test_kernels_are_bitwise_independent_of_the_thread_count() -> None:
+    t = _rand((1, 32, 40, 36), 9)
+    g = t[0] + 0.2
+
+    def run() -> list[np.ndarray]:
+        acc = KeyAccumulator()
+        for chunk in _chunks(10):
+            acc.add_maps(chunk, (32, 32))
+        return [
+            kernels.texture_global_grad(t).numpy(),
+            kernels.gradcam_key_conditioned(g)[0].numpy(),
+            kernels.activation_energy(t[0]).numpy(),
+            *(v.numpy() for v in acc.finish((32, 32), torch.device("cpu")).values()),
+        ]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.usefixtures("kernels_off")
+def test_switched_off_gives_the_eager_results() -> None:
+    assert not kernels.enabled()
+    t = _rand((1, 4, 9, 8), 11)
+    assert torch.equal(kernels.texture_global_grad(t), texture_global_grad(t))
+    key, r = kernels.gradcam_key_conditioned(t[0])
+    ref_key, ref_r = gradcam_key_conditioned(t[0])
+    assert torch.equal(key, ref_key) and r == ref_r
+    assert torch.equal(kernels.activation_energy(t[0]), t[0].abs().sum(dim=0) / 4)
+
+
+def test_other_dtypes_take_the_eager_path() -> None:
+    t = _rand((1, 4, 9, 8), 12).double()
+    assert torch.equal(kernels.texture_global_grad(t), texture_global_grad(t))
+    assert kernels.texture_global_grad(t).dtype == torch.float64

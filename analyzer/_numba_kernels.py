@@ -17,45 +17,94 @@ ZERO = np.float32(0.0)
 CHUNK = 1024  # output positions per parallel task of the channel sums
 
 
-def _njit(fn):  # type: ignore[no-untyped-def]
-    return numba.njit(parallel=True, cache=True, boundscheck=False)(fn)
+def jit(fastmath: set[str] | None = None):  # type: ignore[no-untyped-def]
+    """``numba.njit(parallel=True)``, cached on disk where numba finds a writable place
+    (next to this file, else the user's cache directory), else compiled in memory."""
+
+    def wrap(fn):  # type: ignore[no-untyped-def]
+        options = {"parallel": True, "boundscheck": False, "fastmath": fastmath or False}
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(cache=False, **options)(fn)
+
+    return wrap
+
+
+_njit = jit()
 
 
 @_njit
-def texture(t: np.ndarray, g: np.ndarray) -> None:
-    """``g = dT_Global/dt`` for ``t`` of shape ``(n, h, w)`` with ``h, w >= 2``.
+def texture_energy(t: np.ndarray, g: np.ndarray, a: np.ndarray, rows: int) -> None:
+    """``g = dT_Global/dt`` and ``a = mean_c |t_c|`` for ``t`` of shape ``(c, h, w)`` with
+    ``h, w >= 2``, in blocks of ``rows`` rows (one pass over ``t``).
 
     ``u = dh * (1/mag)``, ``v = dw * (1/mag)`` over the ``(h-1) x (w-1)`` differences;
     ``g[p,q] = ((v[p,q] - v[p,q-1]) - u[p-1,q]) + u[p,q]``, absent terms left out (the
-    operations and order of :func:`analyzer.texture.texture_global_grad`).
+    operations and order of :func:`analyzer.texture.texture_global_grad`); a block
+    recomputes ``u`` of the row above it. ``a`` is summed channel by channel in float32
+    (the order of ``t.abs().sum(dim=0) / c``). Neither depends on ``rows``.
     """
-    n, h, w = t.shape
-    for c in prange(n):
-        up = np.zeros(w - 1, dtype=np.float32)  # u of the row above
+    c, h, w = t.shape
+    scale = np.float32(c)
+    for b in prange((h + rows - 1) // rows):
+        p0 = b * rows
+        p1 = min(h, p0 + rows)
+        up = np.empty(w - 1, dtype=np.float32)  # u of the row above
         u = np.empty(w - 1, dtype=np.float32)
         v = np.empty(w - 1, dtype=np.float32)
-        for p in range(h - 1):
-            row = t[c, p]
-            below = t[c, p + 1]
-            out = g[c, p]
-            for q in range(w - 1):
-                dh = row[q] - below[q]
-                dw = row[q] - row[q + 1]
-                r = ONE / np.sqrt(dh * dh + dw * dw + EPS)
-                u[q] = dh * r
-                v[q] = dw * r
-            out[0] = (v[0] - up[0]) + u[0]
-            for q in range(1, w - 1):
-                out[q] = ((v[q] - v[q - 1]) - up[q]) + u[q]
-            out[w - 1] = -v[w - 2]
-            up[:] = u
-        last = g[c, h - 1]
-        for q in range(w - 1):
-            last[q] = -up[q]
-        last[w - 1] = 0.0
+        acc = np.empty((p1 - p0, w), dtype=np.float32)
+        for k in range(c):
+            plane = t[k]
+            out = g[k]
+            if p0 > 0:
+                row = plane[p0 - 1]
+                below = plane[p0]
+                for q in range(w - 1):
+                    dh = row[q] - below[q]
+                    dw = row[q] - row[q + 1]
+                    up[q] = dh * (ONE / np.sqrt(dh * dh + dw * dw + EPS))
+            else:
+                up[:] = ZERO
+            for p in range(p0, min(p1, h - 1)):
+                row = plane[p]
+                below = plane[p + 1]
+                dst = out[p]
+                for q in range(w - 1):
+                    dh = row[q] - below[q]
+                    dw = row[q] - row[q + 1]
+                    r = ONE / np.sqrt(dh * dh + dw * dw + EPS)
+                    u[q] = dh * r
+                    v[q] = dw * r
+                dst[0] = (v[0] - up[0]) + u[0]
+                for q in range(1, w - 1):
+                    dst[q] = ((v[q] - v[q - 1]) - up[q]) + u[q]
+                dst[w - 1] = -v[w - 2]
+                up[:] = u
+            if p1 == h:
+                for q in range(w - 1):
+                    out[h - 1, q] = -up[q]
+                out[h - 1, w - 1] = ZERO
+            if k == 0:
+                for p in range(p0, p1):
+                    src = plane[p]
+                    dst = acc[p - p0]
+                    for q in range(w):
+                        dst[q] = abs(src[q])
+            else:
+                for p in range(p0, p1):
+                    src = plane[p]
+                    dst = acc[p - p0]
+                    for q in range(w):
+                        dst[q] += abs(src[q])
+        for p in range(p0, p1):
+            src = acc[p - p0]
+            dst = a[p]
+            for q in range(w):
+                dst[q] = src[q] / scale
 
 
-@numba.njit(parallel=True, cache=True, boundscheck=False, fastmath={"reassoc"})
+@jit(fastmath={"reassoc"})
 def channel_sums(g: np.ndarray, sums: np.ndarray, abs_sums: np.ndarray) -> None:
     """``sums[c] = sum g[c]`` and ``abs_sums[c] = sum |g[c]|`` for ``g`` of shape ``(c, n)``.
 
@@ -103,27 +152,6 @@ def gradcam(g: np.ndarray, key: np.ndarray) -> tuple[float, float]:
         for i in range(hi - lo):
             out[i] = abs(out[i])
     return float(np.abs(alpha).max()), float(abs_sums.max() / n)
-
-
-@_njit
-def abs_mean(f: np.ndarray, a: np.ndarray) -> None:
-    """``a = mean_c |f_c|`` for ``f`` of shape ``(c, n)``, summed channel by channel in
-    float32 (the order of ``f.abs().sum(dim=0) / c``)."""
-    c, n = f.shape
-    scale = np.float32(c)
-    for j in prange((n + CHUNK - 1) // CHUNK):
-        lo = j * CHUNK
-        hi = min(n, lo + CHUNK)
-        out = a[lo:hi]
-        first = f[0, lo:hi]
-        for i in range(hi - lo):
-            out[i] = abs(first[i])
-        for k in range(1, c):
-            src = f[k, lo:hi]
-            for i in range(hi - lo):
-                out[i] += abs(src[i])
-        for i in range(hi - lo):
-            out[i] /= scale
 
 
 @_njit

@@ -144,7 +144,7 @@ class GlobalGradients:
     """``G_j = dT_Global(f_j)/df_parent(j)`` for participating taps.
 
     The cotangent of ``T_Global`` at ``f_j`` is taken in closed form
-    (:func:`analyzer.kernels.texture_global_grad`); where the Grad-CAM weights of ``G_j``
+    (:func:`analyzer.kernels.texture_grad_and_energy`); where the Grad-CAM weights of ``G_j``
     nearly cancel (:data:`GRADCAM_CONDITION`), ``A(G_j)`` is float-rounding noise that only
     the same float operations reproduce, so that layer is recomputed from autograd's own
     cotangent of ``T_Global`` and with the eager Grad-CAM operations, as an autograd-based
@@ -195,10 +195,14 @@ class GlobalGradients:
             return torch.zeros_like(src)  # type: ignore[arg-type]
         return G
 
-    def gradient(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(G_j, A(G_j))`` for participating tap ``j`` (``A`` detached, ``H_i x W_i``)."""
+    def gradient(self, j: int, cotangent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(G_j, A(G_j))`` for participating tap ``j`` (``A`` detached, ``H_i x W_i``).
+
+        ``cotangent`` is ``dT_Global/df_j`` in closed form
+        (:func:`analyzer.kernels.texture_grad_and_energy`).
+        """
         f = self.taps[j]
-        G = self._walk(j, f, kernels.texture_global_grad(f.detach()))
+        G = self._walk(j, f, cotangent)
         raw, conditioning = kernels.gradcam_key_conditioned(G[0])
         if conditioning <= GRADCAM_CONDITION:
             if closed_form_is_autograd(str(f.device), f.dtype):  # autograd's cotangent, cheaper

@@ -269,9 +269,10 @@ def _global_pass(
     for start in range(0, len(part_idx), KEY_CHUNK):
         chunk = part_idx[start : start + KEY_CHUNK]
         for j in chunk:
-            G, raw = walker.gradient(j)
-            f = taps[j][0].detach()
-            a = kernels.activation_energy(f)  # a_j = mean_c |f_j|
+            f = taps[j].detach()
+            cotangent, a = kernels.texture_grad_and_energy(f)  # dT_Global/df_j, mean_c |f_j|
+            G, raw = walker.gradient(j, cotangent)
+            del cotangent
             # m_j = N(R(N(A(G_j)), (H_j, W_j))) * N(a_j); N(N(z)) = N(z) exactly (z >= 0)
             m = normalize_nonnegative(raw)
             if tuple(m.shape) != tuple(f.shape[-2:]):

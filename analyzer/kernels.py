@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from types import ModuleType
 
 import numpy as np
@@ -46,6 +47,12 @@ def _kernels() -> ModuleType | None:
             _STATE["module"] = _numba_kernels
         except ImportError:  # no numba wheel for this platform: the eager path
             _STATE["module"] = False
+            warnings.warn(
+                "numba is not installed: GL-AM runs its per-layer work as eager torch "
+                "operations on CPU (same results, slower); `pip install numba` to speed it up",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     module = _STATE["module"]
     return module if isinstance(module, ModuleType) else None
 
@@ -74,12 +81,17 @@ def _numpy(t: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
     return t.detach().contiguous().reshape(shape).numpy()
 
 
+def _rows_per_task(h: int) -> int:
+    """Rows per parallel task of the texture kernel: about four tasks per thread."""
+    return max(4, -(-h // (4 * torch.get_num_threads())))
+
+
 def texture_global_grad(t: torch.Tensor) -> torch.Tensor:
     """``dT_Global/dt`` for ``t`` of shape ``(N, C, H, W)`` (no autograd graph).
 
     The formula and summation order of :func:`analyzer.texture.texture_global_grad`, in
-    one pass: with ``u = dh/mag`` and ``v = dw/mag``,
-    ``g[p,q] = ((u[p,q] + v[p,q]) - u[p-1,q]) - v[p,q-1]`` (absent terms left out).
+    one pass: with ``u = dh * (1/mag)`` and ``v = dw * (1/mag)``,
+    ``g[p,q] = ((v[p,q] - v[p,q-1]) - u[p-1,q]) + u[p,q]`` (absent terms left out).
     """
     kernels = _applies(t)
     if kernels is None:
@@ -88,8 +100,25 @@ def texture_global_grad(t: torch.Tensor) -> torch.Tensor:
     g = torch.empty((n, c, h, w), dtype=torch.float32)
     if h < 2 or w < 2:  # no differences: T_Global is constant
         return g.zero_()
-    kernels.texture(_numpy(t, (n * c, h, w)), g.view(n * c, h, w).numpy())
+    energy = np.empty((h, w), dtype=np.float32)
+    for i in range(n):
+        kernels.texture_energy(_numpy(t[i], (c, h, w)), g[i].numpy(), energy, _rows_per_task(h))
     return g
+
+
+def texture_grad_and_energy(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dT_Global/df`` (as :func:`texture_global_grad`) and the activation energy
+    ``a = mean_c |f_c|`` (GLAM.md, global map) of one tap output ``f`` (``1 x C x H x W``),
+    in one pass over ``f``."""
+    c, h, w = (int(d) for d in f.shape[-3:])
+    kernels = _applies(f)
+    if kernels is None or h < 2 or w < 2:
+        f = f.detach()
+        return texture_global_grad(f), f[0].abs().sum(dim=0).div_(c)
+    g = torch.empty((1, c, h, w), dtype=torch.float32)
+    a = torch.empty((h, w), dtype=torch.float32)
+    kernels.texture_energy(_numpy(f, (c, h, w)), g[0].numpy(), a.numpy(), _rows_per_task(h))
+    return g, a
 
 
 def gradcam_key_conditioned(g: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -108,17 +137,6 @@ def gradcam_key_conditioned(g: torch.Tensor) -> tuple[torch.Tensor, float]:
     if magnitude == 0:
         return key, math.inf
     return key, signed / magnitude
-
-
-def activation_energy(f: torch.Tensor) -> torch.Tensor:
-    """``a = mean_c |f_c|`` for ``f`` of shape ``(C, H, W)`` (GLAM.md, global map)."""
-    c, h, w = (int(d) for d in f.shape[-3:])
-    kernels = _applies(f)
-    if kernels is None:
-        return f.detach().abs().sum(dim=0).div_(c)
-    a = torch.empty((h, w), dtype=torch.float32)
-    kernels.abs_mean(_numpy(f, (c, h * w)), a.view(h * w).numpy())
-    return a
 
 
 def accumulate_keys(acc: KeyAccumulator, resized: torch.Tensor) -> bool:

@@ -81,11 +81,23 @@ def test_gradcam_kernel_conditioning() -> None:
     assert r == float("inf") and not key.any()
 
 
-def test_activation_energy_matches_eager() -> None:
-    f = _rand((64, 20, 24), 7)
-    torch.testing.assert_close(
-        kernels.activation_energy(f), f.abs().sum(dim=0) / 64, atol=1e-6, rtol=0
-    )
+@pytest.mark.parametrize("shape", [(1, 64, 20, 24), (1, 3, 2, 2), (1, 5, 1, 9), (1, 4, 67, 3)])
+def test_texture_and_energy_in_one_pass(shape: tuple[int, ...]) -> None:
+    f = _rand(shape, 7)
+    g, a = kernels.texture_grad_and_energy(f)
+    assert torch.equal(g, kernels.texture_global_grad(f))
+    torch.testing.assert_close(a, f[0].abs().sum(dim=0) / shape[1], atol=1e-6, rtol=0)
+
+
+def test_texture_kernel_does_not_depend_on_the_row_blocking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    f = _rand((1, 8, 37, 21), 13)
+    ref = kernels.texture_grad_and_energy(f)
+    for rows in (1, 2, 5, 36, 37, 100):
+        monkeypatch.setattr(kernels, "_rows_per_task", lambda h, r=rows: r)
+        got = kernels.texture_grad_and_energy(f)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), rows
 
 
 def _chunks(seed: int) -> list[list[torch.Tensor]]:
@@ -134,7 +146,7 @@ def test_kernels_are_bitwise_independent_of_the_thread_count() -> None:
         return [
             kernels.texture_global_grad(t).numpy(),
             kernels.gradcam_key_conditioned(g)[0].numpy(),
-            kernels.activation_energy(t[0]).numpy(),
+            kernels.texture_grad_and_energy(t)[1].numpy(),
             *(v.numpy() for v in acc.finish((32, 32), torch.device("cpu")).values()),
         ]
 
@@ -158,10 +170,36 @@ def test_switched_off_gives_the_eager_results() -> None:
     key, r = kernels.gradcam_key_conditioned(t[0])
     ref_key, ref_r = gradcam_key_conditioned(t[0])
     assert torch.equal(key, ref_key) and r == ref_r
-    assert torch.equal(kernels.activation_energy(t[0]), t[0].abs().sum(dim=0) / 4)
+    assert torch.equal(kernels.texture_grad_and_energy(t)[1], t[0].abs().sum(dim=0) / 4)
 
 
 def test_other_dtypes_take_the_eager_path() -> None:
     t = _rand((1, 4, 9, 8), 12).double()
     assert torch.equal(kernels.texture_global_grad(t), texture_global_grad(t))
     assert kernels.texture_global_grad(t).dtype == torch.float64
+
+
+def test_kernels_compile_in_memory_without_a_cache_location(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import numba
+
+    from analyzer import _numba_kernels
+
+    real = numba.njit
+
+    def no_cache(*args: object, cache: bool = False, **kw: object) -> object:
+        if cache:
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'x'")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(numba, "njit", no_cache)
+
+    @_numba_kernels.jit()
+    def double(a: np.ndarray) -> None:
+        for i in numba.prange(a.shape[0]):
+            a[i] *= 2
+
+    a = np.arange(4, dtype=np.float32)
+    double(a)
+    np.testing.assert_array_equal(a, [0, 2, 4, 6])

@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             "glam_over_fb_range": [min(tm["pair_ratios"]), max(tm["pair_ratios"])],
             "lam_seconds": tm["lam_seconds"],
             "lam_over_glam": tm["lam_seconds"] / tm["glam_seconds"],
+            # LAM is fold forward+backward passes: this is ~1 unless the machine drifted
+            "lam_step_over_fb": tm["lam_seconds"] / args.lam_fold / tm["fb_seconds"],
             "peak_mib_fb": mem["fb"]["peak_mib"],
             "peak_mib_glam": mem["glam"]["peak_mib"],
             "device": tm["device"],

@@ -41,7 +41,8 @@ def texture_energy(t: np.ndarray, g: np.ndarray, a: np.ndarray, rows: int) -> No
 
     ``u = dh * (1/mag)``, ``v = dw * (1/mag)`` over the ``(h-1) x (w-1)`` differences;
     ``g[p,q] = ((v[p,q] - v[p,q-1]) - u[p-1,q]) + u[p,q]``, absent terms left out (the
-    operations and order of :func:`analyzer.texture.texture_global_grad`); a block
+    formula and summation order of :func:`analyzer.texture.texture_global_grad`, with an
+    IEEE square root, where torch's vectorised one can differ in the last bit); a block
     recomputes ``u`` of the row above it. ``a`` is summed channel by channel in float32
     (the order of ``t.abs().sum(dim=0) / c``). Neither depends on ``rows``.
     """

@@ -39,7 +39,7 @@ def texture_global_grad(t: torch.Tensor) -> torch.Tensor:
     ``g[p,q] = ((v[p,q] - v[p,q-1]) - u[p-1,q]) + u[p,q]`` (absent terms left out): the
     order in which autograd adds the four slice gradients of :func:`texture_global`, so
     the result is autograd's to the bit on this torch version (checked at run time by
-    :func:`analyzer.backward.cotangent_matches_autograd`), without its slice buffers.
+    :func:`analyzer.backward.closed_form_is_autograd`), without its slice buffers.
     """
     d = t[:, :, :-1, :-1]
     dh = d - t[:, :, 1:, :-1]

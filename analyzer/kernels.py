@@ -2,11 +2,13 @@
 
 Besides its share of the two backward passes, every participating layer costs a texture
 cotangent ``dT_Global/df_j`` (GLAM.md "Texture objective"), Grad-CAM keys ``A(g_j)`` and
-``A(G_j)`` with the conditioning of their channel weights, and an activation energy
-``a_j``. As eager torch operations these are about 14, 10 and 3 passes over an
-activation-sized tensor, each with its own dispatch; the kernels here take one or two.
-Measured on this project's 2-core machine: the texture cotangent of a 64x64x64 layer
-takes 0.2 ms instead of 0.6-1.8 ms (2 ms instead of 33 ms at 64x256x256).
+``A(G_j)`` with the conditioning of their channel weights, an activation energy ``a_j``,
+and two keys normalised and added into the Consensus / Variation sums. As eager torch
+operations these are about 14, 10, 3 and 7 passes over activation- or output-sized
+tensors, each with its own dispatch; the kernels here take one or two (the texture
+cotangent and ``a_j`` share one pass over ``f_j``). Measured on this project's 2-core
+machine: the texture cotangent of a 64x64x64 layer takes 0.2 ms instead of 0.6-1.8 ms
+(2 ms instead of 33 ms at 64x256x256).
 
 Each function here runs its kernel on float32 CPU tensors and otherwise (CUDA, other
 dtypes, numba missing, ``GLAM_FUSED_KERNELS=0``) the eager torch code of

@@ -326,6 +326,7 @@ def compute_glam(
     device = x.device
     if device.type == "cpu":
         keep_freed_memory()  # activation-sized buffers come and go: reuse, don't re-fault
+        kernels.warm_up()  # the one-time load of the fused kernels stays out of the timings
     timings: dict[str, float] = {}
     warn: list[str] = []
     x = x.detach().clone().requires_grad_(True)

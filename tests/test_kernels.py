@@ -162,9 +162,13 @@ def test_kernels_are_bitwise_independent_of_the_thread_count() -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def test_warm_up_loads_once() -> None:
+    assert kernels.warm_up() and kernels.warm_up()
+
+
 @pytest.mark.usefixtures("kernels_off")
 def test_switched_off_gives_the_eager_results() -> None:
-    assert not kernels.enabled()
+    assert not kernels.enabled() and not kernels.warm_up()
     t = _rand((1, 4, 9, 8), 11)
     assert torch.equal(kernels.texture_global_grad(t), texture_global_grad(t))
     key, r = kernels.gradcam_key_conditioned(t[0])

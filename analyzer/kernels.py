@@ -24,7 +24,6 @@ machine); loading them takes about 0.6 s once per process (:func:`warm_up`).
 from __future__ import annotations
 
 import gc
-import math
 import os
 import warnings
 from types import ModuleType
@@ -32,7 +31,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from analyzer.maps import KeyAccumulator
+from analyzer.maps import KeyAccumulator, weight_conditioning
 from analyzer.maps import gradcam_key_conditioned as _gradcam_key_conditioned_eager
 from analyzer.texture import texture_global_grad as _texture_global_grad_eager
 
@@ -161,9 +160,7 @@ def gradcam_key_conditioned(g: torch.Tensor) -> tuple[torch.Tensor, float]:
     c, h, w = (int(d) for d in g.shape[-3:])
     key = torch.empty((h, w), dtype=torch.float32)
     signed, magnitude = kernels.gradcam(_numpy(g, (c, h * w)), key.view(h * w).numpy())
-    if magnitude == 0:
-        return key, math.inf
-    return key, signed / magnitude
+    return key, weight_conditioning(signed, magnitude)
 
 
 def accumulate_keys(acc: KeyAccumulator, resized: torch.Tensor) -> bool:
@@ -190,8 +187,6 @@ def accumulate_keys(acc: KeyAccumulator, resized: torch.Tensor) -> bool:
         acc.total = torch.zeros((h, w), dtype=torch.float32)
         acc.variation = torch.zeros((h, w), dtype=torch.float32)
         acc.previous = torch.zeros((h, w), dtype=torch.float32)
-    elif not acc.previous.is_contiguous():
-        acc.previous = acc.previous.contiguous()
     kernels.accumulate_keys(
         flat.numpy(),
         maxima.numpy(),

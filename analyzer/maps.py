@@ -95,10 +95,13 @@ def gradcam_key_conditioned(g: torch.Tensor) -> tuple[torch.Tensor, float]:
     flat, alpha = _channel_weights(g)
     key = (alpha @ flat).abs_().reshape(g.shape[-2:])
     signed, magnitude = torch.stack([alpha.abs().max(), flat.abs().sum(dim=1).max()]).tolist()
-    magnitude /= flat.shape[1]
-    if magnitude == 0:
-        return key, math.inf
-    return key, signed / magnitude
+    return key, weight_conditioning(signed, magnitude / flat.shape[1])
+
+
+def weight_conditioning(signed: float, magnitude: float) -> float:
+    """``r = max_c |mean g_c| / max_c mean |g_c|`` from its two maxima; ``inf`` when
+    ``g`` is all zeros (see :func:`gradcam_key_conditioned`)."""
+    return math.inf if magnitude == 0 else signed / magnitude
 
 
 def resized_stack(maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:

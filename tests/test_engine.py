@@ -345,10 +345,14 @@ def test_closed_form_texture_gradient_matches_autograd() -> None:
     torch.testing.assert_close(texture_global_grad(t.detach()), g, atol=1e-12, rtol=1e-12)
 
 
-def test_gradcam_conditioning_detects_cancelling_weights() -> None:
-    from analyzer.maps import gradcam_key_conditioned
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "kernel"])
+def test_gradcam_conditioning_detects_cancelling_weights(fused: bool) -> None:
+    from analyzer import kernels, maps
     from analyzer.texture import texture_global_grad
 
+    if fused and not kernels.enabled():
+        pytest.skip("numba is not installed")
+    gradcam_key_conditioned = (kernels if fused else maps).gradcam_key_conditioned
     torch.manual_seed(13)
     g = texture_global_grad(torch.rand(1, 3, 12, 12))[0]  # per-channel sums are exactly 0
     assert gradcam_key_conditioned(g)[1] < 1e-6

@@ -11,7 +11,8 @@ Reported: the ratios GL-AM / fb and LAM / GL-AM, and peak memory (resident set g
 CPU, ``max_memory_allocated`` on CUDA) of GL-AM versus fb. Each (model, workload) runs in
 its own subprocess so that peaks do not mix. fb and GL-AM alternate ``--repeats`` times
 after one warm-up run, each timed run right after an untimed run of the same workload (so
-each is timed in its steady state, as LAM's back-to-back path steps are); GL-AM / fb is
+each is timed in its steady state, as LAM's back-to-back path steps are), with LAM timed
+once in the middle of the pairs (so the GL-AM median is taken around it); GL-AM / fb is
 the median of the per-pair ratios (each pair runs back to back, so a slow phase of a
 shared machine hits both), times are medians. All run with the allocator setting the
 engine applies on CPU (:mod:`analyzer.allocator`). Weights are random (seeded): cost does
@@ -96,7 +97,9 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
         fb()
         glam()  # warm-up of both
         t_fb, t_glam = [], []
-        for _ in range(args.repeats):
+        t_lam = float("nan")
+
+        def pair() -> None:
             # each timed run follows an untimed run of the same workload, so each is timed
             # in its own steady state (caches, heap), as LAM's back-to-back path steps are;
             # measured: fwd+bwd right after GL-AM ran 6-12 % slower than after fwd+bwd
@@ -104,11 +107,17 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
             t_fb.append(timed(fb))
             glam()
             t_glam.append(timed(glam))
-        if args.no_lam:
-            t_lam = float("nan")
-        else:
+
+        for _ in range(args.repeats // 2):
+            pair()
+        if not args.no_lam:
+            # LAM runs in the middle of the pairs: the GL-AM median it is divided by is then
+            # taken around the time LAM ran, not all before it (a shared machine drifts
+            # over LAM's minutes)
             fb()  # LAM's steps are fwd+bwd passes: warm them the same way
             t_lam = timed(lam)
+        for _ in range(args.repeats - args.repeats // 2):
+            pair()
         return {
             "arch": arch,
             "workload": workload,
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--repeats", type=int, default=7, help="timed fb/GL-AM pairs after a warm-up")
+    p.add_argument("--repeats", type=int, default=9, help="timed fb/GL-AM pairs after a warm-up")
     p.add_argument("--lam-fold", type=int, default=50)
     p.add_argument("--lam-batch", type=int, default=1, help="LAM path steps per evaluation")
     p.add_argument("--no-lam", action="store_true", help="skip LAM (fast check of GL-AM/fb)")

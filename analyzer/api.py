@@ -11,6 +11,7 @@ Example
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from analyzer.glam import LayerRecord, StoreMode, compute_glam, validate_roi
 from analyzer.images import crop_reference, hr_to_lr, read_rgb, to_tensor
 from analyzer.lam import LamResult, compute_lam
 from analyzer.metrics import attributed_fraction, diffusion_index, map_metrics, mse_psnr
+from analyzer.reference import EngineParity, ParityMeter, reference_glam
 from importers.loader import sha256_of
 from importers.model import ImportedModel, TapInfo
 
@@ -132,6 +134,7 @@ class Result:
     device: str
     warnings: list[str] = field(default_factory=list)
     input_crop: tuple[int, int, int, int] | None = None
+    engine_parity: EngineParity | None = None
 
 
 def default_roi(out_hw: tuple[int, int], window: int) -> tuple[int, int]:
@@ -192,6 +195,7 @@ def analyze(
     lam_kernel: int = 9,
     lam_batch: int = 8,
     progress: bool = False,
+    verify: bool = False,
 ) -> Result:
     """Compute GL-AM (and optionally LAM) for one LR input.
 
@@ -222,6 +226,11 @@ def analyze(
         Streaming sink for per-layer records.
     keep_layers:
         Keep per-layer records in the result.
+    verify:
+        Also run the literal implementation of GLAM.md (:mod:`analyzer.reference`) on the
+        same model and input and record the engine's largest error per map and per-layer
+        map in ``Result.engine_parity`` (GLAM.md allows 1e-4; check
+        ``result.engine_parity.passed``). Costs one reference run, several times GL-AM.
 
     Returns
     -------
@@ -252,9 +261,16 @@ def analyze(
     validate_roi((H, W), roi[0], roi[1], window)
     model.to(dev)
     x = lr.to(dev)
+    meter = None
+    if verify:
+        t0 = time.perf_counter()
+        ref = reference_glam(model.graph, x, roi[0], roi[1], window)
+        meter = ParityMeter(ref, time.perf_counter() - t0)
+        on_layer = _metered(meter, on_layer)
     maps = compute_glam(
         model, x, roi[0], roi[1], window, store=store, on_layer=on_layer, keep_layers=keep_layers
     )
+    parity = meter.finish(maps.local, maps.global_) if meter is not None else None
     seconds_glam = maps.timings["total"]  # the analysis, without one-time kernel loading
     warnings += maps.warnings
     metrics: dict[str, float] = {
@@ -333,9 +349,28 @@ def analyze(
         lam=lam_res,
         metrics=metrics,
         map_metrics=mm,
-        timings={**maps.timings, **({"lam": lam_res.seconds} if lam_res else {})},
+        timings={
+            **maps.timings,
+            **({"lam": lam_res.seconds} if lam_res else {}),
+            **({"verify": parity.seconds} if parity else {}),
+        },
         taps=taps,
         device=str(dev),
         warnings=warnings,
         input_crop=crop,
+        engine_parity=parity,
     )
+
+
+def _metered(
+    meter: ParityMeter, sink: Callable[[LayerRecord], None] | None
+) -> Callable[[LayerRecord], None]:
+    """``sink`` that also hands each participating layer's maps to ``meter``."""
+
+    def on_layer(rec: LayerRecord) -> None:
+        if rec.participating:
+            meter.add_layer(rec.index, rec.local_map, rec.global_map)
+        if sink is not None:
+            sink(rec)
+
+    return on_layer

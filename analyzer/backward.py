@@ -11,24 +11,12 @@ other (:func:`analyzer.glam.compute_glam`).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
 
 from analyzer import kernels
-from analyzer.maps import gradcam_key
 from analyzer.segments import SegmentedGraph, X
-from analyzer.texture import texture_global, texture_global_grad
-
-# Below this ratio of |mean G_c| to mean |G_c| (max over channels), A(G) is recomputed with
-# autograd. Measured on the paper-size fixtures: degenerate layers (a spatially uniform
-# linear path from the parent, e.g. a 1x1 conv) sit near 1e-9, where the closed-form and
-# autograd keys differ by 0.1-0.9; the first conv after a 1x1 mean shift and a few others
-# (3 of 417 RCAN layers) sit at 2e-3 to 5e-3 (recomputed too, at little cost); the rest are
-# above 5e-3, most far above, where the two keys agree to 1e-6.
-GRADCAM_CONDITION = 5e-3
-
 
 try:  # the engine entry point torch.autograd.grad ends in, minus its argument checks
     from torch.autograd.graph import _engine_run_backward
@@ -65,23 +53,6 @@ def _accumulate(
         if g is not None:
             old = store[i]
             store[i] = g if old is None else old + g
-
-
-@functools.lru_cache(maxsize=8)
-def closed_form_is_autograd(device: str, dtype: torch.dtype) -> bool:
-    """Whether :func:`analyzer.texture.texture_global_grad` equals autograd's gradient of
-    :func:`analyzer.texture.texture_global` bit for bit on this device and dtype.
-
-    It does on torch 2.14 (the closed form follows autograd's operations and summation
-    order); checked once per process on an awkward shape, since a torch version that
-    orders the sums differently would change the last bits.
-    """
-    gen = torch.Generator().manual_seed(0)
-    t = torch.randn(2, 3, 7, 6, generator=gen).to(device=device, dtype=dtype)
-    leaf = t.clone().requires_grad_(True)
-    with torch.enable_grad():
-        (ref,) = torch.autograd.grad(texture_global(leaf).sum(), [leaf])
-    return bool(torch.equal(texture_global_grad(t), ref))
 
 
 class LocalBackward:
@@ -144,11 +115,10 @@ class GlobalGradients:
     """``G_j = dT_Global(f_j)/df_parent(j)`` for participating taps.
 
     The cotangent of ``T_Global`` at ``f_j`` is taken in closed form
-    (:func:`analyzer.kernels.texture_grad_and_energy`); where the Grad-CAM weights of ``G_j``
-    nearly cancel (:data:`GRADCAM_CONDITION`), ``A(G_j)`` is float-rounding noise that only
-    the same float operations reproduce, so that layer is recomputed from autograd's own
-    cotangent of ``T_Global`` and with the eager Grad-CAM operations, as an autograd-based
-    implementation of GLAM.md computes it (see the README, "Where GLAM.md is ambiguous").
+    (:func:`analyzer.kernels.texture_grad_and_energy`) and walked back through the segments
+    between ``parent(j)`` and ``j``; ``A(G_j)`` applies GLAM.md's vanishing-weights rule, so
+    a layer whose Grad-CAM weights are float rounding has a key of exactly 0, whichever way
+    the gradient was rounded.
     """
 
     def __init__(
@@ -163,7 +133,6 @@ class GlobalGradients:
         self.seg, self.x, self.taps, self.values, self.leaves = seg, x, taps, values, leaves
         self.parents = parents
         self.usable = [isinstance(u, torch.Tensor) and u.requires_grad for u in leaves]
-        self.fallbacks: list[int] = []
 
     def _walk(
         self, j: int, out: torch.Tensor, grad_out: torch.Tensor | None
@@ -195,21 +164,15 @@ class GlobalGradients:
             return torch.zeros_like(src)  # type: ignore[arg-type]
         return G
 
-    def gradient(self, j: int, cotangent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(G_j, A(G_j))`` for participating tap ``j`` (``A`` detached, ``H_i x W_i``).
+    def gradient(
+        self, j: int, cotangent: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """``(G_j, A(G_j), vanished)`` for participating tap ``j`` (``A`` detached,
+        ``H_i x W_i``; ``vanished``: the vanishing-weights rule made it 0).
 
         ``cotangent`` is ``dT_Global/df_j`` in closed form
         (:func:`analyzer.kernels.texture_grad_and_energy`).
         """
-        f = self.taps[j]
-        G = self._walk(j, f, cotangent)
-        raw, conditioning = kernels.gradcam_key_conditioned(G[0])
-        if conditioning <= GRADCAM_CONDITION:
-            if closed_form_is_autograd(str(f.device), f.dtype):  # autograd's cotangent, cheaper
-                G = self._walk(j, f, texture_global_grad(f.detach()))
-            else:
-                with torch.enable_grad():
-                    G = self._walk(j, texture_global(f).sum(), None)
-            raw = gradcam_key(G[0])
-            self.fallbacks.append(j)
-        return G, raw.detach()
+        G = self._walk(j, self.taps[j], cotangent)
+        raw, vanished = kernels.gradcam_key_flagged(G[0])
+        return G, raw.detach(), vanished

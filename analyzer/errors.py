@@ -80,6 +80,10 @@ class NumericalError(ModelError):
     """NaN or Inf in the model output or in gradients."""
 
 
+class EngineParityError(ModelError):
+    """``--verify``: the engine's maps differ from the literal GLAM.md reference (exit 3)."""
+
+
 class ArchiveError(UserInputError):
     """An HDF5 archive is missing, corrupt, of another schema, or lacks the asked-for run."""
 

@@ -23,7 +23,6 @@ from analyzer.backward import GlobalGradients, LocalBackward
 from analyzer.errors import AnalysisError, NumericalError
 from analyzer.maps import (
     KeyAccumulator,
-    gradcam_key,
     normalize_,
     normalize_nonnegative,
     resize,
@@ -60,6 +59,8 @@ class LayerRecord:
         ``a_j = mean_c |f_j|`` (participating taps only).
     activation, grad_local, grad_global:
         Raw signed ``f_j``, ``g_j``, ``G_j`` (``C x H x W``), only with ``store="tensors"``.
+    local_vanished, global_vanished:
+        GLAM.md's vanishing-weights rule set ``A(g_j)`` (``A(G_j)``) to exactly 0.
     """
 
     index: int
@@ -75,11 +76,17 @@ class LayerRecord:
     activation: np.ndarray | None = None
     grad_local: np.ndarray | None = None
     grad_global: np.ndarray | None = None
+    local_vanished: bool = False
+    global_vanished: bool = False
 
 
 @dataclass
 class GlamMaps:
-    """Output of :func:`compute_glam`."""
+    """Output of :func:`compute_glam`.
+
+    ``vanishing`` lists, for ``"local"`` and ``"global"``, the participating taps whose key
+    GLAM.md's vanishing-weights rule set to 0.
+    """
 
     output: np.ndarray
     local: dict[str, np.ndarray]
@@ -90,6 +97,7 @@ class GlamMaps:
     layers: list[LayerRecord] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    vanishing: dict[str, list[int]] = field(default_factory=dict)
 
 
 def validate_roi(out_hw: Sequence[int], top: int, left: int, window: int) -> None:
@@ -151,10 +159,12 @@ class _SegmentCache:
         self._cache: dict[tuple[int, tuple[bool, ...]], SegmentedGraph] = {}
         self._parents: dict[tuple[int, tuple[bool, ...]], list[int]] = {}
 
-    def get(self, model: ImportedModel, flags: Sequence[bool]) -> SegmentedGraph:
+    def get(
+        self, model: ImportedModel, flags: Sequence[bool], example: torch.Tensor
+    ) -> SegmentedGraph:
         key = (id(model.graph), tuple(flags))
         if key not in self._cache:
-            self._cache[key] = build_segmented(model.graph, flags)
+            self._cache[key] = build_segmented(model.graph, flags, example)
         return self._cache[key]
 
     def parents(self, model: ImportedModel, flags: Sequence[bool]) -> list[int]:
@@ -172,6 +182,7 @@ class _LocalPass:
     """What :func:`_local_pass` hands back."""
 
     raw: list[torch.Tensor]  # A(g_i) for every tap, native size
+    vanished: list[bool]  # A(g_i) set to 0 by the vanishing-weights rule
     grads: dict[int, torch.Tensor]  # g_i (store="tensors" only)
     depends: bool  # some participating g_i is non-zero
     maps: dict[str, torch.Tensor]  # Consensus / Variation / Sum at output size
@@ -197,6 +208,7 @@ def _local_pass(
     local.seed(texture_roi(y, top, left, window).sum(), y)
     tap_of_cut = {k: j for j, k in seg.cut_of_tap.items()}
     raw: list[torch.Tensor | None] = [None] * n
+    vanished = [False] * n
     grads: dict[int, torch.Tensor] = {}
     depends = False
 
@@ -204,7 +216,8 @@ def _local_pass(
         # the raw map is taken as soon as the gradient is final; the activation-sized
         # gradient itself is only kept for store="tensors"
         nonlocal depends
-        raw[i] = gradcam_key(g[0]).detach()
+        key, vanished[i] = kernels.gradcam_key_flagged(g[0])
+        raw[i] = key.detach()
         depends = depends or (flags[i] and bool(g.any()))
         if keep_grads:
             grads[i] = g
@@ -228,7 +241,7 @@ def _local_pass(
         chunk = part_idx[start : start + KEY_CHUNK]
         acc.add_maps([raws[i] for i in chunk], size)
     maps = acc.finish(size, y.device)
-    return _LocalPass(raws, grads, depends, maps, time.perf_counter() - t0)
+    return _LocalPass(raws, vanished, grads, depends, maps, time.perf_counter() - t0)
 
 
 @dataclass
@@ -241,7 +254,7 @@ class _GlobalPass:
     energy: dict[int, torch.Tensor] = field(default_factory=dict)  # a_j
     grads: dict[int, torch.Tensor] = field(default_factory=dict)  # G_j (store="tensors")
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
-    fallbacks: list[int] = field(default_factory=list)  # layers recomputed with autograd
+    vanished: set[int] = field(default_factory=set)  # A(G_j) = 0 by the vanishing rule
     seconds: float = 0.0
 
 
@@ -263,7 +276,6 @@ def _global_pass(
     accumulated in chunks; ``on_chunk(j)`` after each chunk (``j`` its last tap)."""
     t0 = time.perf_counter()
     walker = GlobalGradients(seg, x, taps, values, leaves, parents)
-    out.fallbacks = walker.fallbacks
     acc = KeyAccumulator()
     part_idx = [j for j in range(len(taps)) if flags[j]]
     for start in range(0, len(part_idx), KEY_CHUNK):
@@ -271,8 +283,10 @@ def _global_pass(
         for j in chunk:
             f = taps[j].detach()
             cotangent, a = kernels.texture_grad_and_energy(f)  # dT_Global/df_j, mean_c |f_j|
-            G, raw = walker.gradient(j, cotangent)
+            G, raw, vanished = walker.gradient(j, cotangent)
             del cotangent
+            if vanished:
+                out.vanished.add(j)
             # m_j = N(R(N(A(G_j)), (H_j, W_j))) * N(a_j); N(N(z)) = N(z) exactly (z >= 0)
             m = normalize_nonnegative(raw)
             if tuple(m.shape) != tuple(f.shape[-2:]):
@@ -335,7 +349,7 @@ def compute_glam(
     # as the input grows) and verified on the real forward; a mismatch re-runs once.
     flags = [t.participating for t in model.taps]
     for _attempt in range(2):
-        seg = _SEGMENTS.get(model, flags)
+        seg = _SEGMENTS.get(model, flags, x)
         with torch.enable_grad():
             y, taps, values, leaves = seg.module(x)
         actual = [participating(tuple(t.shape)) for t in taps]
@@ -379,6 +393,8 @@ def compute_glam(
                 participating=flags[i],
                 shape=tuple(int(d) for d in taps[i].shape),
                 local_map=local.raw[i].cpu().numpy(),
+                local_vanished=flags[i] and local.vanished[i],
+                global_vanished=i in glob.vanished,
             )
             if i in glob.m:
                 rec.global_map = glob.m.pop(i).cpu().numpy()
@@ -401,7 +417,6 @@ def compute_glam(
     _sync(device)
     timings["local"] = local.seconds
     timings["global"] = glob.seconds
-    timings["global_autograd_layers"] = float(len(glob.fallbacks))
     timings["total"] = time.perf_counter() - t0
     for msg in warn:
         pywarnings.warn(msg, stacklevel=2)
@@ -415,4 +430,8 @@ def compute_glam(
         layers=layers,
         timings=timings,
         warnings=warn,
+        vanishing={
+            "local": [i for i in range(n) if flags[i] and local.vanished[i]],
+            "global": sorted(glob.vanished),
+        },
     )

@@ -2,7 +2,7 @@
 
 Besides its share of the two backward passes, every participating layer costs a texture
 cotangent ``dT_Global/df_j`` (GLAM.md "Texture objective"), Grad-CAM keys ``A(g_j)`` and
-``A(G_j)`` with the conditioning of their channel weights, an activation energy ``a_j``,
+``A(G_j)`` with GLAM.md's vanishing-weights test, an activation energy ``a_j``,
 and two keys normalised and added into the Consensus / Variation sums. As eager torch
 operations these are about 14, 10, 3 and 7 passes over activation- or output-sized
 tensors, each with its own dispatch; the kernels here take one or two (the texture
@@ -31,8 +31,8 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from analyzer.maps import KeyAccumulator, weight_conditioning
-from analyzer.maps import gradcam_key_conditioned as _gradcam_key_conditioned_eager
+from analyzer.maps import KeyAccumulator, weights_vanish
+from analyzer.maps import gradcam_key_flagged as _gradcam_key_flagged_eager
 from analyzer.texture import texture_global_grad as _texture_global_grad_eager
 
 _STATE: dict[str, ModuleType | bool | None] = {"module": None}
@@ -79,7 +79,7 @@ def warm_up() -> bool:
     if not _STATE.get("warm"):
         f = torch.zeros((1, 2, 3, 3), dtype=torch.float32)
         texture_grad_and_energy(f)
-        gradcam_key_conditioned(f[0])
+        gradcam_key_flagged(f[0])
         accumulate_keys(KeyAccumulator(), torch.zeros((1, 3, 3), dtype=torch.float32))
         # numba's import leaves several hundred thousand new Python objects; the next full
         # garbage collection walks them all (measured: 0.2 s, inside the demo's segment
@@ -118,6 +118,8 @@ def texture_global_grad(t: torch.Tensor) -> torch.Tensor:
     The formula and summation order of :func:`analyzer.texture.texture_global_grad`, in
     one pass: with ``u = dh * (1/mag)`` and ``v = dw * (1/mag)``,
     ``g[p,q] = ((v[p,q] - v[p,q-1]) - u[p-1,q]) + u[p,q]`` (absent terms left out).
+    Equal to autograd's gradient of :func:`analyzer.texture.texture_global` to float32
+    rounding (tested).
     """
     kernels = _applies(t)
     if kernels is None:
@@ -147,20 +149,23 @@ def texture_grad_and_energy(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return g, a
 
 
-def gradcam_key_conditioned(g: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """``A(g)`` and the conditioning of its channel weights for ``g`` of shape ``(C, H, W)``.
+def gradcam_key_flagged(g: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``(A(g), vanished)`` for ``g`` of shape ``(C, H, W)``, GLAM.md's vanishing-weights
+    rule included.
 
-    See :func:`analyzer.maps.gradcam_key_conditioned` (same values to float32 rounding):
-    one pass for the per-channel means and mean magnitudes (float64), one for the weighted
+    See :func:`analyzer.maps.gradcam_key_flagged` (same values to float32 rounding): one
+    pass for the per-channel means and mean magnitudes (float64), one for the weighted
     channel sum.
     """
     kernels = _applies(g)
     if kernels is None:
-        return _gradcam_key_conditioned_eager(g)
+        return _gradcam_key_flagged_eager(g)
     c, h, w = (int(d) for d in g.shape[-3:])
     key = torch.empty((h, w), dtype=torch.float32)
     signed, magnitude = kernels.gradcam(_numpy(g, (c, h * w)), key.view(h * w).numpy())
-    return key, weight_conditioning(signed, magnitude)
+    if weights_vanish(signed, magnitude):
+        return key.zero_(), True
+    return key, False
 
 
 def accumulate_keys(acc: KeyAccumulator, resized: torch.Tensor) -> bool:

@@ -4,7 +4,6 @@ and the Consensus / Variation / Sum combination of per-layer keys."""
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
 import torch
@@ -68,6 +67,29 @@ def resize(z: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return mh @ z @ mw.T
 
 
+VANISHING_WEIGHTS = 1e-4
+"""GLAM.md "Vanishing weights": ``A(g) = 0`` when ``max_c |mean g_c| <= 1e-4 * max_c mean |g_c|``."""
+
+
+def weights_vanish(signed: float, magnitude: float) -> bool:
+    """GLAM.md's vanishing-weights test from its two maxima.
+
+    Parameters
+    ----------
+    signed:
+        ``max_c |alpha_c|``, the largest Grad-CAM weight ``alpha_c = mean_{p,q} g_c``.
+    magnitude:
+        ``max_c mean_{p,q} |g_c|``.
+
+    Returns
+    -------
+    bool
+        True when the weights are float rounding, not signal (``signed <= 1e-4 *
+        magnitude``), and when ``g`` is all zeros; ``A(g)`` is then exactly 0.
+    """
+    return not magnitude > 0 or signed <= VANISHING_WEIGHTS * magnitude
+
+
 def _channel_weights(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``g`` as ``(C, H*W)`` and its Grad-CAM weights ``mean_{p,q} g_c``."""
     c, h, w = g.shape[-3:]
@@ -75,33 +97,23 @@ def _channel_weights(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flat, flat.mean(dim=1)
 
 
+def gradcam_key_flagged(g: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``(A(g), vanished)`` for ``g`` of shape ``(C, H, W)`` (GLAM.md).
+
+    ``A(g) = |sum_c alpha_c g_c|`` with the Grad-CAM channel weights ``alpha_c = mean_{p,q}
+    g_c`` (the paper's ``grad x W`` reduced over channels), and exactly 0 when the weights
+    vanish (:func:`weights_vanish`; ``vanished`` is then True).
+    """
+    flat, alpha = _channel_weights(g)
+    signed, magnitude = torch.stack([alpha.abs().max(), flat.abs().mean(dim=1).max()]).tolist()
+    if weights_vanish(signed, magnitude):
+        return g.new_zeros(g.shape[-2:]), True
+    return (alpha @ flat).abs_().reshape(g.shape[-2:]), False
+
+
 def gradcam_key(g: torch.Tensor) -> torch.Tensor:
-    """``A(g) = |sum_c mean_{p,q}(g_c) * g_c|`` for ``g`` of shape ``(C, H, W)``.
-
-    Grad-CAM channel weights (the paper's ``grad x W`` reduced over channels, GLAM.md).
-    """
-    flat, alpha = _channel_weights(g)
-    return (alpha @ flat).abs_().reshape(g.shape[-2:])
-
-
-def gradcam_key_conditioned(g: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """:func:`gradcam_key` and how well its channel weights are determined.
-
-    Returns ``(A(g), r)`` with ``r = max_c |mean g_c| / max_c mean |g_c|``: a small ``r``
-    means the Grad-CAM weights nearly cancel, so ``A(g)`` is dominated by float rounding in
-    ``g``. An all-zero ``g`` has ``r = inf``: ``A(g) = 0`` exactly, with nothing to round
-    (e.g. a zero-initialised non-local output conv, whose gradients are exactly 0).
-    """
-    flat, alpha = _channel_weights(g)
-    key = (alpha @ flat).abs_().reshape(g.shape[-2:])
-    signed, magnitude = torch.stack([alpha.abs().max(), flat.abs().sum(dim=1).max()]).tolist()
-    return key, weight_conditioning(signed, magnitude / flat.shape[1])
-
-
-def weight_conditioning(signed: float, magnitude: float) -> float:
-    """``r = max_c |mean g_c| / max_c mean |g_c|`` from its two maxima; ``inf`` when
-    ``g`` is all zeros (see :func:`gradcam_key_conditioned`)."""
-    return math.inf if magnitude == 0 else signed / magnitude
+    """``A(g)`` of GLAM.md for ``g`` of shape ``(C, H, W)`` (see :func:`gradcam_key_flagged`)."""
+    return gradcam_key_flagged(g)[0]
 
 
 def resized_stack(maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:

@@ -1,7 +1,12 @@
 """A *segmented* copy of a tapped graph, cut into small autograd pieces.
 
-Cut points are the participating taps and every other value read by several consumers
-(residual trunks, dense-block inputs). Each cut point's value ``v`` gets a fresh leaf
+Cut points are the participating taps and every other floating-tensor value read by
+several consumers (residual trunks, dense-block inputs). Values of any other kind are never
+cut: a tuple from ``split``/``chunk``/``unbind`` (its ``getitem`` results are the tensors,
+and they are cut where shared), sizes, ``NumToTensor`` and other integer tensors of shape
+arithmetic. A cut there would hand autograd a "leaf" that is no tensor leaf at all, and the
+gradient through it would be lost (the fault of issue 12: an IMDN-style
+``torch.split(t, [d, t.shape[1] - d])``). Each cut point's value ``v`` gets a fresh leaf
 ``u = v.detach().requires_grad_()`` that all of ``v``'s consumers read instead. One forward
 pass through this graph gives the same values as the tapped graph, but autograd now sees a
 chain of small *segments*: the segment of a cut point computes its value from the leaves
@@ -24,6 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import fx
+
+from importers.tap import VALUE_KIND, ProbeInterpreter
 
 X = -1  # stands for the model input in segment read lists
 
@@ -115,8 +122,41 @@ def _fan_out(node: fx.Node) -> int:
     return sum(1 for u in node.users if u.op != "output")
 
 
-def build_segmented(tapped: fx.GraphModule, participating: Sequence[bool]) -> SegmentedGraph:
-    """Cut a tapped graph (``forward(x) -> (y, taps)``) into segments."""
+def _value_kinds(tapped: fx.GraphModule, example: torch.Tensor | None) -> None:
+    """Make sure every node has ``meta[VALUE_KIND]`` (set by the import's probe run; run
+    the probe here, on ``example``, for a graph that did not come through the import)."""
+    if all(VALUE_KIND in n.meta for n in tapped.graph.nodes if n.op not in _NO_VALUE_OPS):
+        return
+    if example is None:
+        raise ValueError(
+            "the graph's nodes carry no value kinds (it did not come through importers.load); "
+            "pass an example input to build_segmented"
+        )
+    with torch.no_grad():
+        ProbeInterpreter(tapped).run(example.detach())
+
+
+_NO_VALUE_OPS = ("output",)
+
+
+def build_segmented(
+    tapped: fx.GraphModule,
+    participating: Sequence[bool],
+    example: torch.Tensor | None = None,
+) -> SegmentedGraph:
+    """Cut a tapped graph (``forward(x) -> (y, taps)``) into segments.
+
+    Parameters
+    ----------
+    tapped:
+        The tapped graph of an :class:`~importers.model.ImportedModel`.
+    participating:
+        One flag per tap.
+    example:
+        A canonical input, used only when the graph's nodes carry no value kinds
+        (``node.meta[VALUE_KIND]``, recorded by the import).
+    """
+    _value_kinds(tapped, example)
     gm = copy.copy(tapped)  # shares submodules and parameters
     graph = copy.deepcopy(tapped.graph)
     gm.graph = graph
@@ -132,7 +172,11 @@ def build_segmented(tapped: fx.GraphModule, participating: Sequence[bool]) -> Se
             continue
         if node in part_taps:
             cut_nodes.append(node)
-        elif node not in tap_index and _fan_out(node) >= 2:
+        elif (
+            node not in tap_index
+            and _fan_out(node) >= 2
+            and node.meta.get(VALUE_KIND) == "float"  # see the module docstring
+        ):
             cut_nodes.append(node)
     leaf_of: dict[fx.Node, fx.Node] = {}
     for node in cut_nodes:

@@ -2,7 +2,10 @@
 
 Taps are made by *graph rewriting*, not hooks: the output node is rewritten to return
 ``(y, (f_0, ..., f_{n-1}))`` where ``f_i`` is the output node of convolution ``i`` in
-execution (topological) order. In-place ops are functionalised first, so a tap is the
+execution (topological) order, or, when the convolution's only consumer is an
+inference-mode batch normalisation, that normalisation's output (GLAM.md "Folded
+normalisation": exporters fold such pairs, so the maps of the same weights do not depend
+on the export route). In-place ops are functionalised first, so a tap is the
 conv's own output even when the model applies ``ReLU(inplace=True)`` to it (otherwise its
 value and gradient are silently those of the activation; see the import study §4).
 """
@@ -93,6 +96,104 @@ def conv_op_name(gm: fx.GraphModule, node: fx.Node) -> str | None:
 def find_conv_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     """Every convolution node of ``gm`` in execution (graph) order."""
     return [n for n in gm.graph.nodes if conv_op_name(gm, n) is not None]
+
+
+# ------------------------------------------------------------------ folded normalisation
+
+_BN_FUNCTIONS: dict[Any, str] = {F.batch_norm: "batch_norm", torch.batch_norm: "batch_norm"}
+_ATEN_BN_TENSOR = {"aten::batch_norm"}  # returns the normalised tensor
+_ATEN_BN_TUPLE = {  # return (output, ...): the tap is getitem(bn, 0)
+    "aten::_native_batch_norm_legit_no_training",
+    "aten::native_batch_norm",
+}
+_SHAPE_METHODS = {"size", "dim", "numel"}
+_ATEN_SHAPE = {"aten::size", "aten::sym_size", "aten::numel", "aten::sym_numel", "aten::dim"}
+
+
+def _training_arg(node: fx.Node, index: int) -> Any:
+    """The ``training`` argument of a batch-norm call (positional ``index`` or keyword)."""
+    if "training" in node.kwargs:
+        return node.kwargs["training"]
+    return node.args[index] if len(node.args) > index else None
+
+
+def _inference_norm(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    """Op name of ``node`` if it is an inference-mode batch normalisation (GLAM.md "Folded
+    normalisation"): ``nn.BatchNorm*`` in eval mode with running statistics, onnx2torch's
+    ``OnnxBatchNorm`` in eval mode, ``F.batch_norm``/``aten.batch_norm`` with
+    ``training=False``, ``aten._native_batch_norm_legit_no_training``."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(str(node.target))
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            if not mod.training and mod.running_mean is not None:
+                return type(mod).__name__
+            return None
+        if type(mod).__name__ == "OnnxBatchNorm" and not mod.training:
+            return "BatchNormalization"
+        return None
+    if node.op != "call_function":
+        return None
+    if node.target in _BN_FUNCTIONS:
+        training = _training_arg(node, 5)
+        return "batch_norm" if training is False else None
+    name = _aten_name(node.target)
+    if name in _ATEN_BN_TENSOR and _training_arg(node, 5) is False:
+        return name.replace("::", ".")
+    if name == "aten::_native_batch_norm_legit_no_training":
+        return name.replace("::", ".")
+    if name == "aten::native_batch_norm" and _training_arg(node, 5) is False:
+        return name.replace("::", ".")
+    return None
+
+
+def _reads_only_shape(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` reads only its input's shape (``x.size()``, ``aten.size``, ONNX
+    ``Shape``): such a consumer takes no value, so it does not count as a consumer."""
+    if node.op == "call_method":
+        return str(node.target) in _SHAPE_METHODS
+    if node.op == "call_function":
+        if node.target is getattr and len(node.args) > 1 and node.args[1] == "shape":
+            return True
+        return _aten_name(node.target) in _ATEN_SHAPE
+    if node.op == "call_module":
+        return type(gm.get_submodule(str(node.target))).__name__ == "OnnxShape"
+    return False
+
+
+def _is_getitem(node: fx.Node, index: int) -> bool:
+    return (
+        node.op == "call_function"
+        and getattr(node.target, "__name__", "") in ("getitem", "_getitem")
+        and len(node.args) > 1
+        and node.args[1] == index
+    )
+
+
+def folded_output(gm: fx.GraphModule, conv: fx.Node) -> tuple[fx.Node, str] | None:
+    """The node a conv's tap moves to when its only consumer is an inference-mode batch
+    normalisation (GLAM.md "Folded normalisation"), with the normalisation's op name.
+
+    Consumers that read only the conv's shape do not count. Returns ``None`` when the rule
+    does not apply.
+    """
+    users = [u for u in conv.users if not _reads_only_shape(gm, u)]
+    if len(users) != 1 or users[0].op == "output":
+        return None
+    bn = users[0]
+    if not bn.args or bn.args[0] is not conv:
+        return None
+    if any(conv is v for v in list(bn.args[1:]) + list(bn.kwargs.values())):
+        return None
+    op = _inference_norm(gm, bn)
+    if op is None:
+        return None
+    name = _aten_name(bn.target) if bn.op == "call_function" else None
+    if name in _ATEN_BN_TUPLE:
+        firsts = [u for u in bn.users if _is_getitem(u, 0)]
+        if len(firsts) != 1:
+            return None
+        return firsts[0], op
+    return bn, op
 
 
 def default_tap_name(node: fx.Node) -> str:
@@ -307,14 +408,23 @@ def tap_graph(
             y = graph.call_method("permute", (y, 0, 3, 1, 2))
     convs = find_conv_nodes(gm)
     taps: list[TapNode] = []
+    tapped_nodes: list[fx.Node] = []
     seen: dict[str, int] = {}
     for c in convs:
         name = default_tap_name(c)
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name}#{seen[name]}"
-        taps.append(TapNode(name=name, op=conv_op_name(gm, c) or "conv"))
-    out_node.args = ((y, tuple(convs)),)
+        op = conv_op_name(gm, c) or "conv"
+        folded = folded_output(gm, c)
+        if folded is not None:  # GLAM.md "Folded normalisation": tap after the BN
+            node, norm = folded
+            tapped_nodes.append(node)
+            op = f"{op}+{norm}"
+        else:
+            tapped_nodes.append(c)
+        taps.append(TapNode(name=name, op=op))
+    out_node.args = ((y, tuple(tapped_nodes)),)
     graph.lint()
     gm.recompile()
     return gm, taps, warnings
@@ -331,8 +441,27 @@ def _holds_float_tensor(value: Any) -> bool:
     return False
 
 
-class _ProbeInterpreter(fx.Interpreter):
-    """Runs the graph once and records which node outputs carry float tensors."""
+VALUE_KIND = "glam_value_kind"  # node.meta key: what the node's value is (see value_kind)
+
+
+def value_kind(value: Any) -> str:
+    """``"float"`` for a floating tensor, ``"container"`` for a tuple/list holding one,
+    ``"other"`` for anything else (sizes, integer tensors, ``None``)."""
+    if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+        return "float"
+    if _holds_float_tensor(value):
+        return "container"
+    return "other"
+
+
+class ProbeInterpreter(fx.Interpreter):
+    """Runs the graph once and records what each node's value is.
+
+    ``is_float[n]``: the value carries float tensors (a tensor or a container of them).
+    Each node also gets ``node.meta[VALUE_KIND]`` (:func:`value_kind`); the engine's
+    segmentation (:func:`analyzer.segments.build_segmented`) cuts only at ``"float"``
+    values. The kind of a node's value does not depend on the input's size.
+    """
 
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
@@ -340,7 +469,9 @@ class _ProbeInterpreter(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
-        self.is_float[n] = _holds_float_tensor(result)
+        kind = value_kind(result)
+        self.is_float[n] = kind != "other"
+        n.meta[VALUE_KIND] = kind
         return result
 
 
@@ -366,7 +497,7 @@ def tap_ancestry(
         ancestors of tap ``j``; ``shapes[j]`` is tap ``j``'s output shape on ``example``;
         ``y`` the example output.
     """
-    interp = _ProbeInterpreter(tapped)
+    interp = ProbeInterpreter(tapped)
     with torch.no_grad():
         y, taps = interp.run(example)
     out_node = next(n for n in tapped.graph.nodes if n.op == "output")

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from analyzer import kernels
-from analyzer.backward import closed_form_is_autograd
-from analyzer.maps import KeyAccumulator, gradcam_key_conditioned, normalize_, resized_stack
+from analyzer.maps import KeyAccumulator, gradcam_key_flagged, normalize_, resized_stack
 from analyzer.texture import texture_global, texture_global_grad
 
 pytestmark = pytest.mark.skipif(not kernels.enabled(), reason="numba is not installed")
@@ -55,22 +54,39 @@ def test_texture_kernel_reads_strided_input() -> None:
     )
 
 
-def test_closed_form_is_autograd_to_the_bit() -> None:
-    """The eager closed form follows autograd's operations and summation order (torch 2.14):
-    the engine's recomputation of rounding-dominated layers relies on it, and checks it."""
+def test_closed_form_matches_autograd() -> None:
+    """The closed-form texture gradient equals autograd's to float32 rounding."""
     t = _rand((1, 16, 33, 29), 4).requires_grad_(True)
     (ref,) = torch.autograd.grad(texture_global(t).sum(), [t])
-    assert torch.equal(texture_global_grad(t.detach()), ref)
-    assert closed_form_is_autograd("cpu", torch.float32)
+    torch.testing.assert_close(texture_global_grad(t.detach()), ref, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("shape", [(64, 32, 32), (64, 1, 1), (3, 2, 2), (7, 13, 5)])
 def test_gradcam_kernel_matches_eager(shape: tuple[int, ...]) -> None:
     g = _rand(shape, 5) + 0.3  # channel means well away from 0
-    key, r = kernels.gradcam_key_conditioned(g)
-    ref_key, ref_r = gradcam_key_conditioned(g)
+    key, vanished = kernels.gradcam_key_flagged(g)
+    ref_key, ref_vanished = gradcam_key_flagged(g)
     torch.testing.assert_close(key, ref_key, atol=1e-6 * float(ref_key.max()), rtol=0)
-    assert r == pytest.approx(ref_r, rel=1e-5)
+    assert vanished == ref_vanished is False
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_vanishing_weights_give_an_exact_zero_key(fused: bool) -> None:
+    """GLAM.md "Vanishing weights": max_c |mean g_c| <= 1e-4 max_c mean |g_c| -> A(g) = 0."""
+    key_of = kernels.gradcam_key_flagged if fused else gradcam_key_flagged
+    g = _rand((6, 10, 12), 13)
+    g = g - g.mean(dim=(1, 2), keepdim=True)  # channel means are rounding only
+    key, vanished = key_of(g)
+    assert vanished and key.shape == (10, 12) and not key.any()
+    zero, vanished0 = key_of(torch.zeros(3, 5, 5))
+    assert vanished0 and not zero.any()
+    # just above the threshold the key is the plain Grad-CAM key
+    h = g.clone()
+    h[0] += 2e-4 * float(g.abs().mean(dim=(1, 2)).max())
+    key, vanished = key_of(h)
+    assert not vanished and key.any()
+    alpha = h.mean(dim=(1, 2))
+    torch.testing.assert_close(key, (alpha[:, None, None] * h).sum(0).abs(), atol=1e-6, rtol=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(1, 64, 20, 24), (1, 3, 2, 2), (1, 5, 1, 9), (1, 4, 67, 3)])
@@ -137,7 +153,7 @@ def test_kernels_are_bitwise_independent_of_the_thread_count() -> None:
             acc.add_maps(chunk, (32, 32))
         return [
             kernels.texture_global_grad(t).numpy(),
-            kernels.gradcam_key_conditioned(g)[0].numpy(),
+            kernels.gradcam_key_flagged(g)[0].numpy(),
             kernels.texture_grad_and_energy(t)[1].numpy(),
             *(v.numpy() for v in acc.finish((32, 32), torch.device("cpu")).values()),
         ]
@@ -163,9 +179,9 @@ def test_switched_off_gives_the_eager_results() -> None:
     assert not kernels.enabled() and not kernels.warm_up()
     t = _rand((1, 4, 9, 8), 11)
     assert torch.equal(kernels.texture_global_grad(t), texture_global_grad(t))
-    key, r = kernels.gradcam_key_conditioned(t[0])
-    ref_key, ref_r = gradcam_key_conditioned(t[0])
-    assert torch.equal(key, ref_key) and r == ref_r
+    key, vanished = kernels.gradcam_key_flagged(t[0])
+    ref_key, ref_vanished = gradcam_key_flagged(t[0])
+    assert torch.equal(key, ref_key) and vanished == ref_vanished
     assert torch.equal(kernels.texture_grad_and_energy(t)[1], t[0].abs().sum(dim=0) / 4)
 
 

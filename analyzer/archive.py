@@ -507,6 +507,8 @@ class RunWriter:
                 "parent": int(rec.parent),
                 "participating": bool(rec.participating),
                 "shape": [int(d) for d in rec.shape],
+                "local_weights_vanish": bool(rec.local_vanished),
+                "global_weights_vanish": bool(rec.global_vanished),
             },
         )
         dt = self.store_dtype
@@ -762,6 +764,19 @@ class RunWriter:
         conv["fixed_size"] = conv["fixed_size"] or [-1, -1]  # (-1, -1): any input size
         _set_attrs(cg, conv)
         _set_attrs(pg.create_group("parity"), model.parity.to_dict())
+
+        # engine parity (--verify): the engine against the literal GLAM.md reference
+        if result.engine_parity is not None:
+            ep = result.engine_parity
+            eg = g.create_group("engine_parity", track_order=True)
+            _set_attrs(eg, {"tolerance": float(ep.tolerance), "max_error": float(ep.max_error),
+                            "worst_map": ep.worst_map, "passed": bool(ep.passed),
+                            "seconds_reference": float(ep.seconds),
+                            "reference": "analyzer.reference.reference_glam"})
+            _set_attrs(eg.create_group("errors", track_order=True),
+                       {k: float(v) for k, v in ep.errors.items()})
+            _set_attrs(eg.create_group("worst_layer", track_order=True),
+                       {k: int(v) for k, v in ep.worst_layer.items()})
 
 
 def commit_run(archive: str | Path, scratch: str | Path, name: str, *, overwrite: bool) -> None:

@@ -864,6 +864,7 @@ def check_model(
     parity_tolerance: float | None = None,
     model: ImportedModel | None = None,
     on_run: Callable[[RunInfo, list[CheckResult]], None] | None = None,
+    verify: bool = False,
 ) -> CheckReport:
     """Re-run the baseline's analyses on ``model_path`` and compare (see module docstring).
 
@@ -888,6 +889,9 @@ def check_model(
         An already imported model (then ``model_path`` is only reported).
     on_run:
         Called after each run with its info and checks (progress output).
+    verify:
+        Also run the literal GLAM.md reference beside the engine on each run and add an
+        ``engine_parity_max_error`` check (GLAM.md: at most 1e-4).
 
     Returns
     -------
@@ -960,12 +964,19 @@ def check_model(
                           "lam_batch": int(la.get("batch", 8))}
             new = analyze(m, torch.from_numpy(np.ascontiguousarray(rd.input))[None],
                           rd.roi, rd.window, device=dev, store="maps", keep_layers=True,
-                          **lam_kw)
+                          verify=verify, **lam_kw)
             info = RunInfo(run=rd.name, baseline_model=str(rd.attrs.get("model_path", "")),
                            baseline_model_sha256=str(rd.attrs.get("model_sha256", "")))
             checks = compare_run(rd, layers, new, tol.for_run(rd.name),
                                  top_k_percent=tol.top_k_percent, layer_floor=tol.layer_floor,
                                  info=info)
+            if new.engine_parity is not None:
+                ep = new.engine_parity
+                checks.append(evaluate(
+                    rd.name, "engine_parity_max_error", ep.max_error,
+                    tol.for_run(rd.name).get("engine_parity_max_error"),
+                    message=f"worst: {ep.describe([t.name for t in m.taps])}",
+                ))
             info.seconds = time.perf_counter() - t_run
             report.runs.append(info)
             report.checks.extend(checks)

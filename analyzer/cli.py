@@ -232,6 +232,9 @@ def cli() -> None:
 @click.argument("model")
 @_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--verify", is_flag=True,
+              help="Also check the engine against the literal GLAM.md reference on the bundled "
+                   "default image; exit 3 when a map differs by more than 1e-4.")
 @debug_option
 def inspect(
     model: str,
@@ -241,12 +244,20 @@ def inspect(
     output: str | None,
     tolerance: float | None,
     as_json: bool,
+    verify: bool,
 ) -> None:
     """Import MODEL and show its format, conventions, parity and tap table."""
     m = _load_model(model, in_channels, layout, input_range, output, tolerance)
     s = m.summary()
+    parity = None
+    if verify:
+        from analyzer.runs import verify_default_input
+
+        parity = verify_default_input(m)
+        s["engine_parity"] = parity
     if as_json:
         click.echo(_json_line({"schema_version": 1, **s}))
+        _fail_on_engine_parity(parity)
         return
     from analyzer.runs import format_table
 
@@ -283,6 +294,20 @@ def inspect(
         rows.append((str(t["index"]), t["name"], t["op"], "x".join(map(str, t["shape"])),
                      str(t["parent"]), "yes" if t["participating"] else "no"))
     click.echo(format_table(rows))
+    if parity is not None:
+        click.echo(f"verify     {_parity_line(parity)} on {Path(parity['image']).name}")
+    _fail_on_engine_parity(parity)
+
+
+def _fail_on_engine_parity(parity: dict[str, Any] | None) -> None:
+    """Exit 3 (one line) when ``inspect --verify`` found the engine off the reference."""
+    if parity is not None and not parity["passed"]:
+        from analyzer.errors import EngineParityError
+
+        raise EngineParityError(
+            f"engine parity failed: {parity['description']}, above the GLAM.md tolerance "
+            f"{parity['tolerance']:g} — please report this model"
+        )
 
 
 # -------------------------------------------------------------------------------- analyze
@@ -303,6 +328,9 @@ def inspect(
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object per run on stdout (and nothing else).")
 @click.option("--overwrite", is_flag=True, help="Replace runs that already exist.")
+@click.option("--verify", is_flag=True,
+              help="Also run the literal GLAM.md reference and record the engine's error per "
+                   "map (engine_parity); exit 3 when it exceeds 1e-4.")
 @debug_option
 @click.pass_context
 def analyze(
@@ -331,6 +359,7 @@ def analyze(
     figures: str | None,
     as_json: bool,
     overwrite: bool,
+    verify: bool,
 ) -> None:
     """Compute GL-AM for MODEL on each IMAGE (file or directory) into an HDF5 archive."""
     from analyzer.archive import check_run_names
@@ -364,6 +393,7 @@ def analyze(
         figures=figures,
         command_line=_command_line(ctx),
         progress=lam and not as_json and sys.stderr.isatty(),
+        verify=verify,
     )
     options.validate()
     if reference is not None and not Path(reference).is_file():
@@ -388,6 +418,8 @@ def analyze(
         if "di_lam" in mt:
             parts.append(f"DI LAM {mt['di_lam']:.2f}")
         click.echo("  " + ", ".join(parts) + f" ({mt['seconds_glam']:.2f} s GL-AM)")
+        if s.engine_parity is not None:
+            click.echo("  " + _parity_line(s.engine_parity))
         for w in s.warnings:
             click.echo(f"  warning: {w}")
         if s.figures:
@@ -398,6 +430,16 @@ def analyze(
         table = summary_table(summaries)
         click.echo(table, err=as_json)
         click.echo(f"{len(summaries)} run(s) -> {archive_path}", err=as_json)
+
+
+def _parity_line(ep: dict[str, Any]) -> str:
+    """One line for ``--verify``: the engine's largest error against the reference."""
+    verdict = "passed" if ep["passed"] else "FAILED"
+    return (
+        f"engine parity {verdict}: max error {ep['max_error']:.2g} <= {ep['tolerance']:g} "
+        f"against the literal GLAM.md reference ({ep['description']}; reference "
+        f"{ep['seconds']:.2f} s)"
+    ).replace("<=", "<=" if ep["passed"] else ">")
 
 
 # ----------------------------------------------------------------------------- ls / show
@@ -495,6 +537,20 @@ def show(archive: str, run: str, as_json: bool) -> None:
         rows.append((str(t["index"]), t["name"], t["op"], "x".join(map(str, t["shape"])),
                      str(t["parent"]), "yes" if t["participating"] else "no"))
     click.echo(format_table(rows))
+    if parity is not None:
+        click.echo(f"verify     {_parity_line(parity)} on {Path(parity['image']).name}")
+    _fail_on_engine_parity(parity)
+
+
+def _fail_on_engine_parity(parity: dict[str, Any] | None) -> None:
+    """Exit 3 (one line) when ``inspect --verify`` found the engine off the reference."""
+    if parity is not None and not parity["passed"]:
+        from analyzer.errors import EngineParityError
+
+        raise EngineParityError(
+            f"engine parity failed: {parity['description']}, above the GLAM.md tolerance "
+            f"{parity['tolerance']:g} — please report this model"
+        )
 
 
 # --------------------------------------------------------------------------------- export
@@ -643,11 +699,15 @@ def baseline(
               help="Model input range: the baseline's, detected, or forced.")
 @click.option("--failures-only", is_flag=True, help="Show only failed checks in the table.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when checks fail (collect reports).")
+@click.option("--verify", is_flag=True,
+              help="Also require engine parity: the engine against the literal GLAM.md "
+                   "reference on every run (check engine_parity_max_error, default 1e-4).")
 @debug_option
 def check(
     model: str, baseline_path: str, runs: str | None, tol: Sequence[str],
     tolerances_file: str | None, top_k: float | None, json_path: str | None,
     junit_path: str | None, device: str, input_range: str, failures_only: bool, exit_zero: bool,
+    verify: bool,
 ) -> None:
     """Gate MODEL against a baseline: exit 0 pass, 1 regression, 2 usage, 3 model error."""
     from analyzer.check import check_model
@@ -656,7 +716,8 @@ def check(
     tolerances = build_tolerances(tolerances_file, tol, top_k)
     names = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
     rng = None if input_range == "baseline" else input_range
-    rep = check_model(model, baseline_path, tolerances, names, device, input_range=rng)
+    rep = check_model(model, baseline_path, tolerances, names, device, input_range=rng,
+                      verify=verify)
     click.echo(rep.table(failures_only=failures_only))
     for note in rep.notes():
         click.echo(f"note: {note}")

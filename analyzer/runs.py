@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from analyzer.archive import STORE_DTYPES, RunWriter, StoreDtype, check_run_names, open_archive
-from analyzer.errors import AnalysisError, UserInputError
+from analyzer.errors import AnalysisError, EngineParityError, UserInputError
 from analyzer.glam import StoreMode
 from analyzer.images import list_images
 from importers.model import ImportedModel
@@ -58,6 +58,9 @@ class AnalyzeOptions:
         Recorded in each run's provenance.
     progress:
         Show LAM's progress bar.
+    verify:
+        Also run the literal GLAM.md reference and record the engine's error
+        (``engine_parity``); a run above 1e-4 is archived, then reported as an error.
     """
 
     run: str | None = None
@@ -78,6 +81,7 @@ class AnalyzeOptions:
     baseline: bool = False
     command_line: str = ""
     progress: bool = False
+    verify: bool = False
 
     def validate(self) -> None:
         """Reject bad option values before any work is done.
@@ -119,6 +123,7 @@ class RunSummary:
     metrics: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    engine_parity: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (non-finite floats become ``None``)."""
@@ -131,6 +136,7 @@ class RunSummary:
             "metrics": {k: finite_or_none(v) for k, v in self.metrics.items()},
             "warnings": list(self.warnings),
             "figures": list(self.figures),
+            **({"engine_parity": self.engine_parity} if self.engine_parity is not None else {}),
         }
 
 
@@ -279,6 +285,7 @@ def analyze_one(
             lam_kernel=options.lam_kernel,
             lam_batch=options.lam_batch,
             progress=options.progress,
+            verify=options.verify,
         )
         input_rgb = None
         if model.conventions.in_channels == 1 and prepared.lr_rgb is not None:
@@ -301,10 +308,57 @@ def analyze_one(
         image=str(image),
         metrics=dict(result.metrics),
         warnings=list(dict.fromkeys([*model.warnings, *result.warnings])),
+        engine_parity=_parity_summary(model, result),
     )
     if options.figures is not None:
         summary.figures = [str(p) for p in write_run_figures(archive, name, Path(options.figures) / name)]
     return summary
+
+
+def _parity_summary(model: ImportedModel, result: Any) -> dict[str, Any] | None:
+    """``engine_parity`` of a run as a JSON-ready dict with a one-line ``description``."""
+    ep = result.engine_parity
+    if ep is None:
+        return None
+    return {**ep.to_dict(), "description": ep.describe([t.name for t in model.taps])}
+
+
+def check_engine_parity(summaries: Sequence[RunSummary]) -> None:
+    """Raise :class:`EngineParityError` naming the worst run whose ``--verify`` failed.
+
+    Raises
+    ------
+    EngineParityError
+        When some run's engine error exceeds the GLAM.md tolerance (its run is archived).
+    """
+    failed = [s for s in summaries if s.engine_parity is not None and not s.engine_parity["passed"]]
+    if not failed:
+        return
+    worst = max(failed, key=lambda s: float(s.engine_parity["max_error"] or math.inf))  # type: ignore[index]
+    ep = worst.engine_parity
+    assert ep is not None
+    more = f" ({len(failed)} of {len(summaries)} runs failed)" if len(summaries) > 1 else ""
+    raise EngineParityError(
+        f"engine parity failed for run {worst.run!r}: {ep['description']}, above the GLAM.md "
+        f"tolerance {ep['tolerance']:g}{more}; the run is archived with its engine_parity "
+        "record — please report this model (the maps of this run are not trustworthy)"
+    )
+
+
+def verify_default_input(model: ImportedModel, device: str = "auto") -> dict[str, Any]:
+    """``glam inspect --verify``: engine parity on the bundled default image (its bicubic
+    downscale by the model's scale, the ROI at the output centre).
+
+    Returns the JSON-ready ``engine_parity`` dict (with ``description`` and ``image``).
+    """
+    from analyzer.api import analyze, prepare_image
+
+    image = default_demo_inputs()[1]
+    prepared = prepare_image(model, image, hr=True)
+    result = analyze(model, prepared.lr, device=device, keep_layers=False, verify=True)
+    out = _parity_summary(model, result)
+    assert out is not None  # verify=True always measures
+    return {**out, "image": str(image), "roi": list(result.roi), "window": result.window}
 
 
 def write_run_figures(archive: str | Path, run: str, directory: str | Path) -> list[Path]:
@@ -377,6 +431,7 @@ def analyze_images(
             bar.update(1)
     finally:
         bar.close()
+    check_engine_parity(out)
     return out
 
 

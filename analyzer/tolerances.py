@@ -113,6 +113,8 @@ METRICS: dict[str, MetricSpec] = {
         _m("lam_pearson", ">=", 0.95, "lam",
            "Pearson correlation of the LAM maps (runs analysed with --lam only)"),
         _m("di_lam_delta", "<=", 2.0, "lam", "|ΔDI| of the LAM map (runs with --lam only)"),
+        _m("engine_parity_max_error", "<=", 1e-4, "engine",
+           "max |engine - literal GLAM.md reference| over every map (glam check --verify only)"),
     )
 }
 

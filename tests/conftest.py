@@ -156,3 +156,23 @@ def cached_model_load(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRe
 
     load.__wrapped_real__ = real  # type: ignore[attr-defined]
     monkeypatch.setattr(importers, "load", load)
+
+
+# ------------------------------------------------------------------ hypothesis profiles
+# "ci" (the default): a bounded, derandomised number of examples, so the suite is
+# deterministic and fits CI; "thorough": many more, by hand
+# (pytest tests/test_route_invariance.py --hypothesis-profile=thorough).
+try:
+    from hypothesis import HealthCheck, settings
+
+    _common = dict(
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        print_blob=True,
+    )
+    settings.register_profile("ci", max_examples=6, derandomize=True, **_common)
+    settings.register_profile("thorough", max_examples=200, **_common)
+    settings.load_profile("ci")
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    pass

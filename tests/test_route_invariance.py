@@ -1,0 +1,164 @@
+"""Engine parity and export invariance on generated graphs (issue 12).
+
+For every generated SR-like network (:mod:`sr_graphs`), exported through every route glam
+reads (:mod:`routes`): the engine's maps equal the literal GLAM.md reference
+(:mod:`analyzer.reference`) and the maps of all routes equal each other, to 1e-4 on every
+map. CI runs a bounded, derandomised number of examples (profile ``ci``); run many more by
+hand with ``pytest tests/test_route_invariance.py --hypothesis-profile=thorough``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from routes import ROUTES, export_route
+from sr_graphs import Spec, build, example, specs
+from torch import nn
+
+import importers
+from analyzer.glam import compute_glam, layer_keys
+from analyzer.reference import reference_glam
+
+TOL = 1e-4
+MAPS = ("consensus", "variation", "sum")
+
+
+def _maps_of(model: importers.ImportedModel, x: torch.Tensor, roi: tuple[int, int, int]):
+    res = compute_glam(model, x, *roi)
+    H, W = res.output.shape[-2:]
+    local_keys = layer_keys([torch.from_numpy(r.local_map) for r in res.layers if r.participating], (H, W))
+    return res, {f"local/{k}": v for k, v in res.local.items()} | {
+        f"global/{k}": v for k, v in res.global_.items()
+    }, local_keys
+
+
+def _roi(out_hw: tuple[int, int], window: int = 8) -> tuple[int, int, int]:
+    return (out_hw[0] - window) // 2, (out_hw[1] - window) // 3, window
+
+
+def _check_engine_and_routes(module: nn.Module, in_channels: int, tmp: Path, label: str) -> int:
+    """Export ``module`` through every route; assert engine == reference on each, and all
+    routes equal; returns the number of routes checked."""
+    spec_x = example(Spec(in_channels, 6, ("residual",), "pixelshuffle", 2, False, 0))
+    with torch.no_grad():
+        out_hw = tuple(module(spec_x).shape[-2:])
+    roi = _roi(out_hw)  # type: ignore[arg-type]
+    first: dict[str, np.ndarray] | None = None
+    first_route = ""
+    for route in ROUTES:
+        path = export_route(module, route, tmp / f"{label}.{route}", spec_x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = importers.load(path, input_range=1, in_channels=in_channels)
+        res, maps, _ = _maps_of(model, spec_x, roi)
+        ref = reference_glam(model.graph, spec_x, *roi)
+        assert res.parents == ref.parents, f"{label} {route}: parents"
+        for fam, refmaps in (("local", ref.local), ("global", ref.global_)):
+            for k in MAPS:
+                err = float(np.abs(maps[f"{fam}/{k}"] - refmaps[k]).max())
+                assert err <= TOL, f"{label} {route}: engine {fam}/{k} off the reference by {err:.3g}"
+        for rec in res.layers:
+            for family, refs, mine in (("local", ref.local_layers, rec.local_map),
+                                        ("global", ref.global_layers, rec.global_map)):
+                if rec.index in refs:
+                    m = np.maximum(mine, 0)
+                    m = m / m.max() if m.max() > 0 else m
+                    err = float(np.abs(m - refs[rec.index]).max())
+                    assert err <= TOL, f"{label} {route}: layer #{rec.index} {family} off by {err:.3g}"
+        if first is None:
+            first, first_route = maps, route
+            continue
+        for key, v in maps.items():
+            err = float(np.abs(v - first[key]).max())
+            assert err <= TOL, f"{label}: {key} differs between {first_route} and {route} by {err:.3g}"
+    return len(ROUTES)
+
+
+@given(spec=specs())
+def test_generated_graphs_engine_equals_reference_on_every_route(
+    spec: Spec, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("gen")
+    _check_engine_and_routes(build(spec), spec.in_channels, tmp, "gen")
+
+
+class IMDNSplit(nn.Module):
+    """The network of issue 12: split sizes from shape arithmetic on a conv's activation."""
+
+    def __init__(self, c: int = 12, d: int = 4) -> None:
+        super().__init__()
+        self.d = d
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.c1 = nn.Conv2d(c, c, 3, padding=1)
+        self.act = nn.LeakyReLU(0.05)
+        self.c2 = nn.Conv2d(c - d, c, 3, padding=1)
+        self.c3 = nn.Conv2d(c + d, c, 1)
+        self.up = nn.Conv2d(c, 12, 3, padding=1)
+        self.ps = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.head(x)
+        t = self.act(self.c1(h))
+        a, b = torch.split(t, [self.d, t.shape[1] - self.d], dim=1)
+        u = self.act(self.c2(b))
+        return self.ps(self.up(self.c3(torch.cat([a, u], 1)) + h))
+
+
+def test_imdn_split_from_shape_arithmetic(tmp_path: Path) -> None:
+    """The fault of issue 12 (local keys off by up to 1.0 on trace/script/dynamo)."""
+    torch.manual_seed(0)
+    assert _check_engine_and_routes(IMDNSplit().eval(), 3, tmp_path, "imdn") == len(ROUTES)
+
+
+class BNNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 8, 3, padding=1)
+        self.c1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.up, self.ps = nn.Conv2d(8, 12, 3, padding=1), nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.head(x)
+        t = torch.relu(self.bn1(self.c1(h)))
+        return self.ps(self.up(self.bn2(self.c2(t)) + h))
+
+
+def test_folded_batchnorm_taps_are_export_invariant(tmp_path: Path) -> None:
+    """GLAM.md "Folded normalisation": the tap of a conv followed only by an inference BN
+    is the BN's output on every route (the ONNX exporter folds the pair)."""
+    torch.manual_seed(3)
+    net = BNNet()
+    for bn in (net.bn1, net.bn2):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 2.0)
+    net.eval()
+    assert _check_engine_and_routes(net, 3, tmp_path, "bn") == len(ROUTES)
+    path = export_route(net, "trace.pt", tmp_path / "bn_ops.trace.pt", torch.rand(1, 3, 8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ops = [t.op for t in importers.load(path).taps]
+    assert ops[1].endswith("+aten.batch_norm") and ops[2].endswith("+aten.batch_norm")
+    assert "+" not in ops[0] and "+" not in ops[3]
+
+
+def test_batchnorm_with_a_second_consumer_is_not_folded() -> None:
+    """A conv whose output is read by the BN *and* by something else keeps its own tap."""
+
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c, self.bn, self.out = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 3, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.c(x)
+            return self.out(self.bn(f) + f)
+
+    model = importers.from_module(Two().eval())
+    assert [t.op for t in model.taps] == ["Conv2d", "Conv2d"]

@@ -136,3 +136,23 @@ def test_eager_engine_matches_literal_reference(arch: str, monkeypatch: pytest.M
     for k in ("consensus", "variation", "sum"):
         np.testing.assert_allclose(res.local[k], loc[k], atol=1e-5, err_msg=f"local {k}")
         np.testing.assert_allclose(res.global_[k], glob[k], atol=1e-5, err_msg=f"global {k}")
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_fixture_exports_give_the_same_maps(arch: str) -> None:
+    """Export invariance (issue 12): the five exports of one checkpoint, the same maps."""
+    kinds = [k for k in EXPORTS if _available(arch, k)]
+    if len(kinds) < 2:
+        pytest.skip(f"fewer than two {arch} fixtures built")
+    x = _x(5, 16, 14)
+    first = None
+    for kind in kinds:
+        res = compute_glam(_load(arch, kind), x, 7, 4, 12)
+        maps = {f"local/{k}": v for k, v in res.local.items()}
+        maps.update({f"global/{k}": v for k, v in res.global_.items()})
+        if first is None:
+            first = (kind, maps)
+            continue
+        for key, v in maps.items():
+            err = float(np.abs(v - first[1][key]).max())
+            assert err <= 1e-4, f"{arch}: {key} differs between {first[0]} and {kind} by {err:.3g}"

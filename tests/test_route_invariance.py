@@ -162,3 +162,39 @@ def test_batchnorm_with_a_second_consumer_is_not_folded() -> None:
 
     model = importers.from_module(Two().eval())
     assert [t.op for t in model.taps] == ["Conv2d", "Conv2d"]
+
+
+SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+PAIRS = ("carn_m_x2", "imdn_x4", "srgan_x4", "fsrcnn_x2")
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("stem", PAIRS)
+def test_shared_model_pairs_onnx_equals_torchscript(stem: str) -> None:
+    """Third-party weights exported twice (ONNX, traced TorchScript): the same maps, and
+    each route's engine equals the reference (SRGAN: BatchNorm folded only in ONNX)."""
+    onnx_path, ts_path = SHARED_MODELS / f"{stem}.onnx", SHARED_MODELS / f"{stem}.ts.pt"
+    if not (onnx_path.is_file() and ts_path.is_file()):
+        pytest.skip(f"../shared/models/{stem}.onnx/.ts.pt not available")
+    maps = []
+    for path in (onnx_path, ts_path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = importers.load(path)
+        c = model.conventions
+        x = torch.rand(1, c.in_channels, 24, 20, generator=torch.Generator().manual_seed(0))
+        res = analyzer_analyze(model, x)
+        assert res.engine_parity is not None and res.engine_parity.passed, (
+            path.name, res.engine_parity.describe([t.name for t in model.taps])
+        )
+        maps.append({f"local/{k}": v for k, v in res.local.items()}
+                    | {f"global/{k}": v for k, v in res.global_.items()})
+    for key in maps[0]:
+        err = float(np.abs(maps[0][key] - maps[1][key]).max())
+        assert err <= TOL, f"{stem}: {key} differs between ONNX and TorchScript by {err:.3g}"
+
+
+def analyzer_analyze(model: importers.ImportedModel, x: torch.Tensor):  # type: ignore[no-untyped-def]
+    import analyzer
+
+    return analyzer.analyze(model, x, verify=True, keep_layers=False)

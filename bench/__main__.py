@@ -5,7 +5,9 @@ For each paper-size architecture (CARN, RRDBNet, RCAN, RNAN, SAN; x4, 64x64 LR i
 
 * ``fb``: one forward pass and one backward pass of ``T_ROI`` to the input — the unit;
 * ``glam``: GL-AM, local + global maps (GLAM.md), the engine the CLI uses;
-* ``lam``: LAM with ``fold`` path steps (batched by ``--lam-batch``).
+* ``lam``: LAM with ``fold`` path steps (batched by ``--lam-batch``);
+* ``verify``: the literal GLAM.md reference (:mod:`analyzer.reference`), the extra cost
+  of ``glam analyze --verify`` (timed once, after the pairs).
 
 Reported: the ratios GL-AM / fb and LAM / GL-AM, and peak memory (resident set growth on
 CPU, ``max_memory_allocated`` on CUDA) of GL-AM versus fb. Each (model, workload) runs in
@@ -52,6 +54,7 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
     from analyzer.allocator import keep_freed_memory
     from analyzer.glam import compute_glam
     from analyzer.lam import compute_lam
+    from analyzer.reference import reference_glam
     from analyzer.texture import texture_roi
     from fixtures.architectures import build
 
@@ -118,6 +121,9 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
             t_lam = timed(lam)
         for _ in range(args.repeats - args.repeats // 2):
             pair()
+        t_verify = float("nan")
+        if not args.no_verify:
+            t_verify = timed(lambda: reference_glam(model.graph, x, top, left, args.window))
         return {
             "arch": arch,
             "workload": workload,
@@ -126,6 +132,7 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
             # each pair runs back to back, so its ratio cancels slow phases of a shared machine
             "pair_ratios": [g / f for f, g in zip(t_fb, t_glam, strict=True)],
             "lam_seconds": t_lam,
+            "verify_seconds": t_verify,
             "taps": len(model.taps),
             "participating": sum(t.participating for t in model.taps),
             "params": sum(p.numel() for p in net.parameters()),
@@ -172,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lam-fold", type=int, default=50)
     p.add_argument("--lam-batch", type=int, default=1, help="LAM path steps per evaluation")
     p.add_argument("--no-lam", action="store_true", help="skip LAM (fast check of GL-AM/fb)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip timing the literal reference (the cost of --verify)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument("--worker", nargs=2, metavar=("ARCH", "WORKLOAD"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -181,12 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     passthrough = [
         "--size", str(args.size), "--window", str(args.window), "--threads", str(args.threads),
         "--device", args.device, "--repeats", str(args.repeats), "--lam-fold", str(args.lam_fold),
-        "--lam-batch", str(args.lam_batch),
+        "--lam-batch", str(args.lam_batch), *(["--no-verify"] if args.no_verify else []),
     ]  # fmt: skip
     rows = []
     header = (
         f"{'model':8} {'taps':>5} {'part':>5} {'fb s':>8} {'GL-AM s':>8} {'GL-AM/fb':>9} "
-        f"{'LAM s':>8} {'LAM/GL-AM':>10} {'mem fb':>8} {'mem GL-AM':>10}"
+        f"{'LAM s':>8} {'LAM/GL-AM':>10} {'mem fb':>8} {'mem GL-AM':>10} {'verify/fb':>10}"
     )
     print(
         f"GL-AM benchmark: {args.size}x{args.size} LR, x4, {args.threads} threads, "
@@ -212,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             "lam_step_over_fb": tm["lam_seconds"] / args.lam_fold / tm["fb_seconds"],
             "peak_mib_fb": mem["fb"]["peak_mib"],
             "peak_mib_glam": mem["glam"]["peak_mib"],
+            "verify_seconds": tm["verify_seconds"],
+            "verify_over_fb": tm["verify_seconds"] / tm["fb_seconds"],
             "device": tm["device"],
         }
         lam_s = row["lam_seconds"]
@@ -219,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{arch:8} {row['taps']:5d} {row['participating']:5d} {row['fb_seconds']:8.2f} "
             f"{row['glam_seconds']:8.2f} {row['glam_over_fb']:9.2f} {lam_s:8.1f} "
-            f"{row['lam_over_glam']:10.1f} {row['peak_mib_fb']:7.0f}M {row['peak_mib_glam']:9.0f}M",
+            f"{row['lam_over_glam']:10.1f} {row['peak_mib_fb']:7.0f}M {row['peak_mib_glam']:9.0f}M "
+            f"{row['verify_over_fb']:10.1f}",
             flush=True,
         )
     if args.json:

@@ -864,6 +864,9 @@ class RunData:
         One dict per tap: ``index, name, op, parent, participating, shape``.
     warnings:
         Recorded warnings.
+    engine_parity:
+        The ``engine_parity`` group (``--verify`` runs): its attributes plus ``"errors"``
+        and ``"worst_layer"`` dicts; empty when the run was not verified.
     """
 
     name: str
@@ -880,6 +883,7 @@ class RunData:
     lam: dict[str, Any] | None
     taps: list[dict[str, Any]]
     warnings: list[str] = field(default_factory=list)
+    engine_parity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def roi(self) -> tuple[int, int]:
@@ -1030,6 +1034,7 @@ class Archive:
             lam=lam,
             taps=taps,
             warnings=list(attrs.get("warnings", [])),
+            engine_parity=_engine_parity(g),
         )
 
     def n_layers(self, name: str) -> int:
@@ -1130,6 +1135,18 @@ class Archive:
             global_keys=global_keys,
             model_name=str(rd.attrs.get("model_name", Path(str(rd.attrs.get("model_path", ""))).name)),
         )
+
+
+def _engine_parity(g: h5py.Group) -> dict[str, Any]:
+    """The ``engine_parity`` group of a run as a dict (empty when absent)."""
+    if "engine_parity" not in g:
+        return {}
+    eg = g["engine_parity"]
+    out = _attrs(eg)
+    for sub in ("errors", "worst_layer"):
+        if sub in eg:
+            out[sub] = _attrs(eg[sub])
+    return out
 
 
 def open_archive(path: str | Path) -> Archive:

@@ -537,20 +537,11 @@ def show(archive: str, run: str, as_json: bool) -> None:
         rows.append((str(t["index"]), t["name"], t["op"], "x".join(map(str, t["shape"])),
                      str(t["parent"]), "yes" if t["participating"] else "no"))
     click.echo(format_table(rows))
-    if parity is not None:
-        click.echo(f"verify     {_parity_line(parity)} on {Path(parity['image']).name}")
-    _fail_on_engine_parity(parity)
-
-
-def _fail_on_engine_parity(parity: dict[str, Any] | None) -> None:
-    """Exit 3 (one line) when ``inspect --verify`` found the engine off the reference."""
-    if parity is not None and not parity["passed"]:
-        from analyzer.errors import EngineParityError
-
-        raise EngineParityError(
-            f"engine parity failed: {parity['description']}, above the GLAM.md tolerance "
-            f"{parity['tolerance']:g} — please report this model"
-        )
+    ep = rd.engine_parity
+    if ep:
+        click.echo(f"engine parity  {'passed' if ep.get('passed') else 'FAILED'}: max error "
+                   f"{ep.get('max_error', float('nan')):.2g} (worst {ep.get('worst_map')}) "
+                   f"against the literal GLAM.md reference, tolerance {ep.get('tolerance')}")
 
 
 # --------------------------------------------------------------------------------- export

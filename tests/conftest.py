@@ -161,7 +161,8 @@ def cached_model_load(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRe
 # ------------------------------------------------------------------ hypothesis profiles
 # "ci" (the default): a bounded, derandomised number of examples, so the suite is
 # deterministic and fits CI; "thorough": many more, by hand
-# (pytest tests/test_route_invariance.py --hypothesis-profile=thorough).
+# (pytest tests/test_route_invariance.py --hypothesis-profile=thorough; 200 examples, or
+# GLAM_HYPOTHESIS_EXAMPLES).
 try:
     from hypothesis import HealthCheck, settings
 
@@ -172,7 +173,11 @@ try:
         print_blob=True,
     )
     settings.register_profile("ci", max_examples=6, derandomize=True, **_common)
-    settings.register_profile("thorough", max_examples=200, **_common)
+    import os as _os
+
+    settings.register_profile(
+        "thorough", max_examples=int(_os.environ.get("GLAM_HYPOTHESIS_EXAMPLES", "200")), **_common
+    )
     settings.load_profile("ci")
 except ImportError:  # pragma: no cover - hypothesis is a dev dependency
     pass

@@ -67,6 +67,8 @@ def test_cli_verify_passes_and_is_archived(tmp_path: Path) -> None:
         assert set(eg["errors"].attrs) >= {"local/sum", "global/sum", "layers/local"}
     res = _invoke("analyze", MODEL, IMAGE, "-o", tmp_path / "w.h5", "--verify")
     assert res.exit_code == 0 and "engine parity passed" in res.stdout
+    res = _invoke("show", ar, run)
+    assert res.exit_code == 0 and "engine parity  passed" in res.stdout
 
 
 @pytest.mark.usefixtures("broken_engine")

@@ -198,3 +198,30 @@ def analyzer_analyze(model: importers.ImportedModel, x: torch.Tensor):  # type: 
     import analyzer
 
     return analyzer.analyze(model, x, verify=True, keep_layers=False)
+
+
+class TupleAndShapeNet(nn.Module):
+    """Every member of the class the segmentation fault belonged to: a tap output that also
+    feeds shape arithmetic, ``unbind`` over channels, ``chunk`` into a shared value, integer
+    tensors from sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, 6, 3, padding=1)
+        self.mid = nn.Conv2d(3, 6, 3, padding=1)
+        self.tail = nn.Conv2d(6, 12, 3, padding=1)
+        self.ps = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.head(x)
+        half = f[:, : f.shape[1] // 2]  # the tap itself feeds shape arithmetic
+        parts = torch.unbind(half, dim=1)  # a tuple of three tensors, read several times
+        g = torch.stack([parts[0] * parts[1], parts[1] + parts[2], parts[2]], dim=1)
+        a, b = torch.chunk(self.mid(g), 2, dim=1)
+        shared = torch.cat([a, b * 0.5], dim=1) + f
+        return self.ps(self.tail(shared + shared.mean(dim=(2, 3), keepdim=True)))
+
+
+def test_tuples_sizes_and_unbind_on_every_route(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    assert _check_engine_and_routes(TupleAndShapeNet().eval(), 3, tmp_path, "tuple") == len(ROUTES)

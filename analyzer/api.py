@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from analyzer.device import resolve_device
+from analyzer.engine.device import resolve_device
+from analyzer.engine.glam import LayerRecord, StoreMode, compute_glam, validate_roi
+from analyzer.engine.lam import LamResult, compute_lam
+from analyzer.engine.metrics import attributed_fraction, diffusion_index, map_metrics, mse_psnr
+from analyzer.engine.reference import EngineParity, ParityMeter, reference_glam
 from analyzer.errors import AnalysisError, UserInputError
-from analyzer.glam import LayerRecord, StoreMode, compute_glam, validate_roi
 from analyzer.images import crop_reference, hr_to_lr, read_rgb, to_tensor
-from analyzer.lam import LamResult, compute_lam
-from analyzer.metrics import attributed_fraction, diffusion_index, map_metrics, mse_psnr
-from analyzer.reference import EngineParity, ParityMeter, reference_glam
 from importers.loader import sha256_of
 from importers.model import ImportedModel, TapInfo
 
@@ -227,7 +227,7 @@ def analyze(
     keep_layers:
         Keep per-layer records in the result.
     verify:
-        Also run the literal implementation of GLAM.md (:mod:`analyzer.reference`) on the
+        Also run the literal implementation of GLAM.md (:mod:`analyzer.engine.reference`) on the
         same model and input and record the engine's largest error per map and per-layer
         map in ``Result.engine_parity`` (GLAM.md allows 1e-4; check
         ``result.engine_parity.passed``). Costs one reference run, several times GL-AM.

@@ -5,6 +5,10 @@
 >>> model = importers.load("model.onnx")                                    # doctest: +SKIP
 >>> summaries = analyze_images(model, ["img.png"], "glam-runs.h5",
 ...                            AnalyzeOptions(hr=True, lam=True))           # doctest: +SKIP
+
+One module on purpose (over 600 lines): ``analyze``, ``baseline`` and ``demo`` share its
+per-image loop, run naming and summaries; splitting them would spread one workflow over
+three files.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from analyzer.archive import STORE_DTYPES, RunWriter, StoreDtype, check_run_names, open_archive
+from analyzer.archive.hdf5 import STORE_DTYPES, RunWriter, StoreDtype, check_run_names, open_archive
+from analyzer.engine.glam import StoreMode
 from analyzer.errors import AnalysisError, EngineParityError, UserInputError
-from analyzer.glam import StoreMode
 from analyzer.images import list_images
 from importers.model import ImportedModel
 
@@ -362,8 +366,8 @@ def verify_default_input(model: ImportedModel, device: str = "auto") -> dict[str
 
 
 def write_run_figures(archive: str | Path, run: str, directory: str | Path) -> list[Path]:
-    """Write the figures of an archived run into ``directory`` (``analyzer.figures``)."""
-    from analyzer import figures
+    """Write the figures of an archived run into ``directory`` (``analyzer.report.figures``)."""
+    from analyzer.report import figures
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -516,7 +520,7 @@ def default_demo_inputs() -> tuple[Path | None, Path]:
     model: Path | None = None
     image = root / "images" / "astronaut_hr.png"
     try:
-        import fixtures
+        import glam_fixtures as fixtures
     except ImportError:
         fixtures = None  # type: ignore[assignment]
     if fixtures is not None:
@@ -571,7 +575,7 @@ def run_demo(
     if mp is None or not mp.exists():
         raise UserInputError(
             "the bundled demo model is missing (fixtures/models/ is not built); build it with "
-            "`python -m fixtures.make_fixtures` or pass --model MODEL"
+            "`python -m glam_fixtures.make_fixtures` or pass --model MODEL"
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

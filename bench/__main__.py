@@ -6,7 +6,7 @@ For each paper-size architecture (CARN, RRDBNet, RCAN, RNAN, SAN; x4, 64x64 LR i
 * ``fb``: one forward pass and one backward pass of ``T_ROI`` to the input — the unit;
 * ``glam``: GL-AM, local + global maps (GLAM.md), the engine the CLI uses;
 * ``lam``: LAM with ``fold`` path steps (batched by ``--lam-batch``);
-* ``verify``: the literal GLAM.md reference (:mod:`analyzer.reference`), the extra cost
+* ``verify``: the literal GLAM.md reference (:mod:`analyzer.engine.reference`), the extra cost
   of ``glam analyze --verify`` (timed once, after the pairs).
 
 Reported: the ratios GL-AM / fb and LAM / GL-AM, and peak memory (resident set growth on
@@ -17,7 +17,7 @@ each is timed in its steady state, as LAM's back-to-back path steps are), with L
 once in the middle of the pairs (so the GL-AM median is taken around it); GL-AM / fb is
 the median of the per-pair ratios (each pair runs back to back, so a slow phase of a
 shared machine hits both), times are medians. All run with the allocator setting the
-engine applies on CPU (:mod:`analyzer.allocator`). Weights are random (seeded): cost does
+engine applies on CPU (:mod:`analyzer.engine.allocator`). Weights are random (seeded): cost does
 not depend on them.
 """
 
@@ -49,14 +49,15 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     warnings.simplefilter("ignore")
+    from glam_fixtures.architectures import build
+
     import analyzer
     import importers
-    from analyzer.allocator import keep_freed_memory
-    from analyzer.glam import compute_glam
-    from analyzer.lam import compute_lam
-    from analyzer.reference import reference_glam
-    from analyzer.texture import texture_roi
-    from fixtures.architectures import build
+    from analyzer.engine.allocator import keep_freed_memory
+    from analyzer.engine.glam import compute_glam
+    from analyzer.engine.lam import compute_lam
+    from analyzer.engine.reference import reference_glam
+    from analyzer.engine.texture import texture_roi
 
     dev = analyzer.resolve_device(args.device)
     if dev.type == "cpu":

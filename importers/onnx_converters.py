@@ -16,6 +16,11 @@ only inside :func:`patched_onnx2torch`, a context manager that restores onnx2tor
 registry afterwards. Convolutions always become plain ``nn.Conv*d`` / ``nn.ConvTranspose*d``
 modules (optionally ``nn.Sequential(pad, conv)`` or ``nn.Sequential(conv, crop)``, which the
 ONNX backend splits into separate graph nodes) so that the tap pass finds them.
+
+One module on purpose (over 600 lines): glam's extra onnx2torch converters, one section per
+op family (shape ops, Reduce, Pad, Conv, Resize, small activations, aliases), registered on
+import through :mod:`importers.onnx_registry`; the sections share the attribute and constant
+helpers at the top.
 """
 
 from __future__ import annotations

@@ -459,7 +459,7 @@ class ProbeInterpreter(fx.Interpreter):
 
     ``is_float[n]``: the value carries float tensors (a tensor or a container of them).
     Each node also gets ``node.meta[VALUE_KIND]`` (:func:`value_kind`); the engine's
-    segmentation (:func:`analyzer.segments.build_segmented`) cuts only at ``"float"``
+    segmentation (:func:`analyzer.engine.segments.build_segmented`) cuts only at ``"float"``
     values. The kind of a node's value does not depend on the input's size.
     """
 

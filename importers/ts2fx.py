@@ -25,6 +25,10 @@ trip count depends on the input) raises :class:`TS2FXError`.
 
 The translator relies on the ``torch._C`` graph bindings of TorchScript (see the import
 study, section 3).
+
+One module on purpose (over 600 lines): one translator class whose op handlers share its
+shadow-execution state (symbolic values, folding, aliases); the handlers are grouped by op
+family inside it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The tests' handle on the literal GLAM.md reference (:mod:`analyzer.reference`), plus
+"""The tests' handle on the literal GLAM.md reference (:mod:`analyzer.engine.reference`), plus
 LAM's Gini written out once more in float64.
 
 ``reference_glam`` keeps the tuple form the tests were written against:
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from analyzer.reference import reference_glam as _reference_glam
+from analyzer.engine.reference import reference_glam as _reference_glam
 
 
 def reference_glam(

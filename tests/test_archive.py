@@ -1,4 +1,4 @@
-"""The HDF5 archive (analyzer.archive) through its Python API: writing, reading, crash safety."""
+"""The HDF5 archive (analyzer.archive.hdf5) through its Python API: writing, reading, crash safety."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from analyzer.archive import (
+from analyzer.archive.figure_data import FigureData
+from analyzer.archive.hdf5 import (
     SCHEMA_VERSION,
     RunWriter,
     _quantize,
@@ -18,7 +19,6 @@ from analyzer.archive import (
     validate_run_name,
 )
 from analyzer.errors import ArchiveError
-from analyzer.figure_data import FigureData
 from analyzer.runs import AnalyzeOptions, analyze_images, default_run_name
 
 

@@ -23,17 +23,17 @@ from conftest import TinySR, export_onnx
 from torch import nn
 
 import importers
-from analyzer.archive import open_archive
-from analyzer.check import (
+from analyzer.archive.hdf5 import open_archive
+from analyzer.cli import cli
+from analyzer.errors import UserInputError
+from analyzer.gate.check import (
     CHECK_SCHEMA_VERSION,
     check_model,
     match_layers,
     pearson,
     top_k_overlap,
 )
-from analyzer.cli import cli
-from analyzer.errors import UserInputError
-from analyzer.tolerances import METRICS, build_tolerances, parse_tol_flag
+from analyzer.gate.tolerances import METRICS, build_tolerances, parse_tol_flag
 
 # every command still imports real model files; successful imports are memoised per module
 pytestmark = pytest.mark.usefixtures("cached_model_load")
@@ -400,7 +400,7 @@ def test_tolerances() -> None:
 
 def test_fixture_exports_of_same_weights_pass(tmp_path: Path, lr_image: Path) -> None:
     """The committed small RCAN: its TorchScript trace passes the legacy-ONNX baseline."""
-    fixtures = pytest.importorskip("fixtures")
+    fixtures = pytest.importorskip("glam_fixtures")
     onnx_path = fixtures.fixture_path("rcan", "legacy.onnx")
     trace = fixtures.fixture_path("rcan", "trace.pt")
     if not (onnx_path.is_file() and trace.is_file()):

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import importers
-from analyzer.archive import open_archive
+from analyzer.archive.hdf5 import open_archive
 from analyzer.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,10 +13,10 @@ from torch import nn
 
 import analyzer
 import importers
+from analyzer.engine.glam import compute_glam
+from analyzer.engine.maps import normalize, resize
+from analyzer.engine.texture import gradient_magnitude, texture_global, texture_roi
 from analyzer.errors import AnalysisError, NumericalError
-from analyzer.glam import compute_glam
-from analyzer.maps import normalize, resize
-from analyzer.texture import gradient_magnitude, texture_global, texture_roi
 
 
 class OneConvShuffle(nn.Module):
@@ -337,7 +337,7 @@ def test_resize_equals_torch_bicubic(src: tuple[int, int], dst: tuple[int, int])
 
 
 def test_closed_form_texture_gradient_matches_autograd() -> None:
-    from analyzer.texture import texture_global_grad
+    from analyzer.engine.texture import texture_global_grad
 
     torch.manual_seed(11)
     t = torch.rand(1, 4, 9, 11, dtype=torch.float64, requires_grad=True)
@@ -349,8 +349,8 @@ def test_closed_form_texture_gradient_matches_autograd() -> None:
 def test_texture_gradient_weights_vanish(fused: bool) -> None:
     """T_Global is a sum of differences: its gradient's per-channel sums are 0, so a layer
     reached through a spatially uniform linear path has vanishing weights (GLAM.md)."""
-    from analyzer import kernels, maps
-    from analyzer.texture import texture_global_grad
+    from analyzer.engine import kernels, maps
+    from analyzer.engine.texture import texture_global_grad
 
     if fused and not kernels.enabled():
         pytest.skip("numba is not installed")

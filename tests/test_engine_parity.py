@@ -1,4 +1,4 @@
-"""``--verify``: the engine against the literal GLAM.md reference (analyzer.reference), on
+"""``--verify``: the engine against the literal GLAM.md reference (analyzer.engine.reference), on
 the user's own model; the failure path is proven with a deliberately broken engine."""
 
 from __future__ import annotations
@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import glam_fixtures as fixtures
 import h5py
 import pytest
 import torch
 from click.testing import CliRunner
 
 import analyzer
-import fixtures
 import importers
-from analyzer import kernels
 from analyzer.cli import cli
+from analyzer.engine import kernels
 from analyzer.errors import EngineParityError
 from analyzer.runs import AnalyzeOptions, analyze_images
 

@@ -1,4 +1,4 @@
-"""Tests of analyzer.figures on synthetic FigureData (no model, no torch)."""
+"""Tests of analyzer.report.figures on synthetic FigureData (no model, no torch)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from analyzer.archive.figure_data import FigureData, LayerKey, to_rgb_uint8
 from analyzer.errors import UserInputError
-from analyzer.figure_data import FigureData, LayerKey, to_rgb_uint8
-from analyzer.figures import (
+from analyzer.report.figures import (
     MAX_LAYER_PANELS,
     compare_figure,
     compare_table,

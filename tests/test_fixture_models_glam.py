@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import functools
 
+import glam_fixtures as fixtures
 import numpy as np
 import pytest
 import torch
+from glam_fixtures.architectures import ARCHITECTURES, count_convs
 from reference_glam import reference_glam
 
-import fixtures
 import importers
-from analyzer.glam import compute_glam
-from fixtures.architectures import ARCHITECTURES, count_convs
+from analyzer.engine.glam import compute_glam
 
 EXPORTS = ("legacy.onnx", "dynamo.onnx", "trace.pt", "script.pt", "pt2")
 CASES = [(a, k) for a in ARCHITECTURES for k in EXPORTS]

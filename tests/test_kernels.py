@@ -1,4 +1,4 @@
-"""The fused CPU kernels (analyzer.kernels) against the eager torch code they replace,
+"""The fused CPU kernels (analyzer.engine.kernels) against the eager torch code they replace,
 float64 autograd, and themselves at other thread counts."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from analyzer import kernels
-from analyzer.maps import KeyAccumulator, gradcam_key_flagged, normalize_, resized_stack
-from analyzer.texture import texture_global, texture_global_grad
+from analyzer.engine import kernels
+from analyzer.engine.accumulate import KeyAccumulator
+from analyzer.engine.maps import gradcam_key_flagged, normalize_, resized_stack
+from analyzer.engine.texture import texture_global, texture_global_grad
 
 pytestmark = pytest.mark.skipif(not kernels.enabled(), reason="numba is not installed")
 
@@ -196,7 +197,7 @@ def test_kernels_compile_in_memory_without_a_cache_location(
 ) -> None:
     import numba
 
-    from analyzer import _numba_kernels
+    from analyzer.engine import _numba_kernels
 
     real = numba.njit
 

@@ -10,8 +10,8 @@ from torch import nn
 
 import analyzer
 import importers
-from analyzer.lam import blur_path, compute_lam, gaussian_kernel
-from analyzer.texture import texture_roi
+from analyzer.engine.lam import blur_path, compute_lam, gaussian_kernel
+from analyzer.engine.texture import texture_roi
 
 
 class SmoothSR(nn.Module):

@@ -8,11 +8,11 @@ import shlex
 import shutil
 from pathlib import Path
 
+import glam_fixtures as fixtures
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import fixtures
 from analyzer.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 
 For every generated SR-like network (:mod:`sr_graphs`), exported through every route glam
 reads (:mod:`routes`): the engine's maps equal the literal GLAM.md reference
-(:mod:`analyzer.reference`) and the maps of all routes equal each other, to 1e-4 on every
+(:mod:`analyzer.engine.reference`) and the maps of all routes equal each other, to 1e-4 on every
 map. CI runs a bounded, derandomised number of examples (profile ``ci``); run many more by
 hand with ``pytest tests/test_route_invariance.py --hypothesis-profile=thorough``.
 """
@@ -21,8 +21,8 @@ from sr_graphs import Spec, build, example, specs
 from torch import nn
 
 import importers
-from analyzer.glam import compute_glam, layer_keys
-from analyzer.reference import reference_glam
+from analyzer.engine.glam import compute_glam, layer_keys
+from analyzer.engine.reference import reference_glam
 
 TOL = 1e-4
 MAPS = ("consensus", "variation", "sum")

@@ -18,7 +18,7 @@ class LayerKey:
 
 @dataclass
 class FigureData:
-    """Inputs of :mod:`analyzer.figures`, all plain numpy.
+    """Inputs of :mod:`analyzer.report.figures`, all plain numpy.
 
     Attributes
     ----------

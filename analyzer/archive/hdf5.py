@@ -15,12 +15,16 @@ One archive holds many runs (models x images). Writing is crash-safe:
 
 Reading goes through :func:`open_archive`:
 
->>> from analyzer.archive import open_archive
+>>> from analyzer.archive.hdf5 import open_archive
 >>> with open_archive("glam-runs.h5") as ar:                 # doctest: +SKIP
 ...     for name in ar.runs():
 ...         run = ar.run(name)
 ...         print(name, run.metrics["di_local"])
-...     fig = ar.figure_data(name)                           # for analyzer.figures
+...     fig = ar.figure_data(name)                           # for analyzer.report.figures
+
+One module on purpose (over 600 lines): the schema constants, the atomic writer and the
+reader share the private encoding helpers (attributes, datasets, quantisation) and the
+commit protocol; a split would export those helpers between files.
 """
 
 from __future__ import annotations
@@ -42,12 +46,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import h5py
 import numpy as np
 
+from analyzer.archive.figure_data import FigureData, LayerKey, sample_indices, to_rgb_uint8
 from analyzer.errors import ArchiveError
-from analyzer.figure_data import FigureData, LayerKey, sample_indices, to_rgb_uint8
 
 if TYPE_CHECKING:
     from analyzer.api import Result
-    from analyzer.glam import LayerRecord
+    from analyzer.engine.glam import LayerRecord
     from importers.model import ImportedModel
 
 FORMAT = "glam"
@@ -494,7 +498,7 @@ class RunWriter:
 
     # -- streaming
     def add_layer(self, rec: LayerRecord) -> None:
-        """Write one :class:`~analyzer.glam.LayerRecord` (the ``on_layer`` sink of analyze)."""
+        """Write one :class:`~analyzer.engine.glam.LayerRecord` (the ``on_layer`` sink of analyze)."""
         if self._file is None:
             raise ArchiveError("this run writer is closed")
         g = self._layers.create_group(str(int(rec.index)))
@@ -772,7 +776,7 @@ class RunWriter:
             _set_attrs(eg, {"tolerance": float(ep.tolerance), "max_error": float(ep.max_error),
                             "worst_map": ep.worst_map, "passed": bool(ep.passed),
                             "seconds_reference": float(ep.seconds),
-                            "reference": "analyzer.reference.reference_glam"})
+                            "reference": "analyzer.engine.reference.reference_glam"})
             _set_attrs(eg.create_group("errors", track_order=True),
                        {k: float(v) for k, v in ep.errors.items()})
             _set_attrs(eg.create_group("worst_layer", track_order=True),
@@ -1069,7 +1073,7 @@ class Archive:
             yield self.layer(name, i)
 
     def figure_data(self, run: str | RunData, *, max_keys: int = 16) -> FigureData:
-        """Everything :mod:`analyzer.figures` needs for one run.
+        """Everything :mod:`analyzer.report.figures` needs for one run.
 
         Parameters
         ----------
@@ -1084,7 +1088,7 @@ class Archive:
         """
         import torch
 
-        from analyzer.glam import layer_keys
+        from analyzer.engine.glam import layer_keys
         from analyzer.images import merge_y_with_cbcr
 
         rd = self.run(run) if isinstance(run, str) else run

@@ -1,10 +1,10 @@
 """The GL-AM engine: local and global attribution maps over a tapped graph (GLAM.md).
 
-Cost: one forward pass through the segmented graph (:mod:`analyzer.segments`), one
+Cost: one forward pass through the segmented graph (:mod:`analyzer.engine.segments`), one
 backward pass for the local map, run segment by segment, and one short walk per
 participating layer for the global map, about one more backward in all, not ``n``
-(:mod:`analyzer.backward`). Per-layer keys are resized in batches and streamed into
-the Consensus / Variation / Sum accumulators (:mod:`analyzer.maps`)."""
+(:mod:`analyzer.engine.backward`). Per-layer keys are resized in batches and streamed into
+the Consensus / Variation / Sum accumulators (:mod:`analyzer.engine.maps`)."""
 
 from __future__ import annotations
 
@@ -17,19 +17,19 @@ from typing import Literal, cast
 import numpy as np
 import torch
 
-from analyzer import kernels
-from analyzer.allocator import keep_freed_memory
-from analyzer.backward import GlobalGradients, LocalBackward
-from analyzer.errors import AnalysisError, NumericalError
-from analyzer.maps import (
-    KeyAccumulator,
+from analyzer.engine import kernels
+from analyzer.engine.accumulate import KeyAccumulator
+from analyzer.engine.allocator import keep_freed_memory
+from analyzer.engine.backward import GlobalGradients, LocalBackward
+from analyzer.engine.maps import (
     normalize_,
     normalize_nonnegative,
     resize,
     resized_stack,
 )
-from analyzer.segments import SegmentedGraph, build_segmented
-from analyzer.texture import texture_roi
+from analyzer.engine.segments import SegmentedGraph, build_segmented
+from analyzer.engine.texture import texture_roi
+from analyzer.errors import AnalysisError, NumericalError
 from importers.model import ImportedModel
 from importers.tap import participating
 

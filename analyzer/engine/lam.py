@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from analyzer.allocator import keep_freed_memory
+from analyzer.engine.allocator import keep_freed_memory
+from analyzer.engine.maps import resize
+from analyzer.engine.texture import texture_roi
 from analyzer.errors import AnalysisError, ModelError, NumericalError
-from analyzer.maps import resize
-from analyzer.texture import texture_roi
 from importers.model import ImportedModel
 
 

@@ -1,5 +1,6 @@
 """Map algebra of GLAM.md: ``N`` (normalise), ``R`` (bicubic resize), ``A`` (Grad-CAM key)
-and the Consensus / Variation / Sum combination of per-layer keys."""
+and the per-map helpers the engine builds on (the Consensus / Variation / Sum accumulation
+lives in :mod:`analyzer.engine.accumulate`)."""
 
 from __future__ import annotations
 
@@ -130,54 +131,3 @@ def resized_stack(maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Te
     for idx in groups.values():
         out[idx] = resize(torch.stack([maps[i] for i in idx]), size)
     return out
-
-
-class KeyAccumulator:
-    """Streams per-layer keys (in execution order) into Consensus, Variation and Sum.
-
-    Memory does not grow with depth: only the running sums and the previous key are kept.
-    """
-
-    def __init__(self) -> None:
-        self.total: torch.Tensor | None = None
-        self.variation: torch.Tensor | None = None
-        self.previous: torch.Tensor | None = None
-
-    def add_maps(self, maps: Sequence[torch.Tensor], size: Sequence[int]) -> None:
-        """Add the keys ``N(R(m, size))`` of the next non-negative maps, in execution order.
-
-        On CPU the normalisation and the running sums are one fused pass
-        (:func:`analyzer.kernels.accumulate_keys`); the keys are never stored.
-        """
-        from analyzer import kernels  # kernels builds on this module
-
-        resized = resized_stack(maps, size)
-        if not kernels.accumulate_keys(self, resized):
-            self.add_stack(normalize_(resized))
-
-    def add_stack(self, keys: torch.Tensor) -> None:
-        """Add the next participating layers' keys ``(B, H, W)``, in execution order."""
-        if keys.shape[0] == 0:
-            return
-        if self.total is None:
-            self.total = keys.sum(dim=0)
-            self.variation = torch.zeros_like(keys[0])
-        else:
-            self.total += keys.sum(dim=0)
-            self.variation += (keys[0] - self.previous).abs_()
-        if keys.shape[0] > 1:
-            self.variation += (keys[1:] - keys[:-1]).abs_().sum(dim=0)
-        self.previous = keys[-1]
-
-    def finish(self, size: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
-        """Return ``{"consensus", "variation", "sum"}`` as in GLAM.md (zeros if no layer)."""
-        if self.total is None:
-            zero = torch.zeros(tuple(size), device=device)
-            return {"consensus": zero, "variation": zero.clone(), "sum": zero.clone()}
-        consensus = normalize(self.total)
-        variation = normalize(self.variation)
-        return {
-            "consensus": consensus,
-            "variation": variation,
-            "sum": normalize(consensus + variation),
-        }

@@ -5,7 +5,7 @@ local gradient, one plain ``torch.autograd.grad`` per participating layer for th
 gradients, eager torch for every formula: no segments, no fused kernels, no batching, no
 closed-form gradients. It is slow (each global gradient walks the autograd graph back from
 ``f_j``) and exists so that ``glam analyze --verify`` can prove, on the user's own model and
-input, that :func:`analyzer.glam.compute_glam` gives the maps of GLAM.md
+input, that :func:`analyzer.engine.glam.compute_glam` gives the maps of GLAM.md
 (:func:`engine_parity`). It reads nothing from the engine: ancestry, participation, the
 texture objective and the map algebra are all restated here.
 """

@@ -1,6 +1,6 @@
 """Figures of GL-AM runs: the paper's Fig. 3 (local), Fig. 4 (global), Fig. 5 (vs. LAM).
 
-Every function takes :class:`~analyzer.figure_data.FigureData` (plain numpy, never a model)
+Every function takes :class:`~analyzer.archive.figure_data.FigureData` (plain numpy, never a model)
 and writes one PNG. Figures are built with :class:`matplotlib.figure.Figure` and rendered
 by :class:`~matplotlib.backends.backend_agg.FigureCanvasAgg` directly, so nothing here
 touches pyplot's global state: no backend switch, no windows, no figure registry, and it
@@ -13,10 +13,13 @@ output image with a per-pixel opacity that grows with the map, so unattributed p
 visible as image. Small images (up to 256 pixels a side) are drawn with nearest
 interpolation so that pixels stay crisp.
 
->>> from analyzer.figures import write_all, compare_figure, compare_table   # doctest: +SKIP
+>>> from analyzer.report.figures import write_all, compare_figure, compare_table   # doctest: +SKIP
 >>> write_all(data, Path("out/run1"))                                       # doctest: +SKIP
 >>> compare_figure([carn, rrdb, san, rnan, rcan], Path("out/compare.png"))  # doctest: +SKIP
 >>> print(compare_table([carn, rrdb, san, rnan, rcan]))                     # doctest: +SKIP
+
+One module on purpose (over 600 lines): one function per figure of the paper (Fig. 3/4/5
+layouts, per-layer grids) over shared layout, colour-bar and ROI-box helpers.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from analyzer.archive.figure_data import FigureData, LayerKey, sample_indices
 from analyzer.errors import UserInputError
-from analyzer.figure_data import FigureData, LayerKey, sample_indices
 
 __all__ = [
     "DPI",
@@ -476,7 +479,7 @@ def layers_figure(
     One ``inferno`` panel per key of ``data.local_keys`` or ``data.global_keys`` in
     execution order, titled with the tap index and the (shortened) layer name; local keys
     carry the ROI box. Lists longer than :data:`MAX_LAYER_PANELS` are evenly sampled with
-    :func:`~analyzer.figure_data.sample_indices` (first and last layer kept).
+    :func:`~analyzer.archive.figure_data.sample_indices` (first and last layer kept).
 
     Parameters
     ----------

@@ -1,0 +1,46 @@
+"""The archive room: the HDF5 run store (schema, atomic writer, reader; docs/archive.md) and
+the per-run figure data read from it. Imports ``analyzer.errors``, ``analyzer.images``,
+``importers`` (model records) and the engine's record types; never the report, the gate
+or the CLI.
+
+The names below are the archive's public API (``from analyzer.archive import open_archive``).
+"""
+
+from analyzer.archive.figure_data import FigureData, LayerKey
+from analyzer.archive.hdf5 import (
+    FORMAT,
+    MAP_NAMES,
+    SCHEMA_VERSION,
+    STORE_DTYPES,
+    Archive,
+    RunData,
+    RunWriter,
+    StoreDtype,
+    check_archive_target,
+    check_run_names,
+    commit_run,
+    existing_runs,
+    open_archive,
+    software_versions,
+    validate_run_name,
+)
+
+__all__ = [
+    "FORMAT",
+    "MAP_NAMES",
+    "SCHEMA_VERSION",
+    "STORE_DTYPES",
+    "Archive",
+    "FigureData",
+    "LayerKey",
+    "RunData",
+    "RunWriter",
+    "StoreDtype",
+    "check_archive_target",
+    "check_run_names",
+    "commit_run",
+    "existing_runs",
+    "open_archive",
+    "software_versions",
+    "validate_run_name",
+]

@@ -1,0 +1,125 @@
+"""The layout of docs/architecture.md holds: no import cycles between glam's modules, each
+room imports only what its ``__init__`` says it may, and no module is over 600 lines
+without a reason at its top."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("analyzer", "importers")
+LONG = 600
+REASON = "One module"  # how a long module's docstring starts its reason
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for p in (ROOT / pkg).rglob("*.py"):
+            out[_module_name(p)] = p
+    return out
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """glam modules imported anywhere in ``path`` (module level, functions, TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for n in names:
+            while n and n not in known:
+                n = n.rpartition(".")[0]
+            if n:
+                found.add(n)
+    return found
+
+
+MODULES = _modules()
+GRAPH = {m: _imports(p, set(MODULES)) - {m} for m, p in MODULES.items()}
+
+
+def _package_of(m: str) -> str:
+    return m if MODULES[m].name == "__init__.py" else m.rpartition(".")[0]
+
+
+def test_no_import_cycles_between_modules() -> None:
+    """Package ``__init__`` re-exports are followed too, except a package's own children."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(GRAPH[m]):
+            if MODULES[m].name == "__init__.py" and n.startswith(m + "."):
+                continue  # a package importing its own modules is no cycle
+            if state.get(n) == 1:
+                cycle = stack[stack.index(n):] + [n]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            visit(m)
+
+
+# room -> the glam modules/packages it may import (prefixes), besides itself
+ALLOWED = {
+    "analyzer.engine": ("analyzer.errors", "importers"),
+    "analyzer.archive": ("analyzer.errors", "analyzer.images", "analyzer.engine", "analyzer.api",
+                         "analyzer", "importers"),
+    "analyzer.report": ("analyzer.errors", "analyzer.archive"),
+    "analyzer.gate": ("analyzer.errors", "analyzer.engine", "analyzer.archive", "analyzer.api",
+                      "analyzer.runs", "analyzer.images", "importers"),
+    "importers": ("analyzer.errors",),
+}
+
+
+@pytest.mark.parametrize("room", sorted(ALLOWED))
+def test_rooms_import_only_what_they_may(room: str) -> None:
+    bad = []
+    for m, deps in GRAPH.items():
+        if not (m == room or m.startswith(room + ".")):
+            continue
+        for d in deps:
+            if d == room or d.startswith(room + "."):
+                continue
+            if d == "analyzer" and room != "analyzer.archive":
+                bad.append(f"{m} -> {d}")
+                continue
+            if not any(d == a or d.startswith(a + ".") for a in ALLOWED[room]):
+                bad.append(f"{m} -> {d}")
+    assert not bad, f"{room} may import only {ALLOWED[room]}: " + ", ".join(sorted(bad))
+
+
+def test_each_room_says_what_it_holds() -> None:
+    for pkg in ("analyzer.engine", "analyzer.archive", "analyzer.report", "analyzer.gate"):
+        doc = ast.get_docstring(ast.parse(MODULES[pkg].read_text())) or ""
+        assert "room" in doc and "mport" in doc, f"{pkg}/__init__.py must say what it holds and may import"
+
+
+def test_long_modules_say_why() -> None:
+    long = []
+    for m, p in MODULES.items():
+        n = len(p.read_text().splitlines())
+        doc = ast.get_docstring(ast.parse(p.read_text())) or ""
+        if n > LONG and REASON not in doc:
+            long.append(f"{m} ({n} lines)")
+    assert not long, "modules over 600 lines without a reason at their top: " + ", ".join(long)

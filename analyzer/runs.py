@@ -338,13 +338,13 @@ def check_engine_parity(summaries: Sequence[RunSummary]) -> None:
     failed = [s for s in summaries if s.engine_parity is not None and not s.engine_parity["passed"]]
     if not failed:
         return
-    worst = max(failed, key=lambda s: float(s.engine_parity["max_error"] or math.inf))  # type: ignore[index]
+    worst = max(failed, key=lambda s: float(s.engine_parity["max_error"] or math.inf))  # type: ignore[index]  # noqa: E501
     ep = worst.engine_parity
     assert ep is not None
     more = f" ({len(failed)} of {len(summaries)} runs failed)" if len(summaries) > 1 else ""
     raise EngineParityError(
-        f"engine parity failed for run {worst.run!r}: {ep['description']}, above the GLAM.md "
-        f"tolerance {ep['tolerance']:g}{more}; the run is archived with its engine_parity "
+        f"engine parity failed for run {worst.run!r}: {ep['description']}, above its bound "
+        f"{ep['bounds'][ep['worst_map']]:.2g}{more}; the run is archived with its engine_parity "
         "record — please report this model (the maps of this run are not trustworthy)"
     )
 

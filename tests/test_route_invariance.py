@@ -21,61 +21,57 @@ from sr_graphs import Spec, build, example, specs
 from torch import nn
 
 import importers
-from analyzer.engine.glam import compute_glam, layer_keys
-from analyzer.engine.reference import reference_glam
+from analyzer.engine.glam import compute_glam
+from analyzer.engine.reference import ParityMeter, reference_glam
 
 TOL = 1e-4
 MAPS = ("consensus", "variation", "sum")
-
-
-def _maps_of(model: importers.ImportedModel, x: torch.Tensor, roi: tuple[int, int, int]):
-    res = compute_glam(model, x, *roi)
-    H, W = res.output.shape[-2:]
-    local_keys = layer_keys([torch.from_numpy(r.local_map) for r in res.layers if r.participating], (H, W))
-    return res, {f"local/{k}": v for k, v in res.local.items()} | {
-        f"global/{k}": v for k, v in res.global_.items()
-    }, local_keys
 
 
 def _roi(out_hw: tuple[int, int], window: int = 8) -> tuple[int, int, int]:
     return (out_hw[0] - window) // 2, (out_hw[1] - window) // 3, window
 
 
+def _verify(model: importers.ImportedModel, x: torch.Tensor, roi: tuple[int, int, int]):  # type: ignore[no-untyped-def]
+    """Engine maps and their parity against the literal reference (analyzer's --verify)."""
+    ref = reference_glam(model.graph, x, *roi)
+    res = compute_glam(model, x, *roi)
+    meter = ParityMeter(ref, 0.0)
+    for rec in res.layers:
+        if rec.participating:
+            meter.add_layer(rec.index, rec.local_map, rec.global_map)
+    ep = meter.finish(res.local, res.global_)
+    assert res.parents == ref.parents
+    maps = {f"local/{k}": v for k, v in res.local.items()}
+    maps.update({f"global/{k}": v for k, v in res.global_.items()})
+    return maps, ep
+
+
 def _check_engine_and_routes(module: nn.Module, in_channels: int, tmp: Path, label: str) -> int:
-    """Export ``module`` through every route; assert engine == reference on each, and all
-    routes equal; returns the number of routes checked."""
+    """Export ``module`` through every route; assert engine == reference on each (every map
+    and every per-layer map, GLAM.md's 1e-4 unless float32 cannot resolve a key whose
+    weights nearly vanish), and all routes equal; returns the number of routes checked."""
     spec_x = example(Spec(in_channels, 6, ("residual",), "pixelshuffle", 2, False, 0))
     with torch.no_grad():
         out_hw = tuple(module(spec_x).shape[-2:])
     roi = _roi(out_hw)  # type: ignore[arg-type]
-    first: dict[str, np.ndarray] | None = None
-    first_route = ""
+    first = None
     for route in ROUTES:
         path = export_route(module, route, tmp / f"{label}.{route}", spec_x)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = importers.load(path, input_range=1, in_channels=in_channels)
-        res, maps, _ = _maps_of(model, spec_x, roi)
-        ref = reference_glam(model.graph, spec_x, *roi)
-        assert res.parents == ref.parents, f"{label} {route}: parents"
-        for fam, refmaps in (("local", ref.local), ("global", ref.global_)):
-            for k in MAPS:
-                err = float(np.abs(maps[f"{fam}/{k}"] - refmaps[k]).max())
-                assert err <= TOL, f"{label} {route}: engine {fam}/{k} off the reference by {err:.3g}"
-        for rec in res.layers:
-            for family, refs, mine in (("local", ref.local_layers, rec.local_map),
-                                        ("global", ref.global_layers, rec.global_map)):
-                if rec.index in refs:
-                    m = np.maximum(mine, 0)
-                    m = m / m.max() if m.max() > 0 else m
-                    err = float(np.abs(m - refs[rec.index]).max())
-                    assert err <= TOL, f"{label} {route}: layer #{rec.index} {family} off by {err:.3g}"
+        maps, ep = _verify(model, spec_x, roi)
+        assert ep.passed, f"{label} {route}: engine off the reference: {ep.describe([t.name for t in model.taps])}"
         if first is None:
-            first, first_route = maps, route
+            first = (route, maps, ep)
             continue
         for key, v in maps.items():
-            err = float(np.abs(v - first[key]).max())
-            assert err <= TOL, f"{label}: {key} differs between {first_route} and {route} by {err:.3g}"
+            err = float(np.abs(v - first[1][key]).max())
+            bound = ep.bound(key) + first[2].bound(key) - TOL  # TOL unless a key is unresolvable
+            assert err <= bound, (
+                f"{label}: {key} differs between {first[0]} and {route} by {err:.3g} (bound {bound:.2g})"
+            )
     return len(ROUTES)
 
 

@@ -781,6 +781,8 @@ class RunWriter:
                        {k: float(v) for k, v in ep.errors.items()})
             _set_attrs(eg.create_group("worst_layer", track_order=True),
                        {k: int(v) for k, v in ep.worst_layer.items()})
+            _set_attrs(eg.create_group("bounds", track_order=True),
+                       {k: float(ep.bound(k)) for k in ep.errors})
 
 
 def commit_run(archive: str | Path, scratch: str | Path, name: str, *, overwrite: bool) -> None:
@@ -1147,7 +1149,7 @@ def _engine_parity(g: h5py.Group) -> dict[str, Any]:
         return {}
     eg = g["engine_parity"]
     out = _attrs(eg)
-    for sub in ("errors", "worst_layer"):
+    for sub in ("errors", "worst_layer", "bounds"):
         if sub in eg:
             out[sub] = _attrs(eg[sub])
     return out

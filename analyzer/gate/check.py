@@ -976,8 +976,12 @@ def check_model(
                                  info=info)
             if new.engine_parity is not None:
                 ep = new.engine_parity
+                # judged relative to each map's bound (1e-4 unless float32 cannot resolve
+                # a key; analyzer.engine.reference.layer_tolerance), scaled to the tolerance
+                worst = ep.worst_map
+                value = ep.errors[worst] * ep.tolerance / ep.bound(worst) if worst else 0.0
                 checks.append(evaluate(
-                    rd.name, "engine_parity_max_error", ep.max_error,
+                    rd.name, "engine_parity_max_error", value,
                     tol.for_run(rd.name).get("engine_parity_max_error"),
                     message=f"worst: {ep.describe([t.name for t in m.taps])}",
                 ))

@@ -20,6 +20,7 @@ from analyzer.errors import (
     NotSuperResolutionError,
     NumericalError,
     ParityError,
+    UnsafeModelError,
     UnsupportedOpsError,
     UserInputError,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "LayerRecord",
     "ModelError",
     "ModelFileError",
+    "UnsafeModelError",
     "NotSuperResolutionError",
     "NumericalError",
     "ParityError",

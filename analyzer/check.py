@@ -864,6 +864,7 @@ def check_model(
     parity_tolerance: float | None = None,
     model: ImportedModel | None = None,
     on_run: Callable[[RunInfo, list[CheckResult]], None] | None = None,
+    trust_model: bool = False,
 ) -> CheckReport:
     """Re-run the baseline's analyses on ``model_path`` and compare (see module docstring).
 
@@ -888,6 +889,8 @@ def check_model(
         An already imported model (then ``model_path`` is only reported).
     on_run:
         Called after each run with its info and checks (progress output).
+    trust_model:
+        Passed to :func:`importers.load` (allow operators outside the pure-op allow-list).
 
     Returns
     -------
@@ -928,7 +931,8 @@ def check_model(
             rng: Any = input_range if input_range is not None else int(rd.attrs.get("input_range", 1))
             key = (str(rng), out_idx)
             if key not in models:
-                kwargs: dict[str, Any] = {"input_range": rng, "output": out_idx}
+                kwargs: dict[str, Any] = {"input_range": rng, "output": out_idx,
+                                          "trust_model": trust_model}
                 if parity_tolerance is not None:
                     kwargs["tolerance"] = parity_tolerance
                 models[key] = importers.load(model_path, **kwargs)

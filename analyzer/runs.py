@@ -481,6 +481,7 @@ def run_demo(
     device: str = "auto",
     command_line: str = "glam demo",
     progress: bool = False,
+    trust_model: bool = False,
 ) -> DemoResult:
     """The main job on the bundled defaults: GL-AM + LAM on a fixture model, archive + figures.
 
@@ -498,6 +499,8 @@ def run_demo(
         Recorded in the archive.
     progress:
         Show LAM's progress bar.
+    trust_model:
+        Passed to :func:`importers.load`.
 
     Returns
     -------
@@ -521,7 +524,7 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     archive = out / "demo.h5"
-    model = importers.load(mp)
+    model = importers.load(mp, trust_model=trust_model)
     options = AnalyzeOptions(
         hr=True,
         lam=True,

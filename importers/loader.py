@@ -43,7 +43,7 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _raw_graph(path: Path, fmt: str, channels: int | None) -> RawGraph:
+def _raw_graph(path: Path, fmt: str, channels: int | None, trust_model: bool = False) -> RawGraph:
     if fmt == "onnx":
         from importers.onnx_backend import load_onnx
 
@@ -51,10 +51,10 @@ def _raw_graph(path: Path, fmt: str, channels: int | None) -> RawGraph:
     if fmt == "torchscript":
         from importers.torchscript_backend import load_torchscript
 
-        return load_torchscript(path, channels=channels)
+        return load_torchscript(path, channels=channels, trust_model=trust_model)
     from importers.export_backend import load_exported
 
-    return load_exported(path)
+    return load_exported(path, trust_model=trust_model)
 
 
 def load(
@@ -66,6 +66,7 @@ def load(
     output: str | int | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     probe_size: tuple[int, int] | None = None,
+    trust_model: bool = False,
 ) -> ImportedModel:
     """Import an SR model file into a tapped, canonical, parity-checked FX graph.
 
@@ -88,6 +89,11 @@ def load(
         Largest accepted max-abs difference from the original model (canonical [0, 1] scale).
     probe_size:
         Input size used for probing dynamic-size models (default 40x36).
+    trust_model:
+        Run TorchScript / ``torch.export`` graphs with operators outside glam's allow-list
+        of pure tensor ops (:data:`importers.safety.PURE_OPS`). Off by default: such a
+        model is refused with :class:`~analyzer.errors.UnsafeModelError` before it runs.
+        Unsafe zip members, native code and arbitrary pickles are refused either way.
 
     Returns
     -------
@@ -95,12 +101,12 @@ def load(
 
     Raises
     ------
-    ModelFileError, NotSuperResolutionError, ConventionError, UnsupportedOpsError,
+    ModelFileError, UnsafeModelError, NotSuperResolutionError, ConventionError, UnsupportedOpsError,
     ConversionError, ParityError
     """
     p = Path(path)
     fmt = detect_format(p)
-    raw = _raw_graph(p, fmt, in_channels)
+    raw = _raw_graph(p, fmt, in_channels, trust_model)
     return finish_import(
         raw,
         path=str(p),

@@ -190,8 +190,10 @@ def _dataset(
     stored, scale = _quantize(np.asarray(data), dtype)
     kwargs: dict[str, Any] = {}
     if stored.ndim > 0 and stored.size > 0:
+        # fletcher32: a checksum per chunk, so that flipped bytes are an error on read
+        # (`glam ls --verify`), never data.
         kwargs = {"chunks": True, "compression": "gzip", "compression_opts": _GZIP_LEVEL,
-                  "shuffle": True}
+                  "shuffle": True, "fletcher32": True}
     ds = group.create_dataset(name, data=stored, **kwargs)
     if dtype == "float16":
         ds.attrs["scale"] = scale
@@ -246,10 +248,19 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
                 ) from None
             time.sleep(0.2)
         except OSError as exc:
-            if "lock" in str(exc).lower() and time.monotonic() <= deadline:
+            if _is_lock_error(exc) and time.monotonic() <= deadline:
                 time.sleep(0.2)
                 continue
             raise
+
+
+def _is_lock_error(exc: OSError) -> bool:
+    """Whether HDF5 failed to *lock* the file (another writer), not e.g. a damaged
+    superblock ("sblock" also contains "lock")."""
+    text = str(exc).lower()
+    return "unable to lock file" in text or (
+        "lock" in text and ("errno = 11" in text or "temporarily unavailable" in text)
+    )
 
 
 def _check_root(f: h5py.File, path: Path) -> int:
@@ -274,6 +285,12 @@ def _check_root(f: h5py.File, path: Path) -> int:
         raise ArchiveError(
             f"archive {str(path)!r} has unknown schema_version {ver}; this glam reads "
             f"schema version {SCHEMA_VERSION}"
+        )
+    runs = f.get("runs", getlink=True)
+    if runs is not None and not isinstance(f.get("runs"), h5py.Group):
+        raise ArchiveError(
+            f"archive {str(path)!r} is damaged: /runs is not a group; it was not written by "
+            "glam — write to a new archive with -o"
         )
     return ver
 
@@ -967,6 +984,48 @@ class Archive:
             When the run is not in the archive (the message lists the available runs).
         """
         g = self._group(name)
+        try:
+            return self._read_run(name, g)
+        except (KeyError, OSError, ValueError, TypeError, AttributeError) as exc:
+            raise self._damaged(name, exc) from None
+
+    def _damaged(self, name: str, exc: BaseException) -> ArchiveError:
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        return ArchiveError(
+            f"run {name!r} of {str(self.path)!r} is damaged ({detail}); the other runs are "
+            f"unaffected — re-run it with --overwrite or remove it (see `glam ls "
+            f"{self.path.name} --verify`)"
+        )
+
+    def verify_run(self, name: str) -> int:
+        """Read every dataset of a run, checking HDF5's Fletcher32 checksums where written.
+
+        Returns the number of datasets read. Raises :class:`ArchiveError` naming the run
+        (and the dataset) when one cannot be read or a required group is missing.
+        """
+        g = self._group(name)
+        count = 0
+        current = ""
+        try:
+            for req in ("metrics", "input", "output", "local", "global"):
+                if req not in g:
+                    raise KeyError(f"required member {req!r} is missing")
+
+            def visit(key: str, obj: h5py.HLObject) -> None:
+                nonlocal count, current
+                current = key
+                if isinstance(obj, h5py.Dataset):
+                    obj[()]
+                    count += 1
+
+            g.visititems(visit)
+            self._read_run(name, g)
+        except (KeyError, OSError, ValueError, TypeError, AttributeError) as exc:
+            where = f"dataset {current!r}: " if current else ""
+            raise self._damaged(name, type(exc)(f"{where}{exc}")) from None
+        return count
+
+    def _read_run(self, name: str, g: h5py.Group) -> RunData:
         attrs = _attrs(g)
         prov = _attrs(g["provenance"]) if "provenance" in g else {}
         if "provenance" in g:

@@ -254,6 +254,40 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
             raise
 
 
+_SPACE_MARGIN = 1 << 20
+
+
+def ensure_space(path: Path, extra: int, *, current: int | None = None) -> None:
+    """Raise ``OSError`` (ENOSPC / EFBIG) *before* writing ``extra`` more bytes to ``path``
+    would exceed the free disk space or the file-size limit (``ulimit -f``).
+
+    HDF5 does not recover from a failed write (the run then dies in object finalisers or
+    worse), so glam checks first, with the uncompressed size as the upper bound. The
+    archive is therefore never left half-written by a full disk.
+    """
+    import errno
+    import resource
+
+    extra = int(extra * 1.05) + _SPACE_MARGIN
+    size = current if current is not None else (path.stat().st_size if path.exists() else 0)
+    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and size + extra > soft:
+        raise OSError(
+            errno.EFBIG,
+            f"file size limit of {soft} bytes (ulimit -f) reached: writing needs about "
+            f"{size + extra} bytes",
+            str(path),
+        )
+    try:
+        st = os.statvfs(path.parent if not path.is_dir() else path)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if extra > free:
+        raise OSError(errno.ENOSPC, f"no space left on device: {free} bytes free, about "
+                      f"{extra} needed", str(path.parent))
+
+
 def _is_lock_error(exc: OSError) -> bool:
     """Whether HDF5 failed to *lock* the file (another writer), not e.g. a damaged
     superblock ("sblock" also contains "lock")."""
@@ -514,6 +548,11 @@ class RunWriter:
         """Write one :class:`~analyzer.glam.LayerRecord` (the ``on_layer`` sink of analyze)."""
         if self._file is None:
             raise ArchiveError("this run writer is closed")
+        ensure_space(self.scratch, sum(
+            int(np.asarray(a).nbytes) for a in (
+                rec.local_map, rec.global_map, rec.global_grad_map, rec.activation_energy,
+                getattr(rec, "activation", None), getattr(rec, "grad_local", None),
+                getattr(rec, "grad_global", None)) if a is not None))
         g = self._layers.create_group(str(int(rec.index)))
         _set_attrs(
             g,
@@ -612,6 +651,15 @@ class RunWriter:
         for rec in result.layers:
             if str(rec.index) not in self._layers:
                 self.add_layer(rec)
+        body = 0
+        for a in (getattr(result, "input", None), getattr(result, "output", None),
+                  getattr(result, "reference", None), input_rgb):
+            if isinstance(a, np.ndarray) or hasattr(a, "nbytes"):
+                body += int(a.nbytes)
+        out = getattr(result, "output", None)
+        if isinstance(out, np.ndarray):
+            body += int(out.size) * 4 * 8  # local/global maps, LAM maps at output size
+        ensure_space(self.scratch, body)
         self._write_body(
             model,
             result,
@@ -795,6 +843,10 @@ def commit_run(archive: str | Path, scratch: str | Path, name: str, *, overwrite
     """
     archive, scratch = Path(archive), Path(scratch)
     _clean_stale_files(archive)
+    # Space for the copy, checked before the archive is touched (a failed HDF5 write
+    # could leave it damaged). A new archive is written to a temporary file beside it.
+    ensure_space(archive, scratch.stat().st_size,
+                 current=archive.stat().st_size if archive.exists() else 0)
     tmp_name = f"{TMP_PREFIX}{name}-{os.getpid()}"
     with h5py.File(scratch, "r") as src:
         if archive.exists():
@@ -1026,6 +1078,8 @@ class Archive:
         return count
 
     def _read_run(self, name: str, g: h5py.Group) -> RunData:
+        if "metrics" not in g:
+            raise KeyError("its 'metrics' group is missing")
         attrs = _attrs(g)
         prov = _attrs(g["provenance"]) if "provenance" in g else {}
         if "provenance" in g:

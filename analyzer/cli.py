@@ -25,6 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _DEBUG = "glam.debug"
 _TRUST = "glam.trust_model"
+_MAX_PIXELS = "glam.max_pixels"
 _ARGV = "glam.argv"
 
 
@@ -139,6 +140,16 @@ def trust_option(f: F) -> F:
     )(f)
 
 
+def _set_max_pixels(ctx: click.Context, _param: click.Parameter, value: int | None) -> None:
+    if value is not None:
+        ctx.meta[_MAX_PIXELS] = value
+
+
+def _max_pixels() -> int | None:
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.meta.get(_MAX_PIXELS)
+
+
 def _trusted() -> bool:
     ctx = click.get_current_context(silent=True)
     return bool(ctx is not None and ctx.meta.get(_TRUST))
@@ -199,6 +210,10 @@ def _analysis_options(*, reference_help: str, lam_help: str, store_help: str) ->
                      help="Float type of per-layer datasets."),
         click.option("--device", default="auto", show_default=True,
                      help="auto, cpu, cuda or cuda:N."),
+        click.option("--max-pixels", type=int, default=None, expose_value=False,
+                     callback=_set_max_pixels, metavar="N",
+                     help="Largest LR image in pixels (default 2048x2048); larger images are "
+                          "refused up front with the estimated memory."),
     ]
 
     def apply(f: F) -> F:
@@ -225,6 +240,13 @@ def _load_model(
         out = int(output)
     kwargs: dict[str, Any] = {}
     if tolerance is not None:
+        import math
+
+        if not (math.isfinite(tolerance) and tolerance >= 0):
+            raise UserInputError(
+                f"--tolerance {tolerance!r} must be a finite number >= 0 (the largest accepted "
+                "parity error; default 1e-4)"
+            )
         kwargs["tolerance"] = tolerance
     return importers.load(
         path,
@@ -444,6 +466,7 @@ def analyze(
         figures=figures,
         command_line=_command_line(ctx),
         progress=lam and not as_json and sys.stderr.isatty(),
+        max_pixels=_max_pixels(),
     )
     options.validate()
     if reference is not None and not Path(reference).is_file():
@@ -711,6 +734,7 @@ def baseline(
         lam_fold=lam_fold, lam_sigma=lam_sigma, lam_kernel=lam_kernel, lam_batch=lam_batch,
         store=store, store_dtype=store_dtype, device=device,  # type: ignore[arg-type]
         overwrite=overwrite, command_line=_command_line(ctx), baseline=True,
+        max_pixels=_max_pixels(),
     )
     files = prepare_baseline(model, images, archive, options)
     _check_outputs(archive=Path(archive))

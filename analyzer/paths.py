@@ -70,13 +70,14 @@ def check_output_file(path: str | Path, what: str) -> Path:
 
 def describe_os_error(exc: OSError) -> str | None:
     """A one-line user-facing message for disk-full / file-size-limit errors, else ``None``."""
+    where = f" writing {exc.filename!r}" if exc.filename else ""
+    detail = f" ({exc.strerror})" if exc.strerror and exc.strerror[0].islower() else ""
     if exc.errno == errno.ENOSPC:
-        where = f" on {exc.filename!r}" if exc.filename else ""
-        return f"no space left on device{where}; free some space or write elsewhere with -o"
+        return (f"no space left on device{where}{detail}; nothing was added to the archive — "
+                "free some space or write elsewhere with -o")
     if exc.errno == errno.EFBIG:
-        where = f" {exc.filename!r}" if exc.filename else ""
-        return (f"file{where} too large (file size limit, `ulimit -f`, or no space left on "
-                "device); raise the limit, free space or write elsewhere")
+        return (f"file too large{where}{detail}; nothing was added to the archive — raise "
+                "the limit (`ulimit -f`), free space or write elsewhere with -o")
     text = str(exc).lower()
     if "no space left" in text or "file too large" in text:
         return f"no space left on device (or file size limit reached): {str(exc).splitlines()[0][:200]}"

@@ -252,6 +252,47 @@ def make_ts_side_effect(dst: Path, marker: Path) -> Path:
     return dst
 
 
+# ------------------------------------------------------------------ images, archives
+
+
+def make_png_header(dst: Path, width: int, height: int) -> Path:
+    """A PNG that declares ``width x height`` pixels but carries (almost) no data: a
+    decompression bomb for anything that trusts the header and allocates."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    dst.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                    + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return dst
+
+
+def flip_dataset_bytes(archive: Path, dataset: str) -> None:
+    """Flip bytes in the middle of the stored (compressed) data of ``dataset``."""
+    import h5py
+
+    with h5py.File(archive, "r") as f:
+        ds = f[dataset]
+        if ds.chunks:
+            info = ds.id.get_chunk_info(0)
+            offset, size = info.byte_offset, info.size
+        else:
+            offset, size = ds.id.get_offset(), ds.id.get_storage_size()
+    data = bytearray(archive.read_bytes())
+    for i in range(min(8, size)):
+        data[offset + size // 2 + i - min(8, size) // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+
+
+def make_nested_json(dst: Path, depth: int = 100_000) -> Path:
+    dst.write_text("{\"runs\": " + "[" * depth + "]" * depth + "}")
+    return dst
+
+
 #: name -> (generator, output file name)
 PAYLOADS: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     "pt2_legacy_weights": (make_pt2_legacy_weights, "legacy_weights.pt2"),

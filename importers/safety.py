@@ -65,8 +65,8 @@ _PRIM_OPS = {
     "requires_grad", "shape", "min", "max", "abs", "TensorToNum", "ImplicitTensorToNum",
     "data", "grad", "isinstance", "AutogradZero", "AutogradAdd", "BroadcastSizes",
     "ConstantChunk", "Enter", "Exit", "ignored_exception", "unchecked_unwrap_optional",
-    "CallMethod", "CallFunction", "ListIndex", "StringIndex", "type", "id", "name",
-    "IgnoredPythonOp", "Print", "SetGradMode", "EnumValue", "EnumName", "rangelist",
+    "ListIndex", "StringIndex", "type", "id", "name",
+    "Print", "SetGradMode", "EnumValue", "EnumName", "rangelist",
 }
 
 #: Pure tensor / scalar operators (aten and prims namespaces), by base name. An in-place
@@ -232,6 +232,26 @@ def _ts_kinds(block: Any) -> Iterator[str]:
         yield node.kind()
         for sub in node.blocks():
             yield from _ts_kinds(sub)
+
+
+def check_torchscript_source(path: Path) -> None:
+    """Refuse a TorchScript zip whose code defines ``__setstate__``.
+
+    ``torch.jit.load`` runs a module's TorchScript ``__setstate__`` while it loads the
+    file, before any graph can be inspected, so its operators would escape the allow-list.
+    (The standard ``nn`` modules define none.)
+    """
+    p = Path(path)
+    with zipfile.ZipFile(p) as zf:
+        for info in zf.infolist():
+            if "/code/" not in info.filename or not info.filename.endswith(".py"):
+                continue
+            if b"__setstate__" in zf.read(info):
+                raise UnsafeModelError(
+                    f"TorchScript model {str(p)!r} defines __setstate__ "
+                    f"({info.filename.split('/code/', 1)[1]}), code that torch.jit.load runs "
+                    f"while loading, before glam can check its operators; {TRUST_HINT}"
+                )
 
 
 def check_torchscript_ops(sm: Any, path: str) -> None:

@@ -70,6 +70,8 @@ def load_torchscript(
 
     p = Path(path)
     safety.vet_zip(p, "TorchScript")
+    if not trust_model:
+        safety.check_torchscript_source(p)
     sm = _jit_load(p)
     if not trust_model:
         safety.check_torchscript_ops(sm, str(p))

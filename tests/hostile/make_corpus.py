@@ -293,6 +293,55 @@ def make_nested_json(dst: Path, depth: int = 100_000) -> Path:
     return dst
 
 
+_SETSTATE_SRC = """
+import sys
+from typing import Tuple
+
+import torch
+from torch import nn
+
+
+class Evil(nn.Module):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.buf = torch.zeros(1)
+        self.conv = nn.Conv2d(3, 12, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[str, bool]:
+        return (self.path, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[str, bool]) -> None:
+        self.path = state[0]
+        self.training = state[1]
+        self.buf = torch.from_file(self.path, True, 4)
+
+
+torch.jit.save(torch.jit.script(Evil(sys.argv[2])), sys.argv[1])
+"""
+
+
+def make_ts_setstate(dst: Path, marker: Path) -> Path:
+    """A scripted model whose ``__setstate__`` (run by ``torch.jit.load``) creates MARKER.
+
+    Scripted from a generated source file (TorchScript needs the source on disk).
+    """
+    import subprocess
+
+    src = dst.with_suffix(".make.py")
+    src.write_text(_SETSTATE_SRC)
+    subprocess.run([sys.executable, str(src), str(dst), str(marker)], check=True,
+                   capture_output=True, timeout=300)
+    src.unlink()
+    return dst
+
+
 #: name -> (generator, output file name)
 PAYLOADS: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     "pt2_legacy_weights": (make_pt2_legacy_weights, "legacy_weights.pt2"),
@@ -308,6 +357,7 @@ PAYLOADS: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
     "pt2_sympy_eval": (make_pt2_sympy_eval, "sympy.pt2"),
     "pt2_bad_target": (make_pt2_bad_target, "target.pt2"),
     "ts_side_effect": (make_ts_side_effect, "side_effect.pt"),
+    "ts_setstate": (make_ts_setstate, "setstate.pt"),
 }
 
 

@@ -7,6 +7,7 @@ would create its marker file. Every test asserts: the documented exit code, one
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -77,8 +78,19 @@ def test_payload_never_runs_from_cli(command: str, name: str, tmp_path: Path, lr
     res = glam(*args)
     assert res.exit_code == 2, (res.exit_code, res.stderr)
     line = one_error_line(res)
-    assert "--trust-model" in line or "pickle" in line or "symbolic" in line
+    assert "--trust-model" in line or "pickle" in line or "symbolic" in line, line
     assert not marker.exists()
+
+
+def test_setstate_never_runs_from_cli(tmp_path: Path, tiny_baseline: Path) -> None:
+    """torch.jit.load runs TorchScript __setstate__ while loading: refused before that."""
+    marker = tmp_path / "MARKER"
+    model = mc.make_ts_setstate(tmp_path / "setstate.pt", marker)
+    for args in (["inspect", model], ["check", model, "--baseline", tiny_baseline]):
+        res = glam(*args)
+        assert res.exit_code == 2, res.stderr
+        assert "__setstate__" in one_error_line(res)
+        assert not marker.exists()
 
 
 def test_trust_model_is_an_explicit_opt_in(tmp_path: Path) -> None:
@@ -134,13 +146,29 @@ def test_torchscript_bad_crc_is_refused(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "fails its check" in one_error_line(res)
 
 
-def test_pt2_load_failure_is_one_quiet_line(tmp_path: Path) -> None:
-    """A broken .pt2 prints one line, not torch's logging traceback."""
-    bad = mc.rewrite_zip(mc.PT2, tmp_path / "broken.pt2",
-                         replace={"models/model.json": b"{\"graph_module\": 1}"})
-    res = glam("inspect", bad)
-    assert res.exit_code == 2, res.stderr
-    one_error_line(res)
+def test_pt2_load_failures_are_one_quiet_line(tmp_path: Path,
+                                              capfd: pytest.CaptureFixture[str]) -> None:
+    """A broken .pt2 prints one line, not torch's logging traceback (capfd sees fd 2,
+    where torch's log handlers write)."""
+    prog = mc._pt2_json()
+    prog["schema_version"] = {"major": 99, "minor": 0}
+    nodes = mc._pt2_json()
+    nodes["graph_module"]["graph"]["nodes"][3]["inputs"] = []
+    broken = {
+        "not_a_program": {"models/model.json": b'{"graph_module": 1}'},
+        "schema_version": {"models/model.json": json.dumps(prog).encode()},
+        "bad_node": {"models/model.json": json.dumps(nodes).encode()},
+        "missing_weight": {"data/weights/weight_3": None},
+        "garbled_json": {"models/model.json": b"{not json"},
+    }
+    for name, replace in broken.items():
+        bad = mc.rewrite_zip(mc.PT2, tmp_path / f"{name}.pt2", replace=replace)
+        capfd.readouterr()
+        res = glam("inspect", bad)
+        assert res.exit_code == 2, (name, res.stderr)
+        one_error_line(res)
+        err = capfd.readouterr().err
+        assert "Traceback" not in err and "Ran into the following error" not in err, err
 
 
 def test_clean_fixture_pt2_still_loads() -> None:

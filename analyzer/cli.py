@@ -72,7 +72,8 @@ class GlamGroup(click.Group):
                     click.echo("       (rerun with --debug for the traceback)", err=True)
                 ctx.exit(3)
             if msg is None:
-                msg = f"cannot write {exc.filename!r}: permission denied; pass a writable path"
+                msg = (f"permission denied on {exc.filename!r}; check its permissions or pass "
+                       "another path")
             if ctx.meta.get(_DEBUG):
                 traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
             click.echo(f"error: {msg}", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings as pywarnings
 from pathlib import Path
 
@@ -10,7 +11,13 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from analyzer.errors import ConventionError, GlamError, ModelError, ParityError
+from analyzer.errors import (
+    ConventionError,
+    GlamError,
+    ModelError,
+    ParityError,
+    UserInputError,
+)
 from importers.conventions import (
     DEFAULT_PROBE_SIZE,
     detect_input_range,
@@ -104,6 +111,11 @@ def load(
     ModelFileError, UnsafeModelError, NotSuperResolutionError, ConventionError, UnsupportedOpsError,
     ConversionError, ParityError
     """
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+        raise UserInputError(
+            f"parity tolerance {tolerance!r} must be a finite number >= 0 (default "
+            f"{DEFAULT_TOLERANCE:g})"
+        )
     p = Path(path)
     fmt = detect_format(p)
     raw = _raw_graph(p, fmt, in_channels, trust_model)

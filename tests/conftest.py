@@ -156,3 +156,17 @@ def cached_model_load(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRe
 
     load.__wrapped_real__ = real  # type: ignore[attr-defined]
     monkeypatch.setattr(importers, "load", load)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``slow`` tests of the hostile-input suite (``tests/hostile/``, the 30-kill campaign)
+    run only with ``-m slow`` or ``GLAM_SLOW_TESTS=1``; their short variants always run."""
+    import os
+
+    if "slow" in (config.getoption("-m") or "") or os.environ.get("GLAM_SLOW_TESTS") == "1":
+        return
+    hostile = Path(__file__).resolve().parent / "hostile"
+    skip = pytest.mark.skip(reason="slow; run with -m slow or GLAM_SLOW_TESTS=1")
+    for item in items:
+        if "slow" in item.keywords and hostile in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(skip)

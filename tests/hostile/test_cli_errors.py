@@ -313,3 +313,13 @@ def test_sigint_is_one_line(tiny_model: Path, lr_image: Path, tmp_path: Path) ->
     assert "Traceback" not in err and "Exception ignored" not in err
     if proc.returncode == 130:
         assert "interrupted" in err
+
+
+def test_library_rejects_bad_parity_tolerance(tiny_model: Path) -> None:
+    import importers
+    from analyzer.errors import UserInputError
+
+    real = getattr(importers.load, "__wrapped_real__", importers.load)
+    for bad in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(UserInputError, match="parity tolerance"):
+            real(tiny_model, tolerance=bad)

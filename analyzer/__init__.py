@@ -21,6 +21,7 @@ from analyzer.errors import (
     NotSuperResolutionError,
     NumericalError,
     ParityError,
+    UnsafeModelError,
     UnsupportedOpsError,
     UserInputError,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "LayerRecord",
     "ModelError",
     "ModelFileError",
+    "UnsafeModelError",
     "NotSuperResolutionError",
     "NumericalError",
     "ParityError",

@@ -28,6 +28,8 @@ from analyzer.errors import GlamError, UserInputError
 F = TypeVar("F", bound=Callable[..., Any])
 
 _DEBUG = "glam.debug"
+_TRUST = "glam.trust_model"
+_MAX_PIXELS = "glam.max_pixels"
 _ARGV = "glam.argv"
 
 
@@ -61,6 +63,25 @@ class GlamGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted; finished runs are kept in the archive", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            _silence_stdout()
+            ctx.exit(0)
+        except OSError as exc:
+            from analyzer.paths import describe_os_error
+
+            msg = describe_os_error(exc)
+            if msg is None and not isinstance(exc, PermissionError):
+                self._report(ctx, exc, prefix=f"unexpected {type(exc).__name__}: ")
+                if not ctx.meta.get(_DEBUG):
+                    click.echo("       (rerun with --debug for the traceback)", err=True)
+                ctx.exit(3)
+            if msg is None:
+                msg = (f"permission denied on {exc.filename!r}; check its permissions or pass "
+                       "another path")
+            if ctx.meta.get(_DEBUG):
+                traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+            click.echo(f"error: {msg}", err=True)
+            ctx.exit(2 if isinstance(exc, PermissionError) else 3)
         except Exception as exc:  # noqa: BLE001 - one line, exit 3, traceback on --debug
             self._report(ctx, exc, prefix=f"unexpected {type(exc).__name__}: ")
             if not ctx.meta.get(_DEBUG):
@@ -72,6 +93,18 @@ class GlamGroup(click.Group):
         if ctx.meta.get(_DEBUG):
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         click.echo(f"error: {prefix}{_one_line(str(exc)) or type(exc).__name__}", err=True)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe (``glam ls | head -1``): send further output to /dev/null so
+    the interpreter's final flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
@@ -91,6 +124,40 @@ def debug_option(f: F) -> F:
         callback=_set_debug,
         help="Print the traceback of errors.",
     )(f)
+
+
+def _set_trust(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[_TRUST] = True
+    return value
+
+
+def trust_option(f: F) -> F:
+    """``--trust-model``: run graphs with operators outside the pure-op allow-list."""
+    return click.option(
+        "--trust-model",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_trust,
+        help="Run TorchScript / torch.export graphs with operators outside glam's allow-list "
+             "of pure tensor ops (file I/O, custom ops). Only for models you trust; see "
+             "README, Security.",
+    )(f)
+
+
+def _set_max_pixels(ctx: click.Context, _param: click.Parameter, value: int | None) -> None:
+    if value is not None:
+        ctx.meta[_MAX_PIXELS] = value
+
+
+def _max_pixels() -> int | None:
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.meta.get(_MAX_PIXELS)
+
+
+def _trusted() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get(_TRUST))
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -114,6 +181,7 @@ def _model_options(f: F) -> F:
                          help="Output to analyse, by name or index (default 0)."),
             click.option("--tolerance", type=float, default=None, show_default="1e-4",
                          help="Largest accepted parity error against the original model."),
+            trust_option,
         ]
     ):
         f = opt(f)
@@ -147,6 +215,10 @@ def _analysis_options(*, reference_help: str, lam_help: str, store_help: str) ->
                      help="Float type of per-layer datasets."),
         click.option("--device", default="auto", show_default=True,
                      help="auto, cpu, cuda or cuda:N."),
+        click.option("--max-pixels", type=int, default=None, expose_value=False,
+                     callback=_set_max_pixels, metavar="N",
+                     help="Largest LR image in pixels (default 2048x2048); larger images are "
+                          "refused up front with the estimated memory."),
     ]
 
     def apply(f: F) -> F:
@@ -173,6 +245,13 @@ def _load_model(
         out = int(output)
     kwargs: dict[str, Any] = {}
     if tolerance is not None:
+        import math
+
+        if not (math.isfinite(tolerance) and tolerance >= 0):
+            raise UserInputError(
+                f"--tolerance {tolerance!r} must be a finite number >= 0 (the largest accepted "
+                "parity error; default 1e-4)"
+            )
         kwargs["tolerance"] = tolerance
     return importers.load(
         path,
@@ -180,8 +259,32 @@ def _load_model(
         layout=layout.upper() if layout else None,
         input_range=input_range,
         output=out,
+        trust_model=_trusted(),
         **kwargs,
     )
+
+
+def _check_outputs(
+    *,
+    archive: Path | None = None,
+    figures: str | None = None,
+    json_report: str | None = None,
+    junit_report: str | None = None,
+    out_dir: str | None = None,
+) -> None:
+    """Every output path is writable, checked before the slow work (exit 2 naming it)."""
+    from analyzer.paths import check_output_dir, check_output_file
+
+    if archive is not None:
+        check_output_file(archive, "archive")
+    if figures is not None:
+        check_output_dir(figures, "--figures")
+    if json_report is not None:
+        check_output_file(json_report, "--json")
+    if junit_report is not None:
+        check_output_file(junit_report, "--junit")
+    if out_dir is not None:
+        check_output_dir(out_dir, "--out")
 
 
 def _json_line(obj: Any) -> str:
@@ -398,6 +501,7 @@ def analyze(
         command_line=_command_line(ctx),
         progress=lam and not as_json and sys.stderr.isatty(),
         verify=verify,
+        max_pixels=_max_pixels(),
     )
     options.validate()
     if reference is not None and not Path(reference).is_file():
@@ -405,6 +509,7 @@ def analyze(
     files = expand_images(images)
     # Fail on paths and name clashes before the (slow) model import.
     check_run_names(archive_path, run_names(model, files, run), overwrite=overwrite)
+    _check_outputs(archive=archive_path, figures=figures)
     m = _load_model(model, in_channels, layout, input_range, output, tolerance)
     many = len(files) > 1
 
@@ -452,18 +557,32 @@ def _parity_line(ep: dict[str, Any]) -> str:
 @cli.command(name="ls")
 @click.argument("archive")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+@click.option("--verify", is_flag=True,
+              help="Read every dataset of every run, checking its checksum; exit 2 naming "
+                   "the damaged runs.")
 @debug_option
-def ls_(archive: str, as_json: bool) -> None:
+@click.pass_context
+def ls_(ctx: click.Context, archive: str, as_json: bool, verify: bool) -> None:
     """List the runs of ARCHIVE with model, image, DI local/global and PSNR."""
     from analyzer.archive.hdf5 import open_archive
     from analyzer.runs import _fmt, format_table
 
     rows = [("run", "model", "image", "DI local", "DI global", "PSNR", "DI LAM")]
+    damaged: list[str] = []
     with open_archive(archive) as ar:
         names = ar.runs()
         for name in names:
-            g = ar.group(name)
-            a, mt = g.attrs, dict(g["metrics"].attrs)
+            try:
+                if verify:
+                    ar.verify_run(name)
+                g = ar.group(name)
+                a, mt = dict(g.attrs), dict(g["metrics"].attrs)
+            except GlamError as exc:
+                damaged.append(str(exc))
+                continue
+            except (KeyError, OSError, ValueError, TypeError) as exc:
+                damaged.append(str(ar._damaged(name, exc)))
+                continue
             if as_json:
                 click.echo(_json_line({
                     "schema_version": 1, "run": name, "model": a.get("model_path"),
@@ -482,9 +601,15 @@ def ls_(archive: str, as_json: bool) -> None:
             ))
     if not as_json:
         if len(rows) == 1:
-            click.echo(f"{archive}: no runs")
+            click.echo(f"{archive}: {'no intact runs' if damaged else 'no runs'}")
         else:
             click.echo(format_table(rows))
+    if verify and not damaged and not as_json:
+        click.echo(f"verified {len(names)} run(s): every dataset reads back", err=True)
+    for msg in damaged:
+        click.echo(f"error: {_one_line(msg)}", err=True)
+    if damaged:
+        ctx.exit(2)
 
 
 def _f(v: Any) -> float | None:
@@ -568,6 +693,9 @@ def export(archive: str, run: str, to: str) -> None:
     d = Path(to)
     if d.exists() and not d.is_dir():
         raise UserInputError(f"--to {to!r} is a file; pass a directory")
+    from analyzer.paths import check_output_dir
+
+    check_output_dir(d, "--to")
     d.mkdir(parents=True, exist_ok=True)
     with open_archive(archive) as ar:
         rd = ar.run(run)
@@ -660,8 +788,10 @@ def baseline(
         lam_fold=lam_fold, lam_sigma=lam_sigma, lam_kernel=lam_kernel, lam_batch=lam_batch,
         store=store, store_dtype=store_dtype, device=device,  # type: ignore[arg-type]
         overwrite=overwrite, command_line=_command_line(ctx), baseline=True,
+        max_pixels=_max_pixels(),
     )
     files = prepare_baseline(model, images, archive, options)
+    _check_outputs(archive=Path(archive))
     m = _load_model(model, in_channels, layout, input_range, output, tolerance)
 
     def report(s: RunSummary) -> None:
@@ -699,6 +829,7 @@ def baseline(
 @click.option("--verify", is_flag=True,
               help="Also require engine parity: the engine against the literal GLAM.md "
                    "reference on every run (check engine_parity_max_error, default 1e-4).")
+@trust_option
 @debug_option
 def check(
     model: str, baseline_path: str, runs: str | None, tol: Sequence[str],
@@ -711,10 +842,11 @@ def check(
     from analyzer.gate.tolerances import build_tolerances
 
     tolerances = build_tolerances(tolerances_file, tol, top_k)
+    _check_outputs(json_report=json_path, junit_report=junit_path)
     names = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
     rng = None if input_range == "baseline" else input_range
     rep = check_model(model, baseline_path, tolerances, names, device, input_range=rng,
-                      verify=verify)
+                      verify=verify, trust_model=_trusted())
     click.echo(rep.table(failures_only=failures_only))
     for note in rep.notes():
         click.echo(f"note: {note}")
@@ -736,6 +868,7 @@ def check(
 @click.option("--image", "image", default=None, help="Use this HR image instead of the bundled one.")
 @click.option("--lam-fold", type=int, default=None, help="LAM path steps (default 16).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@trust_option
 @debug_option
 @click.pass_context
 def demo(ctx: click.Context, out: str, model: str | None, image: str | None,
@@ -743,16 +876,46 @@ def demo(ctx: click.Context, out: str, model: str | None, image: str | None,
     """Run GL-AM and LAM on the bundled model and CC0 image; write an archive and figures."""
     from analyzer.runs import DEMO_LAM_FOLD, demo_report, run_demo
 
+    _check_outputs(out_dir=out)
     res = run_demo(out, model_path=model, image_path=image,
                    lam_fold=lam_fold if lam_fold is not None else DEMO_LAM_FOLD,
-                   device=device, command_line=_command_line(ctx))
+                   device=device, command_line=_command_line(ctx), trust_model=_trusted())
     for line in demo_report(res):
         click.echo(line)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point (``glam``)."""
-    cli.main(args=list(argv) if argv is not None else None, prog_name="glam")
+    """Console-script entry point (``glam``).
+
+    A file-size limit (``ulimit -f``) makes writes fail with ``EFBIG`` instead of killing
+    the process (SIGXFSZ), so the archive's temporary files are cleaned up and the error is
+    one line. A Ctrl-C outside a command (start-up, after the last output) exits 130 with a
+    message; one arriving while the interpreter shuts down is ignored.
+    """
+    import signal
+
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="glam")
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; finished runs are kept in the archive", err=True)
+        code = 130
+    except BrokenPipeError:
+        _silence_stdout()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    else:
+        code = 0
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    except (OSError, ValueError):
+        pass
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

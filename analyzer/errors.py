@@ -38,6 +38,15 @@ class ModelFileError(UserInputError):
     """The file is not a readable ONNX / TorchScript / torch.export model."""
 
 
+class UnsafeModelError(ModelFileError):
+    """The model file could run code or touch files outside glam's control (refused, exit 2).
+
+    Unsafe zip member names, native (AOTInductor) payloads, pickles needing arbitrary
+    Python objects, and operators outside the allow-list of pure tensor ops (the last one
+    can be overridden with ``--trust-model``).
+    """
+
+
 class NotSuperResolutionError(UserInputError):
     """The model's output size is not an integer multiple ``s >= 1`` of its input size."""
 

@@ -27,6 +27,14 @@ def read_rgb(path: str | Path) -> Image.Image:
     try:
         with Image.open(p) as im:
             return im.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise UserInputError(
+            f"image {str(p)!r} is too large to decode safely ({exc}); crop or downscale it"
+        ) from None
+    except MemoryError:
+        raise UserInputError(
+            f"image {str(p)!r} does not fit in memory; crop or downscale it"
+        ) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise UserInputError(f"{str(p)!r} is not a readable image ({exc})") from None
 

@@ -65,6 +65,9 @@ class AnalyzeOptions:
     verify:
         Also run the literal GLAM.md reference and record the engine's error
         (``engine_parity``); a run above 1e-4 is archived, then reported as an error.
+    max_pixels:
+        Largest LR image (pixels) to analyse; ``None``: :data:`DEFAULT_MAX_PIXELS`.
+        Larger images are refused before any work, with the analysis' estimated memory.
     """
 
     run: str | None = None
@@ -86,6 +89,7 @@ class AnalyzeOptions:
     command_line: str = ""
     progress: bool = False
     verify: bool = False
+    max_pixels: int | None = None
 
     def validate(self) -> None:
         """Reject bad option values before any work is done.
@@ -108,11 +112,85 @@ class AnalyzeOptions:
             raise AnalysisError(f"--lam-batch {self.lam_batch} must be at least 1")
         if self.lam_kernel < 1:
             raise AnalysisError(f"--lam-kernel {self.lam_kernel} must be at least 1")
+        if self.lam_kernel > MAX_LAM_KERNEL:
+            raise AnalysisError(
+                f"--lam-kernel {self.lam_kernel} is too large (at most {MAX_LAM_KERNEL}; LAM's "
+                "default is 9): its blur kernels would not fit in memory"
+            )
+        if not (math.isfinite(self.lam_sigma) and self.lam_sigma > 0):
+            raise AnalysisError(
+                f"--lam-sigma {self.lam_sigma!r} must be a finite number > 0 (LAM's default "
+                "is 1.2); 0, negative or NaN blur gives a meaningless baseline"
+            )
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise AnalysisError(f"--max-pixels {self.max_pixels} must be at least 1")
         if self.store not in ("maps", "tensors"):
             raise UserInputError(f"store mode {self.store!r} is not supported; use maps or tensors")
         if self.store_dtype not in STORE_DTYPES:
             raise UserInputError(
                 f"store dtype {self.store_dtype!r} is not supported; use float32 or float16"
+            )
+
+
+#: Largest accepted ``--lam-kernel`` (LAM's blur kernel size).
+MAX_LAM_KERNEL = 255
+#: Default largest LR image, in pixels (``--max-pixels``): 2048 x 2048.
+DEFAULT_MAX_PIXELS = 2048 * 2048
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` from the image header, without decoding the pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError(f"image {str(p)!r} does not exist; pass an existing image file")
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # header only; the limit below is glam's own
+    try:
+        with Image.open(p) as im:
+            return int(im.size[0]), int(im.size[1])
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserInputError(f"{str(p)!r} is not a readable image ({exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def estimate_bytes(model: ImportedModel, lr_pixels: int, options: AnalyzeOptions) -> int:
+    """Rough peak memory of one analysis of an LR image of ``lr_pixels`` pixels.
+
+    Activations of every tap (measured at the probe size) scale with the input area; the
+    engine keeps them, their gradients and the per-layer keys (about 4 float32 copies),
+    plus the output-size maps; LAM adds ``lam_batch`` forward/backward passes.
+    """
+    c = model.conventions
+    probe = 40 * 36
+    per_px = 0.0
+    for t in model.taps:
+        n = 1
+        for d in t.shape:
+            n *= int(d)
+        per_px += n / probe
+    s2 = float(c.scale) ** 2
+    floats = lr_pixels * (4 * per_px + 16 * s2 + 8)
+    if options.lam:
+        floats += lr_pixels * options.lam_batch * 2 * per_px
+    return int(floats * 4)
+
+
+def check_image_sizes(model: ImportedModel, files: Sequence[Path], options: AnalyzeOptions) -> None:
+    """Refuse images above the pixel limit before any work (exit 2, estimated memory)."""
+    limit = options.max_pixels or DEFAULT_MAX_PIXELS
+    s = max(int(model.conventions.scale), 1)
+    for f in files:
+        w, h = image_size(f)
+        lr = (w // s) * (h // s) if options.hr else w * h
+        if lr > limit:
+            est = estimate_bytes(model, lr, options)
+            raise AnalysisError(
+                f"image {str(f)!r} is {w}x{h} ({lr:,} LR pixels), above the limit of "
+                f"{limit:,}; its analysis would need about {est / 2**30:.1f} GiB of memory; "
+                f"crop or downscale it, or pass --max-pixels {lr} to try anyway"
             )
 
 
@@ -421,6 +499,15 @@ def analyze_images(
         )
     names = run_names(model.path, files, options.run)
     check_run_names(archive, names, overwrite=options.overwrite)
+    oc = int(model.conventions.out_channels)
+    if oc not in (1, 3):
+        from analyzer.errors import ConventionError
+
+        raise ConventionError(
+            f"the model's output {model.conventions.output_name!r} has {oc} channels; glam "
+            "analyses images (1 channel = Y, 3 = RGB); pick an image output with --output"
+        )
+    check_image_sizes(model, files, options)
     from tqdm.auto import tqdm
 
     out: list[RunSummary] = []
@@ -540,6 +627,7 @@ def run_demo(
     device: str = "auto",
     command_line: str = "glam demo",
     progress: bool = False,
+    trust_model: bool = False,
 ) -> DemoResult:
     """The main job on the bundled defaults: GL-AM + LAM on a fixture model, archive + figures.
 
@@ -557,6 +645,8 @@ def run_demo(
         Recorded in the archive.
     progress:
         Show LAM's progress bar.
+    trust_model:
+        Passed to :func:`importers.load`.
 
     Returns
     -------
@@ -580,7 +670,7 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     archive = out / "demo.h5"
-    model = importers.load(mp)
+    model = importers.load(mp, trust_model=trust_model)
     options = AnalyzeOptions(
         hr=True,
         lam=True,

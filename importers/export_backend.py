@@ -19,19 +19,22 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from analyzer.errors import ConversionError, ModelFileError
+from analyzer.errors import ConversionError, GlamError, ModelFileError
 from importers.model import RawGraph
 
 __all__ = ["load_exported", "module_path_of", "name_convs", "unlifted_module"]
 
 
-def load_exported(path: Path) -> RawGraph:
+def load_exported(path: Path, *, trust_model: bool = False) -> RawGraph:
     """Load a ``torch.export.save``-d program as an untapped, functional FX graph.
 
     Parameters
     ----------
     path:
         A ``.pt2`` file written by ``torch.export.save``.
+    trust_model:
+        Accept operators outside :data:`importers.safety.PURE_OPS`. The file is read with
+        :func:`importers.safety.load_pt2` either way (no arbitrary unpickling, no native code).
 
     Returns
     -------
@@ -42,20 +45,30 @@ def load_exported(path: Path) -> RawGraph:
     Raises
     ------
     ModelFileError
-        When ``torch.export.load`` cannot read the file.
+        When the file cannot be read.
+    UnsafeModelError
+        For unsafe members, pickled objects, native code or (without ``trust_model``)
+        operators outside the allow-list.
     ConversionError
         When the program cannot be functionalised or turned into a module.
     """
+    from importers import safety
+
     p = Path(path)
+    safety.vet_zip(p, "torch.export")
     try:
         with pywarnings.catch_warnings():
             pywarnings.simplefilter("ignore")
-            ep = torch.export.load(str(p))
-    except Exception as exc:  # noqa: BLE001 - torch.export.load raises assorted errors
+            ep = safety.load_pt2(p)
+    except GlamError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the deserialiser raises assorted errors
         raise ModelFileError(
             f"cannot load torch.export file {str(p)!r} ({_one_line(exc)}); it may be truncated, "
             "corrupt or saved by an incompatible torch version — re-save it with torch.export.save"
         ) from None
+    if not trust_model:
+        safety.check_graph_ops(ep.graph_module, str(p))
     try:
         with pywarnings.catch_warnings():
             pywarnings.simplefilter("ignore")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings as pywarnings
 from pathlib import Path
 
@@ -10,7 +11,13 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from analyzer.errors import ConventionError, GlamError, ModelError, ParityError
+from analyzer.errors import (
+    ConventionError,
+    GlamError,
+    ModelError,
+    ParityError,
+    UserInputError,
+)
 from importers.conventions import (
     DEFAULT_PROBE_SIZE,
     detect_input_range,
@@ -43,7 +50,7 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _raw_graph(path: Path, fmt: str, channels: int | None) -> RawGraph:
+def _raw_graph(path: Path, fmt: str, channels: int | None, trust_model: bool = False) -> RawGraph:
     if fmt == "onnx":
         from importers.onnx_backend import load_onnx
 
@@ -51,10 +58,10 @@ def _raw_graph(path: Path, fmt: str, channels: int | None) -> RawGraph:
     if fmt == "torchscript":
         from importers.torchscript_backend import load_torchscript
 
-        return load_torchscript(path, channels=channels)
+        return load_torchscript(path, channels=channels, trust_model=trust_model)
     from importers.export_backend import load_exported
 
-    return load_exported(path)
+    return load_exported(path, trust_model=trust_model)
 
 
 def load(
@@ -66,6 +73,7 @@ def load(
     output: str | int | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     probe_size: tuple[int, int] | None = None,
+    trust_model: bool = False,
 ) -> ImportedModel:
     """Import an SR model file into a tapped, canonical, parity-checked FX graph.
 
@@ -88,6 +96,11 @@ def load(
         Largest accepted max-abs difference from the original model (canonical [0, 1] scale).
     probe_size:
         Input size used for probing dynamic-size models (default 40x36).
+    trust_model:
+        Run TorchScript / ``torch.export`` graphs with operators outside glam's allow-list
+        of pure tensor ops (:data:`importers.safety.PURE_OPS`). Off by default: such a
+        model is refused with :class:`~analyzer.errors.UnsafeModelError` before it runs.
+        Unsafe zip members, native code and arbitrary pickles are refused either way.
 
     Returns
     -------
@@ -95,12 +108,17 @@ def load(
 
     Raises
     ------
-    ModelFileError, NotSuperResolutionError, ConventionError, UnsupportedOpsError,
+    ModelFileError, UnsafeModelError, NotSuperResolutionError, ConventionError, UnsupportedOpsError,
     ConversionError, ParityError
     """
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+        raise UserInputError(
+            f"parity tolerance {tolerance!r} must be a finite number >= 0 (default "
+            f"{DEFAULT_TOLERANCE:g})"
+        )
     p = Path(path)
     fmt = detect_format(p)
-    raw = _raw_graph(p, fmt, in_channels)
+    raw = _raw_graph(p, fmt, in_channels, trust_model)
     return finish_import(
         raw,
         path=str(p),

@@ -93,6 +93,12 @@ def read_model(path: str | Path) -> onnx.ModelProto:
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
         target = base / location
+        if location and not _inside(base, location):
+            raise ModelFileError(
+                f"external data location {location!r} of tensor {tensor.name!r} points outside "
+                f"the model folder {str(base)!r}; glam only reads data files beside the model "
+                "(re-export it with its data file next to the .onnx)"
+            )
         if not location or not target.is_file():
             raise ModelFileError(
                 f"external data file {str(target)!r} of tensor {tensor.name!r} is missing; keep "
@@ -114,6 +120,26 @@ def read_model(path: str | Path) -> onnx.ModelProto:
                 "the model"
             ) from None
     return model
+
+
+def _inside(base: Path, location: str) -> bool:
+    """Whether ``location`` (an external-data path) stays inside ``base``, links resolved.
+
+    Decided from the name and ``base``'s resolved path only: an absolute path, a drive, a
+    ``..`` component or a backslash is refused before the file system is asked anything
+    about the target.
+    """
+    if "\x00" in location or "\\" in location or location.startswith("/") or (
+        len(location) > 1 and location[1] == ":"
+    ):
+        return False
+    if any(part == ".." for part in Path(location).parts):
+        return False
+    try:
+        resolved = (base / location).resolve()
+    except (OSError, RuntimeError):
+        return False
+    return resolved == base or base in resolved.parents
 
 
 def model_opset(model: onnx.ModelProto, domain: str = "") -> int:

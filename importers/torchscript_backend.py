@@ -36,7 +36,9 @@ ROUTE_TS2EP = "TS2EPConverter"
 _SELF_CHECK_RTOL = 1e-5
 
 
-def load_torchscript(path: Path, channels: int | None = None) -> RawGraph:
+def load_torchscript(
+    path: Path, channels: int | None = None, *, trust_model: bool = False
+) -> RawGraph:
     """Load a TorchScript file as an untapped FX graph in the model's native conventions.
 
     Parameters
@@ -45,6 +47,9 @@ def load_torchscript(path: Path, channels: int | None = None) -> RawGraph:
         A ``torch.jit.save``-d file (traced or scripted).
     channels:
         Input channels to use (1 or 3); by default the first of 3 and 1 the module runs on.
+    trust_model:
+        Run the module even if its graph has operators outside
+        :data:`importers.safety.PURE_OPS` (file I/O, custom ops); refused by default.
 
     Returns
     -------
@@ -61,8 +66,15 @@ def load_torchscript(path: Path, channels: int | None = None) -> RawGraph:
     ConversionError
         When both routes fail; the message names both reasons.
     """
+    from importers import safety
+
     p = Path(path)
+    safety.vet_zip(p, "TorchScript")
+    if not trust_model:
+        safety.check_torchscript_source(p)
     sm = _jit_load(p)
+    if not trust_model:
+        safety.check_torchscript_ops(sm, str(p))
     example, c, outputs = _example_input(sm, channels)
     input_names = [_input_name(v, i) for i, v in enumerate(list(sm.graph.inputs())[1:2])]
     metadata: dict[str, Any] = {"torchscript": script_kind(sm)}

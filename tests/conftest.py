@@ -181,3 +181,17 @@ try:
     settings.load_profile("ci")
 except ImportError:  # pragma: no cover - hypothesis is a dev dependency
     pass
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``slow`` tests of the hostile-input suite (``tests/hostile/``, the 30-kill campaign)
+    run only with ``-m slow`` or ``GLAM_SLOW_TESTS=1``; their short variants always run."""
+    import os
+
+    if "slow" in (config.getoption("-m") or "") or os.environ.get("GLAM_SLOW_TESTS") == "1":
+        return
+    hostile = Path(__file__).resolve().parent / "hostile"
+    skip = pytest.mark.skip(reason="slow; run with -m slow or GLAM_SLOW_TESTS=1")
+    for item in items:
+        if "slow" in item.keywords and hostile in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(skip)

@@ -194,8 +194,10 @@ def _dataset(
     stored, scale = _quantize(np.asarray(data), dtype)
     kwargs: dict[str, Any] = {}
     if stored.ndim > 0 and stored.size > 0:
+        # fletcher32: a checksum per chunk, so that flipped bytes are an error on read
+        # (`glam ls --verify`), never data.
         kwargs = {"chunks": True, "compression": "gzip", "compression_opts": _GZIP_LEVEL,
-                  "shuffle": True}
+                  "shuffle": True, "fletcher32": True}
     ds = group.create_dataset(name, data=stored, **kwargs)
     if dtype == "float16":
         ds.attrs["scale"] = scale
@@ -250,10 +252,53 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
                 ) from None
             time.sleep(0.2)
         except OSError as exc:
-            if "lock" in str(exc).lower() and time.monotonic() <= deadline:
+            if _is_lock_error(exc) and time.monotonic() <= deadline:
                 time.sleep(0.2)
                 continue
             raise
+
+
+_SPACE_MARGIN = 1 << 20
+
+
+def ensure_space(path: Path, extra: int, *, current: int | None = None) -> None:
+    """Raise ``OSError`` (ENOSPC / EFBIG) *before* writing ``extra`` more bytes to ``path``
+    would exceed the free disk space or the file-size limit (``ulimit -f``).
+
+    HDF5 does not recover from a failed write (the run then dies in object finalisers or
+    worse), so glam checks first, with the uncompressed size as the upper bound. The
+    archive is therefore never left half-written by a full disk.
+    """
+    import errno
+    import resource
+
+    extra = int(extra * 1.05) + _SPACE_MARGIN
+    size = current if current is not None else (path.stat().st_size if path.exists() else 0)
+    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and size + extra > soft:
+        raise OSError(
+            errno.EFBIG,
+            f"file size limit of {soft} bytes (ulimit -f) reached: writing needs about "
+            f"{size + extra} bytes",
+            str(path),
+        )
+    try:
+        st = os.statvfs(path.parent if not path.is_dir() else path)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if extra > free:
+        raise OSError(errno.ENOSPC, f"no space left on device: {free} bytes free, about "
+                      f"{extra} needed", str(path.parent))
+
+
+def _is_lock_error(exc: OSError) -> bool:
+    """Whether HDF5 failed to *lock* the file (another writer), not e.g. a damaged
+    superblock ("sblock" also contains "lock")."""
+    text = str(exc).lower()
+    return "unable to lock file" in text or (
+        "lock" in text and ("errno = 11" in text or "temporarily unavailable" in text)
+    )
 
 
 def _check_root(f: h5py.File, path: Path) -> int:
@@ -278,6 +323,12 @@ def _check_root(f: h5py.File, path: Path) -> int:
         raise ArchiveError(
             f"archive {str(path)!r} has unknown schema_version {ver}; this glam reads "
             f"schema version {SCHEMA_VERSION}"
+        )
+    runs = f.get("runs", getlink=True)
+    if runs is not None and not isinstance(f.get("runs"), h5py.Group):
+        raise ArchiveError(
+            f"archive {str(path)!r} is damaged: /runs is not a group; it was not written by "
+            "glam — write to a new archive with -o"
         )
     return ver
 
@@ -501,6 +552,11 @@ class RunWriter:
         """Write one :class:`~analyzer.engine.glam.LayerRecord` (the ``on_layer`` sink of analyze)."""
         if self._file is None:
             raise ArchiveError("this run writer is closed")
+        ensure_space(self.scratch, sum(
+            int(np.asarray(a).nbytes) for a in (
+                rec.local_map, rec.global_map, rec.global_grad_map, rec.activation_energy,
+                getattr(rec, "activation", None), getattr(rec, "grad_local", None),
+                getattr(rec, "grad_global", None)) if a is not None))
         g = self._layers.create_group(str(int(rec.index)))
         _set_attrs(
             g,
@@ -601,6 +657,15 @@ class RunWriter:
         for rec in result.layers:
             if str(rec.index) not in self._layers:
                 self.add_layer(rec)
+        body = 0
+        for a in (getattr(result, "input", None), getattr(result, "output", None),
+                  getattr(result, "reference", None), input_rgb):
+            if isinstance(a, np.ndarray) or hasattr(a, "nbytes"):
+                body += int(a.nbytes)
+        out = getattr(result, "output", None)
+        if isinstance(out, np.ndarray):
+            body += int(out.size) * 4 * 8  # local/global maps, LAM maps at output size
+        ensure_space(self.scratch, body)
         self._write_body(
             model,
             result,
@@ -799,6 +864,10 @@ def commit_run(archive: str | Path, scratch: str | Path, name: str, *, overwrite
     """
     archive, scratch = Path(archive), Path(scratch)
     _clean_stale_files(archive)
+    # Space for the copy, checked before the archive is touched (a failed HDF5 write
+    # could leave it damaged). A new archive is written to a temporary file beside it.
+    ensure_space(archive, scratch.stat().st_size,
+                 current=archive.stat().st_size if archive.exists() else 0)
     tmp_name = f"{TMP_PREFIX}{name}-{os.getpid()}"
     with h5py.File(scratch, "r") as src:
         if archive.exists():
@@ -992,6 +1061,50 @@ class Archive:
             When the run is not in the archive (the message lists the available runs).
         """
         g = self._group(name)
+        try:
+            return self._read_run(name, g)
+        except (KeyError, OSError, ValueError, TypeError, AttributeError) as exc:
+            raise self._damaged(name, exc) from None
+
+    def _damaged(self, name: str, exc: BaseException) -> ArchiveError:
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        return ArchiveError(
+            f"run {name!r} of {str(self.path)!r} is damaged ({detail}); the other runs are "
+            f"unaffected — re-run it with --overwrite or remove it (see `glam ls "
+            f"{self.path.name} --verify`)"
+        )
+
+    def verify_run(self, name: str) -> int:
+        """Read every dataset of a run, checking HDF5's Fletcher32 checksums where written.
+
+        Returns the number of datasets read. Raises :class:`ArchiveError` naming the run
+        (and the dataset) when one cannot be read or a required group is missing.
+        """
+        g = self._group(name)
+        count = 0
+        current = ""
+        try:
+            for req in ("metrics", "input", "output", "local", "global"):
+                if req not in g:
+                    raise KeyError(f"required member {req!r} is missing")
+
+            def visit(key: str, obj: h5py.HLObject) -> None:
+                nonlocal count, current
+                current = key
+                if isinstance(obj, h5py.Dataset):
+                    obj[()]
+                    count += 1
+
+            g.visititems(visit)
+            self._read_run(name, g)
+        except (KeyError, OSError, ValueError, TypeError, AttributeError) as exc:
+            where = f"dataset {current!r}: " if current else ""
+            raise self._damaged(name, type(exc)(f"{where}{exc}")) from None
+        return count
+
+    def _read_run(self, name: str, g: h5py.Group) -> RunData:
+        if "metrics" not in g:
+            raise KeyError("its 'metrics' group is missing")
         attrs = _attrs(g)
         prov = _attrs(g["provenance"]) if "provenance" in g else {}
         if "provenance" in g:

@@ -869,6 +869,7 @@ def check_model(
     model: ImportedModel | None = None,
     on_run: Callable[[RunInfo, list[CheckResult]], None] | None = None,
     verify: bool = False,
+    trust_model: bool = False,
 ) -> CheckReport:
     """Re-run the baseline's analyses on ``model_path`` and compare (see module docstring).
 
@@ -896,6 +897,8 @@ def check_model(
     verify:
         Also run the literal GLAM.md reference beside the engine on each run and add an
         ``engine_parity_max_error`` check (GLAM.md: at most 1e-4).
+    trust_model:
+        Passed to :func:`importers.load` (allow operators outside the pure-op allow-list).
 
     Returns
     -------
@@ -936,7 +939,8 @@ def check_model(
             rng: Any = input_range if input_range is not None else int(rd.attrs.get("input_range", 1))
             key = (str(rng), out_idx)
             if key not in models:
-                kwargs: dict[str, Any] = {"input_range": rng, "output": out_idx}
+                kwargs: dict[str, Any] = {"input_range": rng, "output": out_idx,
+                                          "trust_model": trust_model}
                 if parity_tolerance is not None:
                     kwargs["tolerance"] = parity_tolerance
                 models[key] = importers.load(model_path, **kwargs)

@@ -147,6 +147,17 @@ def _value(raw: Any, name: str, where: str) -> float | None:
         ) from None
     if math.isnan(v):
         raise UserInputError(f"tolerance of {name!r} in {where} is NaN; give a number or off")
+    spec = METRICS.get(name)
+    if spec is not None and spec.comparison == "<=" and not 0 <= v < math.inf:
+        raise UserInputError(
+            f"tolerance of {name!r} in {where} is {v:g}; an upper bound must be finite and >= 0 "
+            f"(a negative one fails every run), e.g. {name}={spec.default:g}, or {name}=off"
+        )
+    if spec is not None and ("pearson" in name or "overlap" in name) and not -1 <= v <= 1:
+        raise UserInputError(
+            f"tolerance of {name!r} in {where} is {v:g}; a correlation/overlap floor lies in "
+            f"[-1, 1], e.g. {name}={spec.default:g}, or {name}=off"
+        )
     return v
 
 
@@ -267,6 +278,11 @@ def load_tolerance_file(path: str | Path) -> dict[str, Any]:
             data = json.loads(text)
         else:
             data = _toml_loads(text, p)
+    except RecursionError:
+        raise UserInputError(
+            f"tolerance file {str(p)!r} is nested too deeply to read; a tolerance file is two "
+            "tables deep at most (see docs/ci.md)"
+        ) from None
     except (ValueError, json.JSONDecodeError) as exc:
         kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
         raise UserInputError(

@@ -207,6 +207,17 @@ def _dataset(
     return ds
 
 
+def _checksummed(group: h5py.Group, name: str, data: np.ndarray) -> h5py.Dataset:
+    """A small dataset (the tap table) with a Fletcher32 checksum like every other one
+    (chunked, since HDF5 checksums chunks; empty arrays cannot be chunked, and HDF5 filters
+    no variable-length strings: the tap names and ops stay unchecked)."""
+    vlen = h5py.check_string_dtype(data.dtype) is not None and data.dtype.kind == "O"
+    kwargs: dict[str, Any] = (
+        {"chunks": True, "fletcher32": True} if data.size > 0 and not vlen else {}
+    )
+    return group.create_dataset(name, data=data, **kwargs)
+
+
 def _read(ds: h5py.Dataset) -> np.ndarray:
     """A dataset as float32 (float16 datasets are multiplied back by their ``scale``)."""
     a = ds[()]
@@ -767,12 +778,13 @@ class RunWriter:
         shapes = np.full((len(taps), rank), -1, dtype=np.int64)
         for i, x in enumerate(taps):
             shapes[i, : len(x.shape)] = x.shape
-        t.create_dataset("index", data=np.array([x.index for x in taps], dtype=np.int32))
-        t.create_dataset("name", data=_str_array([x.name for x in taps]))
-        t.create_dataset("op", data=_str_array([x.op for x in taps]))
-        t.create_dataset("parent", data=np.array([x.parent for x in taps], dtype=np.int32))
-        t.create_dataset("participating", data=np.array([x.participating for x in taps], dtype=bool))
-        ds = t.create_dataset("shape", data=shapes)
+        ck = _checksummed
+        ck(t, "index", np.array([x.index for x in taps], dtype=np.int32))
+        ck(t, "name", _str_array([x.name for x in taps]))
+        ck(t, "op", _str_array([x.op for x in taps]))
+        ck(t, "parent", np.array([x.parent for x in taps], dtype=np.int32))
+        ck(t, "participating", np.array([x.participating for x in taps], dtype=bool))
+        ds = ck(t, "shape", shapes)
         ds.attrs["padding"] = -1
 
         # final maps

@@ -110,6 +110,45 @@ def test_no_space_left_keeps_archive(two_runs: Path, tiny_model: Path, lr_image:
     assert md5(ar) == before and leftovers(tmp_path) == []
 
 
+@pytest.fixture
+def full_filesystem(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real, small tmpfs (root only; skipped where mounting is not allowed)."""
+    mnt = tmp_path / "small-fs"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or 'not root'})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_real_full_filesystem_keeps_archive(two_runs: Path, tiny_model: Path, lr_image: Path,
+                                            full_filesystem: Path) -> None:
+    """The disk really fills up (no faked free space): one line, the archive untouched, no
+    temporary file left, in a separate process (as a user runs it)."""
+    ar = full_filesystem / "runs.h5"
+    ar.write_bytes(two_runs.read_bytes())
+    before = md5(ar)
+    free = os.statvfs(full_filesystem)
+    filler = full_filesystem / "filler"
+    with open(filler, "wb") as fh:  # leave ~64 KiB: less than a run with --store tensors
+        fh.write(b"\0" * max(0, free.f_bavail * free.f_frsize - 64 * 1024))
+    cmd = [sys.executable, "-m", "analyzer", "analyze", str(tiny_model), str(lr_image), "-o",
+           str(ar), "--run", "r3", "--window", "8", "--store", "tensors"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode in (2, 3), (done.returncode, done.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr
+    assert "no space left" in lines[0], lines[0]
+    assert md5(ar) == before
+    assert sorted(p.name for p in full_filesystem.iterdir()) == ["filler", "runs.h5"]
+    with open_archive(ar) as a:
+        assert a.runs() == ["r1", "r2"]
+
+
 # ------------------------------------------------------------------ unwritable outputs
 
 
@@ -184,6 +223,19 @@ def test_flipped_bytes_detected_by_verify(two_runs: Path, tmp_path: Path) -> Non
     line = one_error_line(glam("show", ar, "r1"), 2)
     assert "'r1'" in line and "damaged" in line
     assert glam("show", ar, "r2").exit_code == 0
+
+
+def test_every_dataset_carries_a_checksum(two_runs: Path) -> None:
+    """Fletcher32 on every non-empty array, the numeric tap table included (HDF5 filters no
+    variable-length strings)."""
+    unchecked: list[str] = []
+    with h5py.File(two_runs, "r") as f:
+        def visit(name: str, obj: object) -> None:
+            if (isinstance(obj, h5py.Dataset) and obj.shape and obj.size
+                    and obj.dtype.kind != "O" and not obj.fletcher32):
+                unchecked.append(name)
+        f.visititems(visit)
+    assert not unchecked, unchecked
 
 
 def test_run_missing_metrics_or_maps(two_runs: Path, tmp_path: Path) -> None:

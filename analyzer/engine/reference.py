@@ -174,6 +174,9 @@ class ReferenceMaps:
         ``y`` (``C x H x W``).
     local_ratios, global_ratios:
         Per participating tap, the weight ratio of ``g_i`` / ``G_j`` (:func:`weight_ratio`).
+    raw_maxima:
+        ``max(sum k)`` and ``max(sum |k_i - k_{i-1}|)`` before ``N``, per family
+        (``"local/consensus"`` ...), to carry per-layer resolution into the final maps.
     """
 
     local: dict[str, np.ndarray]
@@ -185,6 +188,7 @@ class ReferenceMaps:
     output: np.ndarray | None = None
     local_ratios: dict[int, float] = field(default_factory=dict)
     global_ratios: dict[int, float] = field(default_factory=dict)
+    raw_maxima: dict[str, float] = field(default_factory=dict)
 
 
 def reference_glam(
@@ -250,6 +254,12 @@ def reference_glam(
             global_keys.append(N(R(N(m), (H, W))))
     out.local = {k: v.numpy() for k, v in combine(local_keys, (H, W)).items()}
     out.global_ = {k: v.numpy() for k, v in combine(global_keys, (H, W)).items()}
+    for family, keys in (("local", local_keys), ("global", global_keys)):
+        out.raw_maxima[f"{family}/consensus"] = float(sum(keys).max())
+        out.raw_maxima[f"{family}/variation"] = float(
+            sum(((keys[i] - keys[i - 1]).abs() for i in range(1, len(keys))),
+                torch.zeros_like(keys[0])).max()
+        )
     out.output = y.detach()[0].numpy()
     return out
 
@@ -267,9 +277,9 @@ class EngineParity:
     worst_layer:
         For the two ``layers/...`` entries: the tap index of that layer (-1: none).
     bounds:
-        The bound each entry of ``errors`` is held to: GLAM.md's 1e-4 for the six final
-        maps; for a per-layer map 1e-4, raised only where float32 cannot resolve a key whose
-        weights nearly vanish (:func:`layer_tolerance`).
+        The bound each entry of ``errors`` is held to: GLAM.md's 1e-4, raised only where
+        float32 cannot resolve a key whose Grad-CAM weights nearly vanish: on that layer's
+        map (:func:`layer_tolerance`) and, to first order, on the final maps it enters.
     tolerance:
         GLAM.md's tolerance (1e-4).
     seconds:
@@ -365,6 +375,24 @@ class ParityMeter:
         self._layer("layers/global", index, global_map, r.global_layers.get(index),
                     r.global_ratios.get(index, float("inf")))
 
+    def _final_bounds(self, family: str, ratios: dict[int, float]) -> dict[str, float]:
+        """What unresolvable keys may carry into the final maps, to first order: a key off
+        by ``d_i`` moves ``sum k`` by ``d_i`` and ``sum |k_i - k_{i-1}|`` by ``2 d_i``; ``N``
+        divides by the raw maximum (its own shift at most doubles the error), and Sum
+        adds both (its maximum is at least 1). Exactly 1e-4 when every key is resolved."""
+        excess = sum(layer_tolerance(r) - ENGINE_PARITY_TOLERANCE for r in ratios.values())
+        tol = ENGINE_PARITY_TOLERANCE
+        if excess == 0:
+            return {f"{family}/{k}": tol for k in ("consensus", "variation", "sum")}
+        mx = self.ref.raw_maxima
+        dc = 2 * excess / max(mx.get(f"{family}/consensus", 1.0), 1e-12)
+        dv = 2 * 2 * excess / max(mx.get(f"{family}/variation", 1.0), 1e-12)
+        return {
+            f"{family}/consensus": tol + dc,
+            f"{family}/variation": tol + dv,
+            f"{family}/sum": tol + 2 * (dc + dv),
+        }
+
     def finish(
         self, local: dict[str, np.ndarray], global_: dict[str, np.ndarray]
     ) -> EngineParity:
@@ -377,6 +405,8 @@ class ParityMeter:
         for name, maps, refs in (("local", local, self.ref.local), ("global", global_, self.ref.global_)):
             for k, v in refs.items():
                 self.errors[f"{name}/{k}"] = _maxdiff(maps[k], v)
+        self.bounds.update(self._final_bounds("local", self.ref.local_ratios))
+        self.bounds.update(self._final_bounds("global", self.ref.global_ratios))
         return EngineParity(dict(self.errors), dict(self.worst), seconds=self.seconds,
                             bounds=dict(self.bounds))
 

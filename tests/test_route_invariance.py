@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import example, given
+from hypothesis import example as hypothesis_example
+from hypothesis import given
 from routes import ROUTES, export_route
 from sr_graphs import Spec, build, example, specs
 from torch import nn
@@ -78,9 +79,9 @@ def _check_engine_and_routes(module: nn.Module, in_channels: int, tmp: Path, lab
 @given(spec=specs())
 # found by the generator (thorough profile): layers whose Grad-CAM weights nearly vanish
 # (r = 4.3e-4; r ~ 2e-4 with three layers), resolved by float32 only to ~8 eps / r
-@example(spec=Spec(3, 6, ("batchnorm", "residual", "residual", "attention"), "interpolate", 2,
+@hypothesis_example(spec=Spec(3, 6, ("batchnorm", "residual", "residual", "attention"), "interpolate", 2,
                    False, 0))
-@example(spec=Spec(1, 6, ("attention",), "interpolate", 3, False, 7524))
+@hypothesis_example(spec=Spec(1, 6, ("attention",), "interpolate", 3, False, 7524))
 def test_generated_graphs_engine_equals_reference_on_every_route(
     spec: Spec, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

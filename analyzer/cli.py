@@ -829,6 +829,9 @@ def baseline(
 @click.option("--verify", is_flag=True,
               help="Also require engine parity: the engine against the literal GLAM.md "
                    "reference on every run (check engine_parity_max_error, default 1e-4).")
+@click.option("--max-pixels", type=int, default=None, expose_value=False,
+              callback=_set_max_pixels, metavar="N",
+              help="Largest stored baseline input in pixels (default 2048x2048).")
 @trust_option
 @debug_option
 def check(
@@ -846,7 +849,7 @@ def check(
     names = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
     rng = None if input_range == "baseline" else input_range
     rep = check_model(model, baseline_path, tolerances, names, device, input_range=rng,
-                      verify=verify, trust_model=_trusted())
+                      verify=verify, trust_model=_trusted(), max_pixels=_max_pixels())
     click.echo(rep.table(failures_only=failures_only))
     for note in rep.notes():
         click.echo(f"note: {note}")

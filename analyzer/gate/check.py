@@ -857,6 +857,28 @@ def _conventions_match(model: ImportedModel, base: RunData, model_path: str) -> 
         )
 
 
+def _check_input_sizes(ar: Archive, names: Sequence[str], max_pixels: int | None) -> None:
+    """Refuse baseline runs whose stored input is above the pixel limit, from the dataset's
+    shape alone (before anything is read or analysed)."""
+    from analyzer.runs import DEFAULT_MAX_PIXELS
+
+    if max_pixels is not None and max_pixels < 1:
+        raise UserInputError(f"--max-pixels {max_pixels} must be at least 1")
+    limit = max_pixels or DEFAULT_MAX_PIXELS
+    for name in names:
+        g = ar.group(name)
+        ds = g.get("input") if hasattr(g, "get") else None
+        shape = tuple(getattr(ds, "shape", ()) or ())
+        if len(shape) >= 2:
+            pixels = int(shape[-1]) * int(shape[-2])
+            if pixels > limit:
+                raise ArchiveError(
+                    f"baseline run {name!r} stores a {shape[-2]}x{shape[-1]} input ({pixels:,} "
+                    f"pixels), above the limit of {limit:,}; check it with --max-pixels "
+                    f"{pixels} if the archive is trusted"
+                )
+
+
 def check_model(
     model_path: str | Path,
     baseline_path: str | Path,
@@ -870,6 +892,7 @@ def check_model(
     on_run: Callable[[RunInfo, list[CheckResult]], None] | None = None,
     verify: bool = False,
     trust_model: bool = False,
+    max_pixels: int | None = None,
 ) -> CheckReport:
     """Re-run the baseline's analyses on ``model_path`` and compare (see module docstring).
 
@@ -899,6 +922,10 @@ def check_model(
         ``engine_parity_max_error`` check (GLAM.md: at most 1e-4).
     trust_model:
         Passed to :func:`importers.load` (allow operators outside the pure-op allow-list).
+    max_pixels:
+        Largest baseline input (LR pixels) to re-analyse (default
+        :data:`analyzer.runs.DEFAULT_MAX_PIXELS`); a baseline archive is untrusted input,
+        so a larger stored input is refused before it is read.
 
     Returns
     -------
@@ -928,6 +955,7 @@ def check_model(
         raise UserInputError(f"model {str(model_path)!r} does not exist; pass the model file to check")
     with open_archive(bpath) as ar:
         names = select_runs(ar, runs)
+        _check_input_sizes(ar, names, max_pixels)
         bases = [read_baseline_run(ar, n) for n in names]
         models: dict[tuple[Any, int], ImportedModel] = {}
 

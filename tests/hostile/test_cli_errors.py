@@ -189,6 +189,27 @@ def test_check_reports_validated_before_the_run(two_runs: Path, tiny_model: Path
 # ------------------------------------------------------------------------------ images
 
 
+def test_check_refuses_a_huge_stored_baseline_input(tiny_model: Path, lr_image: Path,
+                                                     tmp_path: Path) -> None:
+    """A baseline archive is untrusted too: a 30000x30000 stored input (an empty chunked
+    dataset, a few KB on disk) is refused from its shape, before it is read."""
+    bl = tmp_path / "bl.h5"
+    assert glam("baseline", tiny_model, lr_image, "-o", bl, "--window", 8).exit_code == 0
+    with h5py.File(bl, "r+") as f:
+        (run,) = list(f["runs"])
+        del f["runs"][run]["input"]
+        f["runs"][run].create_dataset("input", shape=(3, 30000, 30000), dtype="f4",
+                                      chunks=(3, 256, 256))
+    assert bl.stat().st_size < 5_000_000
+    t0 = time.perf_counter()
+    line = one_error_line(glam("check", tiny_model, "--baseline", bl), 2)
+    assert "30000x30000" in line and "--max-pixels" in line
+    assert time.perf_counter() - t0 < 30
+    line = one_error_line(glam("check", tiny_model, "--baseline", bl, "--max-pixels", "0"), 2)
+    assert "--max-pixels 0" in line
+
+
+
 @pytest.mark.parametrize("side", [30000, 12000, 4000])
 def test_huge_images_refused_up_front(side: int, tiny_model: Path, tmp_path: Path) -> None:
     img = mc.make_png_header(tmp_path / f"bomb{side}.png", side, side)

@@ -181,8 +181,8 @@ def check_output_path(path: str | Path) -> Path:
     """
     p = Path(path)
     if p.is_dir():
-        raise UserInputError(f"{str(p)!r} is a directory; give the HTML file to write, "
-                             "e.g. -o report.html")
+        raise UserInputError(f"{str(p)!r} is a directory; give the path of the HTML file to write, "
+                             "e.g. report.html")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

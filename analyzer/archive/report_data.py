@@ -41,6 +41,8 @@ class LayerView:
         when the layer has no such map).
     local_native, global_native:
         ``N(map)`` at the layer's native resolution, for sampled layers only (else ``None``).
+    vanish:
+        ``"local"`` / ``"global"`` when GLAM.md's "Vanishing weights" rule set that key to 0.
     """
 
     index: int
@@ -53,6 +55,7 @@ class LayerView:
     af_global: float | None = None
     local_native: np.ndarray | None = None
     global_native: np.ndarray | None = None
+    vanish: list[str] = field(default_factory=list)
 
     @property
     def sampled(self) -> bool:
@@ -131,7 +134,9 @@ def read_report_run(ar: Archive, name: str, *, max_keys: int = 64) -> ReportRun:
     for t in part:
         lg = layers_g[str(t["index"])]
         v = LayerView(index=int(t["index"]), name=str(t["name"]), op=str(t["op"]),
-                      shape=list(t["shape"]))
+                      shape=list(t["shape"]),
+                      vanish=[f for f in ("local", "global")
+                              if bool(lg.attrs.get(f"{f}_weights_vanish", False))])
         for fam in ("local", "global"):
             ds = f"{fam}_map"
             if ds not in lg:

@@ -1,6 +1,6 @@
 """``glam report`` and ``glam check --html``: one self-contained HTML page per archive or check.
 
-The page embeds every image as a PNG data URI and a few hundred bytes of plain JavaScript
+The page embeds every image as a PNG data URI and about 1 KB of plain JavaScript
 (the layer slider and table sorting); it loads nothing from the network and needs no
 server. Templates are Jinja2 files shipped as package data (``templates/``).
 
@@ -294,7 +294,7 @@ def write_report(archive_path: str | Path, out_path: str | Path,
     Parameters
     ----------
     archive_path:
-        A glam archive (``glam analyze``, ``glam batch``, ``glam demo``).
+        A glam archive (``glam analyze``, ``glam demo``; any archive of schema version 1).
     out_path:
         The HTML file to write (its folder is created; written atomically).
     runs:

@@ -125,9 +125,10 @@ def archive(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, hr_image
     models = [("tiny", tiny_model)]
     rcan = fixtures.fixture_path("rcan", "legacy.onnx")
     models.append(("rcan", rcan) if rcan.exists() else ("tiny2", tiny_model))
-    for run, path in models:
+    for run, path in models:  # the first run also measures engine parity (--verify)
         analyze_images(importers.load(path), [hr_image], ar,
-                       AnalyzeOptions(run=run, hr=True, lam=True, lam_fold=4))
+                       AnalyzeOptions(run=run, hr=True, lam=True, lam_fold=4,
+                                      verify=run == "tiny"))
     return ar
 
 
@@ -155,9 +156,10 @@ def test_every_run_and_section_present(archive: Path, tmp_path: Path) -> None:
         lam_text = r.find_all("section", data_section="lam")[0].all_text()
         assert "attributed pixels" in lam_text and "%" in lam_text
         prov = r.find_all("section", data_section="provenance")[0].all_text()
-        for word in ("sha256", "opset", "Conventions", "Import parity", "Engine parity",
-                     "not verified"):
+        for word in ("sha256", "opset", "Conventions", "Import parity", "Engine parity"):
             assert word in prov, word
+        verified = r.attrs["data-run"] == "tiny"
+        assert ("passed: max error" in prov) == verified and ("not verified" in prov) != verified
         ex = r.find_all("section", data_section="layer-explorer")[0]
         assert ex.find_all("input", type="range") and ex.find_all("svg")
         layers = ex.find_all("div", **{"class": "layer"})
@@ -307,3 +309,36 @@ def test_demo_report_renders_in_chromium(demo_dir: tuple[Path, str],
     assert a.shape[0] > 2000 and a.shape[1] == 1400  # the whole page, not a blank viewport
     assert a.std() > 20.0, a.std()  # not blank: images, text, tables
     assert len(np.unique(a.reshape(-1, 3)[::7], axis=0)) > 500  # many colours: the images
+
+
+@pytest.mark.browser
+def test_table_sorts_and_slider_moves_in_chromium(archive: Path, tmp_path: Path) -> None:
+    sync_playwright = _browser()
+    out = write_report(archive, tmp_path / "r.html")
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(out.as_uri(), wait_until="load")
+            rows = "Array.from(document.querySelectorAll('#table-1 tbody tr'))"
+            di = f"{rows}.map(r => parseFloat(r.cells[6].getAttribute('data-v')))"
+            header = page.locator("#table-1 th").nth(6)  # DI local
+            header.click()
+            up = page.evaluate(di)
+            header.click()
+            down = page.evaluate(di)
+            assert up == sorted(up) and down == sorted(up, reverse=True) and len(up) == 2
+            ex = page.locator(".explorer").first
+            slider = ex.locator("input[type=range]")
+            label = ex.locator("output")
+            first = label.inner_text()
+            slider.fill(slider.get_attribute("max") or "0")
+            assert label.inner_text() != first
+            cursor = ex.locator("line.cursor").get_attribute("x1")
+            assert cursor is not None and float(cursor) == pytest.approx(560.0)
+        finally:
+            browser.close()
+    assert not errors, errors

@@ -255,6 +255,13 @@ def test_demo_writes_the_report(demo_dir: tuple[Path, str]) -> None:
     assert len(_runs(doc)) == 1
 
 
+@pytest.fixture(scope="module")
+def sync_playwright():  # type: ignore[no-untyped-def]
+    """playwright's ``sync_playwright`` when it and Chromium are there (else skip, saying why);
+    listed first by the browser tests so that they skip before building archives."""
+    return _browser()
+
+
 def _browser():  # type: ignore[no-untyped-def]
     try:
         from playwright.sync_api import sync_playwright
@@ -267,11 +274,10 @@ def _browser():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.browser
-def test_demo_report_renders_in_chromium(demo_dir: tuple[Path, str],
+def test_demo_report_renders_in_chromium(sync_playwright, demo_dir: tuple[Path, str],  # type: ignore[no-untyped-def]
                                          tmp_path_factory: pytest.TempPathFactory) -> None:
     from PIL import Image
 
-    sync_playwright = _browser()
     page_path = demo_dir[0] / "report.html"
     shots = tmp_path_factory.mktemp("screenshots")
     errors: list[str] = []
@@ -312,8 +318,8 @@ def test_demo_report_renders_in_chromium(demo_dir: tuple[Path, str],
 
 
 @pytest.mark.browser
-def test_table_sorts_and_slider_moves_in_chromium(archive: Path, tmp_path: Path) -> None:
-    sync_playwright = _browser()
+def test_table_sorts_and_slider_moves_in_chromium(sync_playwright, archive: Path,  # type: ignore[no-untyped-def]
+                                                  tmp_path: Path) -> None:
     out = write_report(archive, tmp_path / "r.html")
     errors: list[str] = []
     with sync_playwright() as p:

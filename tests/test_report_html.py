@@ -129,6 +129,8 @@ def archive(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, hr_image
         analyze_images(importers.load(path), [hr_image], ar,
                        AnalyzeOptions(run=run, hr=True, lam=True, lam_fold=4,
                                       verify=run == "tiny"))
+    analyze_images(importers.load(tiny_model), [hr_image], ar,  # no LAM, float16 layers
+                   AnalyzeOptions(run="nolam", hr=True, store_dtype="float16"))
     return ar
 
 
@@ -142,19 +144,21 @@ def test_every_run_and_section_present(archive: Path, tmp_path: Path) -> None:
     doc = parse(out)
     assert_self_contained(doc)
     runs = _runs(doc)
-    assert [r.attrs["data-run"] for r in runs] == ["tiny", runs[1].attrs["data-run"]]
+    assert [r.attrs["data-run"] for r in runs] == ["tiny", runs[1].attrs["data-run"], "nolam"]
     for r in runs:
+        with_lam = r.attrs["data-run"] != "nolam"
         for s in SECTIONS:
             assert r.find_all(data_section=s), (r.attrs["data-run"], s)
         # Fig. 3 local (4 panels), Fig. 4 global (4), Fig. 5 LAM (4, with masks)
-        for s, n in (("local", 4), ("global", 4), ("lam", 4)):
+        for s, n in (("local", 4), ("global", 4), ("lam", 4 if with_lam else 0)):
             (sec,) = r.find_all("section", data_section=s)
             assert len(sec.find_all("figure")) == n, s
             for f in sec.find_all("figure"):  # title, colour bar or note, axes
                 assert f.find_all("figcaption")[0].all_text().strip()
                 assert f.find_all("div", **{"class": "xlab"})
         lam_text = r.find_all("section", data_section="lam")[0].all_text()
-        assert "attributed pixels" in lam_text and "%" in lam_text
+        assert ("attributed pixels" in lam_text) == with_lam
+        assert ("without LAM" in lam_text) != with_lam
         prov = r.find_all("section", data_section="provenance")[0].all_text()
         for word in ("sha256", "opset", "Conventions", "Import parity", "Engine parity"):
             assert word in prov, word
@@ -336,7 +340,7 @@ def test_table_sorts_and_slider_moves_in_chromium(sync_playwright, archive: Path
             up = page.evaluate(di)
             header.click()
             down = page.evaluate(di)
-            assert up == sorted(up) and down == sorted(up, reverse=True) and len(up) == 2
+            assert up == sorted(up) and down == sorted(up, reverse=True) and len(up) == 3
             ex = page.locator(".explorer").first
             slider = ex.locator("input[type=range]")
             label = ex.locator("output")

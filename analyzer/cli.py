@@ -755,6 +755,26 @@ def compare(archive: str, runs: str, to: str) -> None:
     click.echo(f"figure: {fig}")
 
 
+# --------------------------------------------------------------------------------- report
+
+
+@cli.command()
+@click.argument("archive")
+@click.option("--runs", "runs", default=None, metavar="A,B,...",
+              help="Comma-separated run names (default: every run, in archive order).")
+@click.option("-o", "--out", "out", default="report.html", show_default=True, metavar="FILE",
+              help="The HTML file to write (self-contained: images embedded, no network).")
+@click.option("--max-keys", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most layers per run in the layer explorer (evenly sampled).")
+@debug_option
+def report(archive: str, runs: str | None, out: str, max_keys: int) -> None:
+    """One self-contained HTML page of ARCHIVE's runs: maps, layers, comparison, provenance."""
+    from analyzer.report.html import write_report
+
+    names = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
+    click.echo(f"report: {write_report(archive, out, names, max_keys=max_keys)}")
+
+
 # ------------------------------------------------------------------------ baseline / check
 
 
@@ -820,6 +840,8 @@ def baseline(
               help="Write the JSON report here.")
 @click.option("--junit", "junit_path", default=None, metavar="REPORT.xml",
               help="Write a JUnit XML report here.")
+@click.option("--html", "html_path", default=None, metavar="REPORT.html",
+              help="Write an HTML page of the result (checks, baseline/candidate maps) here.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--input-range", type=click.Choice(["baseline", "auto", "1", "255"]),
               default="baseline", show_default=True,
@@ -838,7 +860,7 @@ def check(
     model: str, baseline_path: str, runs: str | None, tol: Sequence[str],
     tolerances_file: str | None, top_k: float | None, json_path: str | None,
     junit_path: str | None, device: str, input_range: str, failures_only: bool, exit_zero: bool,
-    verify: bool,
+    verify: bool, html_path: str | None,
 ) -> None:
     """Gate MODEL against a baseline: exit 0 pass, 1 regression, 2 usage, 3 model error."""
     from analyzer.gate.check import check_model
@@ -848,6 +870,10 @@ def check(
     _check_outputs(json_report=json_path, junit_report=junit_path)
     names = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
     rng = None if input_range == "baseline" else input_range
+    if html_path:
+        from analyzer.report.html import check_output_path
+
+        check_output_path(html_path)  # before the slow work
     rep = check_model(model, baseline_path, tolerances, names, device, input_range=rng,
                       verify=verify, trust_model=_trusted(), max_pixels=_max_pixels())
     click.echo(rep.table(failures_only=failures_only))
@@ -856,6 +882,10 @@ def check(
     for path, write in ((json_path, rep.write_json), (junit_path, rep.write_junit)):
         if path:
             click.echo(f"report: {write(path)}")
+    if html_path:
+        from analyzer.report.html import write_check_report
+
+        click.echo(f"report: {write_check_report(rep.to_dict(), html_path, candidate_maps=rep.maps)}")
     click.echo(rep.final_line(), err=True)
     if not rep.ok and not exit_zero:
         raise click.exceptions.Exit(1)

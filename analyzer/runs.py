@@ -23,7 +23,7 @@ import numpy as np
 
 from analyzer.archive.hdf5 import STORE_DTYPES, RunWriter, StoreDtype, check_run_names, open_archive
 from analyzer.engine.glam import StoreMode
-from analyzer.errors import AnalysisError, EngineParityError, UserInputError
+from analyzer.errors import AnalysisError, EngineParityError, MissingDependencyError, UserInputError
 from analyzer.images import list_images
 from importers.model import ImportedModel
 
@@ -598,6 +598,7 @@ class DemoResult:
     image: str
     figures: list[Path]
     summary: RunSummary
+    report: Path | None = None  # report.html (None: the report extra, jinja2, is missing)
 
 
 def default_demo_inputs() -> tuple[Path | None, Path]:
@@ -683,6 +684,12 @@ def run_demo(
     )
     summaries = analyze_images(model, [ip], archive, options)
     s = summaries[0]
+    from analyzer.report.html import write_report
+
+    try:
+        report: Path | None = write_report(archive, out / "report.html", [s.run])
+    except MissingDependencyError:
+        report = None
     return DemoResult(
         out_dir=out,
         archive=archive,
@@ -691,6 +698,7 @@ def run_demo(
         image=str(ip),
         figures=[Path(f) for f in s.figures],
         summary=s,
+        report=report,
     )
 
 
@@ -702,6 +710,8 @@ def demo_report(demo: DemoResult) -> list[str]:
         f"{_scale_hint(demo)} downscale)",
         f"  archive : {demo.archive}  (run {demo.run!r}; browse with `glam ls {demo.archive}`)",
         f"  figures : {Path(demo.out_dir) / 'figures' / demo.run}/ ({len(demo.figures)} files)",
+        f"  report  : {demo.report}  (open it in a browser)" if demo.report is not None else
+        "  report  : skipped (install the report extra: pip install 'glam[report]')",
     ]
     if "psnr" in m:
         lines.append(f"  output  : PSNR {_fmt(m['psnr'])} dB against the HR image")

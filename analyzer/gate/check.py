@@ -296,6 +296,9 @@ class CheckReport:
         Every :class:`CheckResult`, in run order.
     seconds:
         Wall time of the whole check.
+    maps:
+        Per run, the checked model's ``{"local": Sum, "global": Sum}`` maps (for the
+        HTML report's baseline / candidate / difference panels; not in the JSON).
     """
 
     model_path: str
@@ -308,6 +311,8 @@ class CheckReport:
     runs: list[RunInfo] = field(default_factory=list)
     checks: list[CheckResult] = field(default_factory=list)
     seconds: float = 0.0
+    maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False,
+                                                   compare=False)
 
     # -- verdict
     def summary(self) -> dict[str, int]:
@@ -1018,6 +1023,8 @@ def check_model(
                     message=f"worst: {ep.describe([t.name for t in m.taps])}",
                 ))
             info.seconds = time.perf_counter() - t_run
+            report.maps[rd.name] = {"local": np.asarray(new.local["sum"]),
+                                    "global": np.asarray(new.global_["sum"])}
             report.runs.append(info)
             report.checks.extend(checks)
             if on_run is not None:

@@ -216,3 +216,18 @@ def test_kernels_compile_in_memory_without_a_cache_location(
     a = np.arange(4, dtype=np.float32)
     double(a)
     np.testing.assert_array_equal(a, [0, 2, 4, 6])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_non_finite_gradients_are_not_taken_for_vanishing_weights(fused: bool) -> None:
+    """A NaN/Inf gradient must keep a non-finite key (the engine's finiteness check names
+    it), never pass as "vanishing weights" with a silent zero key."""
+    from analyzer.engine import reference
+
+    key_of = kernels.gradcam_key_flagged if fused else gradcam_key_flagged
+    for bad in (float("nan"), float("inf")):
+        g = _rand((4, 6, 5), 14)
+        g[1, 2, 3] = bad
+        key, vanished = key_of(g)
+        assert not vanished and not torch.isfinite(key).all()
+        assert not torch.isfinite(reference.A(g)).all()

@@ -82,11 +82,7 @@ class LayerRecord:
 
 @dataclass
 class GlamMaps:
-    """Output of :func:`compute_glam`.
-
-    ``vanishing`` lists, for ``"local"`` and ``"global"``, the participating taps whose key
-    GLAM.md's vanishing-weights rule set to 0.
-    """
+    """Output of :func:`compute_glam`."""
 
     output: np.ndarray
     local: dict[str, np.ndarray]
@@ -97,7 +93,6 @@ class GlamMaps:
     layers: list[LayerRecord] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    vanishing: dict[str, list[int]] = field(default_factory=dict)
 
 
 def validate_roi(out_hw: Sequence[int], top: int, left: int, window: int) -> None:
@@ -430,8 +425,4 @@ def compute_glam(
         layers=layers,
         timings=timings,
         warnings=warn,
-        vanishing={
-            "local": [i for i in range(n) if flags[i] and local.vanished[i]],
-            "global": sorted(glob.vanished),
-        },
     )

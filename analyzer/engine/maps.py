@@ -5,6 +5,7 @@ lives in :mod:`analyzer.engine.accumulate`)."""
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -86,9 +87,13 @@ def weights_vanish(signed: float, magnitude: float) -> bool:
     -------
     bool
         True when the weights are float rounding, not signal (``signed <= 1e-4 *
-        magnitude``), and when ``g`` is all zeros; ``A(g)`` is then exactly 0.
+        magnitude``), and when ``g`` is all zeros; ``A(g)`` is then exactly 0. False for a
+        non-finite ``g`` (NaN/Inf maxima), so its key stays non-finite and the engine's
+        finiteness check reports it instead of a silent zero key.
     """
-    return not magnitude > 0 or signed <= VANISHING_WEIGHTS * magnitude
+    if not (math.isfinite(signed) and math.isfinite(magnitude)):
+        return False
+    return magnitude == 0 or signed <= VANISHING_WEIGHTS * magnitude
 
 
 def _channel_weights(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,8 +66,10 @@ def R(z: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def A(g: torch.Tensor) -> torch.Tensor:
     """``|sum_c mean(g_c) g_c|``, exactly 0 when the weights vanish (GLAM.md)."""
     alpha = torch.stack([g[c].mean() for c in range(g.shape[0])])
-    magnitude = max(float(g[c].abs().mean()) for c in range(g.shape[0]))
-    if not magnitude > 0 or float(alpha.abs().max()) <= VANISHING * magnitude:
+    magnitude = float(torch.stack([g[c].abs().mean() for c in range(g.shape[0])]).max())
+    signed = float(alpha.abs().max())
+    finite = np.isfinite(magnitude) and np.isfinite(signed)  # NaN/Inf stays visible
+    if finite and (magnitude == 0 or signed <= VANISHING * magnitude):
         return torch.zeros_like(g[0])
     acc = torch.zeros_like(g[0])
     for c in range(g.shape[0]):

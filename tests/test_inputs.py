@@ -295,3 +295,12 @@ def test_cli_checks_paths_and_reads_archives_without_torch(
     assert "model" in p.stderr and "missing.onnx' does not exist" in p.stderr
     assert "bad.png' is not a readable image" in p.stderr
     assert "write one with `glam baseline MODEL IMAGES" in p.stderr
+
+
+def test_probe_image_falls_back_to_the_installed_fixtures(tmp_path: Path) -> None:
+    """A wheel install has no fixtures/ folder beside importers/: the probe image (parity,
+    range detection) comes from the glam_fixtures package data."""
+    from importers.probe import probe_image_path
+
+    p = probe_image_path(tmp_path / "fixtures" / "images" / "astronaut_hr.png")
+    assert p.is_file() and p.name == "astronaut_hr.png" and tmp_path not in p.parents

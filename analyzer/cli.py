@@ -603,7 +603,7 @@ def ls_(ctx: click.Context, archive: str, as_json: bool, verify: bool) -> None:
     from analyzer.archive.hdf5 import open_archive
     from analyzer.runs import _fmt, format_table
 
-    rows = [("run", "model", "image", "DI local", "DI global", "PSNR", "DI LAM")]
+    rows = [("run", "model", "image", "DI local", "DI global", "PSNR", "Y-PSNR", "DI LAM")]
     damaged: list[str] = []
     with open_archive(archive) as ar:
         names = ar.runs()
@@ -633,6 +633,7 @@ def ls_(ctx: click.Context, archive: str, as_json: bool, verify: bool) -> None:
                 _fmt(_f(mt.get("di_local"))),
                 _fmt(_f(mt.get("di_global"))),
                 _fmt(_f(mt.get("psnr"))),
+                _fmt(_f(mt.get("psnr_y"))),
                 _fmt(_f(mt.get("di_lam"))),
             ))
     if not as_json:

@@ -666,8 +666,8 @@ def analyze_images(
 
 
 def summary_table(summaries: Sequence[RunSummary]) -> str:
-    """A plain-text table: run, DI local/global, PSNR, DI LAM, seconds."""
-    head = ("run", "DI local", "DI global", "PSNR", "DI LAM", "seconds")
+    """A plain-text table: run, DI local/global, PSNR, Y-PSNR, DI LAM, seconds."""
+    head = ("run", "DI local", "DI global", "PSNR", "Y-PSNR", "DI LAM", "seconds")
     rows = [head]
     for s in summaries:
         m = s.metrics
@@ -677,6 +677,7 @@ def summary_table(summaries: Sequence[RunSummary]) -> str:
                 _fmt(m.get("di_local")),
                 _fmt(m.get("di_global")),
                 _fmt(m.get("psnr")),
+                _fmt(m.get("psnr_y")),
                 _fmt(m.get("di_lam")),
                 _fmt(m.get("seconds_glam", 0.0) + m.get("seconds_lam", 0.0)),
             )
@@ -689,6 +690,8 @@ def _fmt(v: float | None, digits: int = 2) -> str:
         return "-"
     if isinstance(v, float) and math.isinf(v):
         return "inf"
+    if isinstance(v, float) and math.isnan(v):
+        return "-"
     return f"{v:.{digits}f}"
 
 

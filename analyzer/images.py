@@ -48,6 +48,9 @@ class ImageRead:
         An EXIF orientation other than "normal" was applied.
     path_name:
         The file name (for messages).
+    reduced_to_8bit:
+        A 16-bit-per-channel colour file (Pillow decodes it at 8 bits per channel: the
+        range is right, the precision 1/255).
     """
 
     image: Image.Image
@@ -56,6 +59,7 @@ class ImageRead:
     source_mode: str
     transposed: bool = False
     path_name: str = ""
+    reduced_to_8bit: bool = False
 
     def warnings(self, in_channels: int, what: str = "image") -> list[str]:
         """The warnings a run on a model with ``in_channels`` inputs must record."""
@@ -66,6 +70,11 @@ class ImageRead:
                 f"{name} has an alpha channel ({self.source_mode}); glam drops it and feeds "
                 "the stored colour values (not composited on a background); flatten the "
                 "image first if transparency matters"
+            )
+        if self.reduced_to_8bit:
+            out.append(
+                f"{name} has 16 bits per colour channel ({self.source_mode}); Pillow decodes it "
+                "at 8 bits per channel, so its values are quantised to 1/255 (the range is kept)"
             )
         if self.gray and in_channels == 3:
             out.append(
@@ -139,6 +148,9 @@ def read_image(path: str | Path) -> ImageRead:
             alpha = mode in ("RGBA", "LA", "La", "PA", "RGBa") or (
                 mode in ("P", "L", "RGB") and "transparency" in im.info
             )
+            # before anything loads the pixels (which empties im.tile)
+            reduced = mode in ("RGB", "RGBA") and any(
+                ";16" in str(getattr(t, "args", t[3] if len(t) > 3 else "")) for t in im.tile)
             transposed = im.getexif().get(0x0112, 1) not in (0, 1)
             oriented = ImageOps.exif_transpose(im) if transposed else im
             if mode in _HIGH_BIT_MODES:
@@ -148,7 +160,8 @@ def read_image(path: str | Path) -> ImageRead:
                 img.load()
             gray = mode in _GRAY_MODES or (mode == "P" and _gray_palette(im))
             return ImageRead(img, gray=gray, alpha=alpha, source_mode=mode,
-                             transposed=transposed, path_name=p.name)
+                             transposed=transposed, path_name=p.name,
+                             reduced_to_8bit=reduced)
     except Image.DecompressionBombError as exc:
         raise UserInputError(
             f"image {str(p)!r} is too large to decode safely ({exc}); crop or downscale it"

@@ -75,6 +75,30 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert arr[:4, :, 2].mean() > 150  # the left band is now on top
 
 
+def _rgb48_png(path: Path, a: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    h, w, _ = a.shape
+    raw = b"".join(b"\x00" + a[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_rgb48_png_keeps_its_range_and_says_it_is_8_bit(tmp_path: Path) -> None:
+    a = (np.arange(4 * 6 * 3).reshape(4, 6, 3) * 900).astype(np.uint16)
+    _rgb48_png(tmp_path / "c48.png", a)
+    r = read_image(tmp_path / "c48.png")
+    np.testing.assert_allclose(to_tensor(r.image, 3)[0].numpy().transpose(1, 2, 0), a / 65535.0,
+                               atol=1.0 / 255)
+    assert any("16 bits per colour channel" in w for w in r.warnings(3))
+
+
 def test_alpha_and_gray_warnings(tmp_path: Path) -> None:
     Image.new("RGBA", (8, 8), (10, 20, 30, 128)).save(tmp_path / "a.png")
     Image.new("L", (8, 8), 77).save(tmp_path / "g.png")

@@ -49,6 +49,8 @@ _LAZY = {
     "diffusion_index": "analyzer.engine.metrics",
     "gini": "analyzer.engine.metrics",
     "mse_psnr": "analyzer.engine.metrics",
+    "psnr_y": "analyzer.engine.metrics",
+    "read_image": "analyzer.images",
 }
 
 
@@ -91,6 +93,8 @@ __all__ = [
     "layer_keys",
     "mse_psnr",
     "prepare_image",
+    "psnr_y",
+    "read_image",
     "reference_glam",
     "resolve_device",
 ]

@@ -23,10 +23,16 @@ import torch
 from analyzer.engine.device import resolve_device
 from analyzer.engine.glam import LayerRecord, StoreMode, compute_glam, validate_roi
 from analyzer.engine.lam import LamResult, compute_lam
-from analyzer.engine.metrics import attributed_fraction, diffusion_index, map_metrics, mse_psnr
+from analyzer.engine.metrics import (
+    attributed_fraction,
+    diffusion_index,
+    map_metrics,
+    mse_psnr,
+    psnr_y,
+)
 from analyzer.engine.reference import EngineParity, ParityMeter, reference_glam
 from analyzer.errors import AnalysisError, UserInputError
-from analyzer.images import crop_reference, hr_to_lr, read_rgb, to_tensor
+from analyzer.images import crop_reference, downscale_psnr, hr_to_lr, read_image, to_tensor
 from importers.loader import sha256_of
 from importers.model import ImportedModel, TapInfo
 
@@ -42,6 +48,7 @@ class PreparedImage:
     is_hr: bool
     reference_path: str | None = None
     lr_rgb: Any = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def prepare_image(
@@ -68,7 +75,9 @@ def prepare_image(
     if hr and reference is not None:
         raise UserInputError("pass either hr=True or a reference image, not both")
     c = model.conventions
-    img = read_rgb(image)
+    read = read_image(image)
+    img = read.image
+    warnings = read.warnings(c.in_channels)
     ref_t = None
     ref_path = None
     if hr:
@@ -78,8 +87,14 @@ def prepare_image(
     else:
         lr_img = img
         if reference is not None:
-            ref_t = to_tensor(read_rgb(reference), c.out_channels)
+            ref_read = read_image(reference)
+            ref_t = to_tensor(ref_read.image, c.out_channels)
             ref_path = str(reference)
+            if ref_read.gray and not read.gray and c.out_channels == 3:
+                warnings.append(
+                    f"reference {Path(reference).name!r} is grayscale but the LR image has "
+                    "colour; PSNR compares the colour output with a gray reference"
+                )
     return PreparedImage(
         lr=to_tensor(lr_img, c.in_channels),
         reference=ref_t,
@@ -88,6 +103,7 @@ def prepare_image(
         is_hr=hr,
         reference_path=ref_path,
         lr_rgb=lr_img,
+        warnings=warnings,
     )
 
 
@@ -110,7 +126,8 @@ class Result:
         LAM result when asked for.
     metrics:
         Scalars: ``di_local``, ``di_global``, ``attributed_fraction_*``, ``seconds_glam``,
-        and when known ``psnr``, ``mse``, ``psnr_roi``, ``mse_roi``, ``di_lam``,
+        and when known ``psnr``, ``mse``, ``psnr_roi``, ``mse_roi``, ``psnr_y`` (Y channel,
+        border of ``psnr_y_shave = s`` pixels removed), ``di_lam``,
         ``di_lam_output``, ``attributed_fraction_lam``, ``seconds_lam``.
     map_metrics:
         DI and attributed fraction of every map, keyed ``"local/sum"`` etc.
@@ -254,6 +271,7 @@ def analyze(
             f"lr has shape {list(lr.shape)}; the model takes 1 x {c.in_channels} x h x w"
         )
     lr = lr.float()
+    lr_full = lr
     lr, roi, crop, warnings = _fit_fixed_size(model, lr, roi, window)
     H, W = c.output_size(int(lr.shape[-2]), int(lr.shape[-1]))
     if roi is None:
@@ -284,12 +302,8 @@ def analyze(
     mm.update({f"global/{k}": map_metrics(v) for k, v in maps.global_.items()})
     ref_np = None
     if reference is not None:
-        ref = reference[0] if reference.dim() == 4 else reference
-        if crop is not None:
-            s = c.scale
-            top0, left0, fh, fw = crop
-            ref = ref[..., s * top0 : s * (top0 + fh), s * left0 : s * (left0 + fw)]
-        ref = crop_reference(ref, (H, W), c.offset)
+        ref, ref_warnings = _checked_reference(model, reference, lr_full, crop, (H, W))
+        warnings += ref_warnings
         if ref.shape[0] != maps.output.shape[0]:
             raise UserInputError(
                 f"reference has {ref.shape[0]} channels, the output {maps.output.shape[0]}"
@@ -300,7 +314,9 @@ def analyze(
         mse_r, psnr_r = mse_psnr(
             maps.output[:, t : t + window, l_ : l_ + window], ref_np[:, t : t + window, l_ : l_ + window]
         )
-        metrics.update({"mse": mse, "psnr": psnr, "mse_roi": mse_r, "psnr_roi": psnr_r})
+        metrics.update({"mse": mse, "psnr": psnr, "mse_roi": mse_r, "psnr_roi": psnr_r,
+                        "psnr_y": psnr_y(maps.output, ref_np, c.scale),
+                        "psnr_y_shave": float(c.scale)})
     lam_res = None
     if lam:
         lam_res = compute_lam(
@@ -360,6 +376,49 @@ def analyze(
         input_crop=crop,
         engine_parity=parity,
     )
+
+
+#: Below this PSNR (dB) between the reference's bicubic downscale and the LR input, the
+#: reference is reported as probably not the HR image of that input. Measured at x4: the
+#: true pairs of Set5/Set14/Urban100 (MATLAB-bicubic LR) give 49.8-58.1 dB, 39 unrelated
+#: LR/HR combinations of the same data 4.9-11.4 dB.
+REFERENCE_MISMATCH_DB = 20.0
+
+
+def _checked_reference(
+    model: ImportedModel,
+    reference: torch.Tensor,
+    lr_full: torch.Tensor,
+    crop: tuple[int, int, int, int] | None,
+    out_hw: tuple[int, int],
+) -> tuple[torch.Tensor, list[str]]:
+    """The reference checked against the whole LR input's output size and cropped to the
+    analysed output; a warning when its downscale does not resemble the LR input."""
+    c = model.conventions
+    s = c.scale
+    ref = reference[0] if reference.dim() == 4 else reference
+    h0, w0 = int(lr_full.shape[-2]), int(lr_full.shape[-1])
+    full_hw = c.output_size(h0, w0)
+    # refuses a wrong size naming both; allows the HR modcrop slack of s - 1 pixels
+    ref_out = crop_reference(ref, full_hw, c.offset, scale=s)
+    warnings: list[str] = []
+    if ref.shape[0] == lr_full.shape[1] and ref.shape[-2] >= s * h0 and ref.shape[-1] >= s * w0:
+        p = downscale_psnr(ref[..., : s * h0, : s * w0], lr_full, s)
+        if p < REFERENCE_MISMATCH_DB:
+            warnings.append(
+                f"the reference does not look like the HR image of this LR input: its bicubic "
+                f"x{s} downscale differs from the LR input by PSNR {p:.1f} dB (benchmark "
+                f"pairs give about 50 dB; glam warns below {REFERENCE_MISMATCH_DB:g} dB); check "
+                "that the reference belongs to the image"
+            )
+    if crop is not None:
+        top0, left0, fh, fw = crop
+        ref_out = ref_out[..., s * top0 : s * (top0 + fh), s * left0 : s * (left0 + fw)]
+    if tuple(ref_out.shape[-2:]) != tuple(out_hw):  # pragma: no cover - sizes checked above
+        raise UserInputError(
+            f"reference crop {tuple(ref_out.shape[-2:])} does not match the output {out_hw}"
+        )
+    return ref_out, warnings
 
 
 def _metered(

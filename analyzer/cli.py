@@ -160,6 +160,18 @@ def _trusted() -> bool:
     return bool(ctx is not None and ctx.meta.get(_TRUST))
 
 
+def _existing_model(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """MODEL must exist, checked while parsing (before torch is imported)."""
+    p = Path(value)
+    if not p.exists():
+        raise UserInputError(
+            f"model {value!r} does not exist; pass an ONNX, TorchScript or torch.export file"
+        )
+    if p.is_dir():
+        raise UserInputError(f"model {value!r} is a directory; pass the model file")
+    return value
+
+
 def _command_line(ctx: click.Context) -> str:
     root = ctx.find_root()
     argv = root.meta.get(_ARGV, sys.argv[1:])
@@ -200,6 +212,10 @@ def _analysis_options(*, reference_help: str, lam_help: str, store_help: str) ->
         click.option("--hr", is_flag=True,
                      help="IMAGE is the HR reference; LR = bicubic downscale."),
         click.option("--reference", default=None, metavar="HR.png", help=reference_help),
+        click.option("--reference-dir", "reference_dir", default=None, metavar="DIR",
+                     help="HR references for LR images: the file of the same name in DIR, or "
+                          "with its LR token as HR (img_LR.png -> img_HR.png). Without it, "
+                          "*_LR/*_HR pairs among the images are paired automatically."),
         click.option("--lam", is_flag=True, help=lam_help),
         click.option("--lam-fold", type=int, default=50, show_default=True, help="LAM path steps."),
         click.option("--lam-batch", type=int, default=8, show_default=True,
@@ -328,6 +344,9 @@ def cli() -> None:
     glam analyze MODEL IMAGE...      GL-AM (and LAM) into an HDF5 archive
     glam ls / show / export          read an archive
     glam compare ARCHIVE --runs A,B  one figure and table across runs
+    glam report ARCHIVE -o page.html one self-contained HTML page of the runs
+    glam baseline MODEL IMAGES -o B.h5   archive a CI baseline
+    glam check MODEL --baseline B.h5     gate MODEL against it (exit 1 on regression)
     glam demo                        the whole job on the bundled model and image
     """
 
@@ -336,7 +355,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", callback=_existing_model)
 @_model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--verify", is_flag=True,
@@ -421,7 +440,7 @@ def _fail_on_engine_parity(parity: dict[str, Any] | None) -> None:
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", callback=_existing_model)
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--archive", "archive", default=None,
               help="HDF5 archive to write/append (default ./glam-runs.h5).")
@@ -450,6 +469,7 @@ def analyze(
     window: int,
     hr: bool,
     reference: str | None,
+    reference_dir: str | None,
     lam: bool,
     lam_fold: int,
     lam_batch: int,
@@ -475,7 +495,8 @@ def analyze(
         AnalyzeOptions,
         RunSummary,
         analyze_images,
-        expand_images,
+        check_image_files,
+        pair_images,
         parse_roi,
         run_names,
         summary_table,
@@ -488,6 +509,7 @@ def analyze(
         window=window,
         hr=hr,
         reference=reference,
+        reference_dir=reference_dir,
         lam=lam,
         lam_fold=lam_fold,
         lam_sigma=lam_sigma,
@@ -506,10 +528,14 @@ def analyze(
     options.validate()
     if reference is not None and not Path(reference).is_file():
         raise UserInputError(f"reference {reference!r} does not exist; pass the HR image file")
-    files = expand_images(images)
-    # Fail on paths and name clashes before the (slow) model import.
+    # Fail on paths, unreadable images and name clashes before the (slow) model import.
+    paired = pair_images(images, options)
+    files = paired.files
+    check_image_files(paired)
     check_run_names(archive_path, run_names(model, files, run), overwrite=overwrite)
     _check_outputs(archive=archive_path, figures=figures)
+    if paired.note:
+        click.echo(f"note: {paired.note}", err=True)
     m = _load_model(model, in_channels, layout, input_range, output, tolerance)
     many = len(files) > 1
 
@@ -518,12 +544,16 @@ def analyze(
             click.echo(_json_line(s.to_dict()))
             return
         if many:
+            for w in s.warnings:
+                click.echo(f"warning: {s.run}: {w}", err=True)
             return
         mt = s.metrics
         click.echo(f"run {s.run!r} -> {s.archive}")
         parts = [f"DI local {mt['di_local']:.2f}", f"DI global {mt['di_global']:.2f}"]
         if "psnr" in mt:
             parts.append(f"PSNR {mt['psnr']:.2f} dB")
+        if "psnr_y" in mt:
+            parts.append(f"Y-PSNR {_num(mt['psnr_y'])} dB (shave {int(mt['psnr_y_shave'])})")
         if "di_lam" in mt:
             parts.append(f"DI LAM {mt['di_lam']:.2f}")
         click.echo("  " + ", ".join(parts) + f" ({mt['seconds_glam']:.2f} s GL-AM)")
@@ -534,11 +564,17 @@ def analyze(
         if s.figures:
             click.echo(f"  figures: {Path(s.figures[0]).parent}/")
 
-    summaries = analyze_images(m, files, archive_path, options, progress=many, on_run=report)
+    summaries = analyze_images(m, images, archive_path, options, progress=many, on_run=report)
     if many:
         table = summary_table(summaries)
         click.echo(table, err=as_json)
         click.echo(f"{len(summaries)} run(s) -> {archive_path}", err=as_json)
+
+
+def _num(v: float) -> str:
+    import math
+
+    return f"{v:.2f}" if math.isfinite(v) else ("inf" if v > 0 else "n/a")
 
 
 def _parity_line(ep: dict[str, Any]) -> str:
@@ -567,7 +603,7 @@ def ls_(ctx: click.Context, archive: str, as_json: bool, verify: bool) -> None:
     from analyzer.archive.hdf5 import open_archive
     from analyzer.runs import _fmt, format_table
 
-    rows = [("run", "model", "image", "DI local", "DI global", "PSNR", "DI LAM")]
+    rows = [("run", "model", "image", "DI local", "DI global", "PSNR", "Y-PSNR", "DI LAM")]
     damaged: list[str] = []
     with open_archive(archive) as ar:
         names = ar.runs()
@@ -597,6 +633,7 @@ def ls_(ctx: click.Context, archive: str, as_json: bool, verify: bool) -> None:
                 _fmt(_f(mt.get("di_local"))),
                 _fmt(_f(mt.get("di_global"))),
                 _fmt(_f(mt.get("psnr"))),
+                _fmt(_f(mt.get("psnr_y"))),
                 _fmt(_f(mt.get("di_lam"))),
             ))
     if not as_json:
@@ -779,7 +816,7 @@ def report(archive: str, runs: str | None, out: str, max_keys: int) -> None:
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", callback=_existing_model)
 @click.argument("images", nargs=-1, required=True)
 @click.option("-o", "--archive", "archive", required=True, metavar="BASELINE.h5",
               help="Baseline archive to write (or append to).")
@@ -794,7 +831,8 @@ def report(archive: str, runs: str | None, out: str, max_keys: int) -> None:
 @click.pass_context
 def baseline(
     ctx: click.Context, model: str, images: Sequence[str], archive: str, run: str | None,
-    roi: str | None, window: int, hr: bool, reference: str | None, lam: bool, lam_fold: int,
+    roi: str | None, window: int, hr: bool, reference: str | None, reference_dir: str | None,
+    lam: bool, lam_fold: int,
     lam_batch: int, lam_sigma: float, lam_kernel: int, store: str, store_dtype: str,
     device: str, in_channels: str | None, layout: str | None, input_range: str,
     output: str | None, tolerance: float | None, as_json: bool, overwrite: bool,
@@ -804,7 +842,8 @@ def baseline(
     from analyzer.runs import AnalyzeOptions, RunSummary, parse_roi
 
     options = AnalyzeOptions(
-        run=run, roi=parse_roi(roi), window=window, hr=hr, reference=reference, lam=lam,
+        run=run, roi=parse_roi(roi), window=window, hr=hr, reference=reference,
+        reference_dir=reference_dir, lam=lam,
         lam_fold=lam_fold, lam_sigma=lam_sigma, lam_kernel=lam_kernel, lam_batch=lam_batch,
         store=store, store_dtype=store_dtype, device=device,  # type: ignore[arg-type]
         overwrite=overwrite, command_line=_command_line(ctx), baseline=True,
@@ -825,7 +864,7 @@ def baseline(
 
 
 @cli.command()
-@click.argument("model")
+@click.argument("model", callback=_existing_model)
 @click.option("--baseline", "baseline_path", required=True, metavar="BASELINE.h5",
               help="Baseline archive (`glam baseline`).")
 @click.option("--runs", "runs", default=None, metavar="A,B,...",
@@ -868,6 +907,9 @@ def check(
 
     tolerances = build_tolerances(tolerances_file, tol, top_k)
     _check_outputs(json_report=json_path, junit_report=junit_path)
+    from analyzer.archive.hdf5 import open_archive
+
+    open_archive(baseline_path, what="baseline", writer="glam baseline MODEL IMAGES").close()
     names = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
     rng = None if input_range == "baseline" else input_range
     if html_path:

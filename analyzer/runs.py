@@ -14,18 +14,20 @@ three files.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from analyzer.archive.hdf5 import STORE_DTYPES, RunWriter, StoreDtype, check_run_names, open_archive
-from analyzer.engine.glam import StoreMode
 from analyzer.errors import AnalysisError, EngineParityError, MissingDependencyError, UserInputError
-from analyzer.images import list_images
-from importers.model import ImportedModel
+
+if TYPE_CHECKING:  # torch-free at import: `glam ls` / `show` use this module's tables
+    from analyzer.engine.glam import StoreMode
+    from importers.model import ImportedModel
 
 DEFAULT_ARCHIVE = "glam-runs.h5"
 
@@ -46,6 +48,10 @@ class AnalyzeOptions:
         The images are HR references (LR = bicubic downscale).
     reference:
         An HR reference for a single LR image.
+    reference_dir:
+        A directory of HR references: each LR image is paired with the file of the same
+        name, or of the name with its ``LR`` token replaced by ``HR`` (``img_001_LR.png`` ->
+        ``img_001_HR.png``), see :func:`pair_images`.
     lam, lam_fold, lam_sigma, lam_kernel, lam_batch:
         LAM and its path options.
     store, store_dtype:
@@ -75,6 +81,7 @@ class AnalyzeOptions:
     window: int = 16
     hr: bool = False
     reference: str | Path | None = None
+    reference_dir: str | Path | None = None
     lam: bool = False
     lam_fold: int = 50
     lam_sigma: float = 1.2
@@ -106,6 +113,17 @@ class AnalyzeOptions:
             raise AnalysisError(f"ROI {self.roi[0]},{self.roi[1]} is negative; use TOP,LEFT >= 0")
         if self.hr and self.reference is not None:
             raise UserInputError("pass either --hr or --reference HR.png, not both")
+        if self.reference_dir is not None:
+            if self.hr or self.reference is not None:
+                raise UserInputError(
+                    "--reference-dir pairs LR images with HR files; do not combine it with "
+                    "--hr or --reference"
+                )
+            if not Path(self.reference_dir).is_dir():
+                raise UserInputError(
+                    f"--reference-dir {str(self.reference_dir)!r} is not a directory; pass the "
+                    "folder that holds the HR images"
+                )
         if self.lam_fold < 1:
             raise AnalysisError(f"--lam-fold {self.lam_fold} must be at least 1")
         if self.lam_batch < 1:
@@ -176,6 +194,19 @@ def estimate_bytes(model: ImportedModel, lr_pixels: int, options: AnalyzeOptions
     if options.lam:
         floats += lr_pixels * options.lam_batch * 2 * per_px
     return int(floats * 4)
+
+
+def check_image_files(paired: ImagePairs) -> None:
+    """Read every image's and reference's header (cheap) before the model import, so that a
+    missing or unreadable file is reported before seconds of waiting.
+
+    Raises
+    ------
+    UserInputError
+        Naming the first file that is missing or not an image.
+    """
+    for f in [*paired.files, *(r for r in paired.references if r is not None)]:
+        image_size(f)
 
 
 def check_image_sizes(model: ImportedModel, files: Sequence[Path], options: AnalyzeOptions) -> None:
@@ -276,8 +307,108 @@ def expand_images(paths: Sequence[str | Path]) -> list[Path]:
         q = Path(p)
         if not q.exists():
             raise UserInputError(f"image {str(q)!r} does not exist; pass an existing image or directory")
+        from analyzer.images import list_images
+
         out.extend(list_images(q))
     return out
+
+
+_LR_HR_TOKEN = re.compile(r"(?i)(?<![A-Za-z0-9])(LR|HR)(?![A-Za-z])")
+
+
+def _token_partner(stem: str, want: str) -> tuple[str, str] | None:
+    """``(own token, partner stem)`` when ``stem`` holds an ``LR``/``HR`` token (the last
+    one, delimited by non-letters: ``img_001_SRF_4_LR``, ``baby_HR``, ``lr-01``)."""
+    found = list(_LR_HR_TOKEN.finditer(stem))
+    if not found:
+        return None
+    m = found[-1]
+    tok = m.group(1)
+    other = "HR" if tok.upper() == "LR" else "LR"
+    other = other if tok.isupper() else other.lower()
+    if tok.upper() != want:
+        return None
+    return tok.upper(), stem[: m.start(1)] + other + stem[m.end(1) :]
+
+
+@dataclass
+class ImagePairs:
+    """The images to analyse and their HR references (see :func:`pair_images`)."""
+
+    files: list[Path]
+    references: list[Path | None]
+    note: str | None = None
+
+
+def pair_images(images: Sequence[str | Path], options: AnalyzeOptions) -> ImagePairs:
+    """Expand ``images`` and pair LR images with their HR references.
+
+    * ``--reference-dir DIR``: every LR image needs a file in ``DIR`` named like it with its
+      ``LR`` token replaced by ``HR`` (``img_001_SRF_4_LR.png`` -> ``img_001_SRF_4_HR.png``,
+      tried first), or with its name, or its stem with any image suffix; a missing one is
+      an error.
+    * Otherwise, when the images themselves hold ``*_LR`` / ``*_HR`` pairs (a benchmark
+      folder such as Set5's ``image_SRF_4``), each LR image is analysed against its HR
+      partner and the HR partners are not analysed as LR inputs; with ``--hr`` the HR
+      images are analysed (LR = their bicubic downscale) and their LR partners skipped.
+      Images without a partner are analysed as before.
+
+    Raises
+    ------
+    UserInputError
+        A missing path, a directory without images, or an LR image without its HR file in
+        ``--reference-dir``.
+    """
+    files = expand_images(images)
+    if options.reference_dir is not None:
+        d = Path(options.reference_dir)
+        refs: list[Path | None] = []
+        for f in files:
+            # the LR -> HR name first: a benchmark folder may hold both (Set5's image_SRF_4)
+            partner = _token_partner(f.stem, "LR")
+            tried = []
+            if partner is not None:
+                tried += [d / (partner[1] + sfx) for sfx in (f.suffix, *IMAGE_SUFFIXES_ANY)]
+            tried.append(d / f.name)
+            tried += [d / (f.stem + sfx) for sfx in IMAGE_SUFFIXES_ANY if sfx != f.suffix]
+            hit = next((t for t in tried if t.is_file()), None)
+            if hit is None:
+                want = [f.name, f.stem + ".*"]
+                if partner is not None:
+                    want.append(partner[1] + ".*")
+                raise UserInputError(
+                    f"no HR reference for {f.name!r} in --reference-dir {str(d)!r} (looked for "
+                    f"{', '.join(want)}); name the HR file like the LR one, or like it with its "
+                    "LR token replaced by HR"
+                )
+            refs.append(hit)
+        return ImagePairs(files, refs, f"paired {len(files)} image(s) with HR files in {d}")
+    by_name = {(f.parent, f.stem): f for f in files}
+    pairs: dict[Path, Path] = {}
+    for f in files:
+        partner = _token_partner(f.stem, "LR")
+        if partner is not None and (f.parent, partner[1]) in by_name:
+            pairs[f] = by_name[(f.parent, partner[1])]
+    if not pairs:
+        return ImagePairs(files, [None] * len(files))
+    if options.reference is not None:
+        raise UserInputError(
+            "--reference names one HR image but the images hold *_LR/*_HR pairs; drop "
+            "--reference (the pairs are used)"
+        )
+    hr_of = set(pairs.values())
+    if options.hr:
+        kept = [f for f in files if f not in pairs]
+        return ImagePairs(kept, [None] * len(kept),
+                          f"--hr: analysing the HR images; skipped {len(pairs)} LR partner(s)")
+    kept = [f for f in files if f not in hr_of]
+    return ImagePairs(kept, [pairs.get(f) for f in kept],
+                      f"paired {len(pairs)} *_LR image(s) with their *_HR reference(s)")
+
+
+#: Suffixes tried for a reference's stem (lower and upper case).
+IMAGE_SUFFIXES_ANY = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp",
+                      ".PNG", ".JPG", ".JPEG", ".BMP", ".TIF", ".TIFF", ".WEBP")
 
 
 def run_names(
@@ -296,7 +427,9 @@ def run_names(
 
 
 def _crop_rgb(lr_rgb: Any, crop: tuple[int, int, int, int] | None) -> np.ndarray:
-    arr = np.asarray(lr_rgb.convert("RGB"), dtype=np.float32) / 255.0
+    from analyzer.images import rgb_float
+
+    arr = rgb_float(lr_rgb)
     if crop is not None:
         t, l_, h, w = crop
         arr = arr[t : t + h, l_ : l_ + w]
@@ -311,6 +444,7 @@ def analyze_one(
     options: AnalyzeOptions,
     *,
     on_layer: Callable[[Any], None] | None = None,
+    reference: str | Path | None = None,
 ) -> RunSummary:
     """Analyse one image and commit the run to the archive.
 
@@ -330,6 +464,8 @@ def analyze_one(
         Analysis options.
     on_layer:
         Extra per-layer callback (called after the record is written; tests use it).
+    reference:
+        This image's HR reference (from :func:`pair_images`); default ``options.reference``.
 
     Returns
     -------
@@ -337,7 +473,8 @@ def analyze_one(
     """
     from analyzer.api import analyze, prepare_image
 
-    prepared = prepare_image(model, image, hr=options.hr, reference=options.reference)
+    ref = reference if reference is not None else options.reference
+    prepared = prepare_image(model, image, hr=options.hr, reference=ref)
     with RunWriter(
         archive,
         name,
@@ -369,6 +506,7 @@ def analyze_one(
             progress=options.progress,
             verify=options.verify,
         )
+        result.warnings = list(dict.fromkeys([*prepared.warnings, *result.warnings]))
         input_rgb = None
         if model.conventions.in_channels == 1 and prepared.lr_rgb is not None:
             input_rgb = _crop_rgb(prepared.lr_rgb, result.input_crop)
@@ -491,7 +629,8 @@ def analyze_images(
     list[RunSummary]
     """
     options.validate()
-    files = expand_images(images)
+    paired = pair_images(images, options)
+    files = paired.files
     if options.reference is not None and len(files) > 1:
         raise UserInputError(
             "--reference names one HR image but several LR images were given; use --hr with "
@@ -513,9 +652,9 @@ def analyze_images(
     out: list[RunSummary] = []
     bar = tqdm(total=len(files), desc="glam analyze", unit="image", disable=not progress)
     try:
-        for f, name in zip(files, names, strict=True):
+        for f, ref, name in zip(files, paired.references, names, strict=True):
             bar.set_postfix_str(Path(f).name)
-            s = analyze_one(model, f, archive, name, options, on_layer=on_layer)
+            s = analyze_one(model, f, archive, name, options, on_layer=on_layer, reference=ref)
             out.append(s)
             if on_run is not None:
                 on_run(s)
@@ -527,8 +666,8 @@ def analyze_images(
 
 
 def summary_table(summaries: Sequence[RunSummary]) -> str:
-    """A plain-text table: run, DI local/global, PSNR, DI LAM, seconds."""
-    head = ("run", "DI local", "DI global", "PSNR", "DI LAM", "seconds")
+    """A plain-text table: run, DI local/global, PSNR, Y-PSNR, DI LAM, seconds."""
+    head = ("run", "DI local", "DI global", "PSNR", "Y-PSNR", "DI LAM", "seconds")
     rows = [head]
     for s in summaries:
         m = s.metrics
@@ -538,6 +677,7 @@ def summary_table(summaries: Sequence[RunSummary]) -> str:
                 _fmt(m.get("di_local")),
                 _fmt(m.get("di_global")),
                 _fmt(m.get("psnr")),
+                _fmt(m.get("psnr_y")),
                 _fmt(m.get("di_lam")),
                 _fmt(m.get("seconds_glam", 0.0) + m.get("seconds_lam", 0.0)),
             )
@@ -550,6 +690,8 @@ def _fmt(v: float | None, digits: int = 2) -> str:
         return "-"
     if isinstance(v, float) and math.isinf(v):
         return "inf"
+    if isinstance(v, float) and math.isnan(v):
+        return "-"
     return f"{v:.{digits}f}"
 
 
@@ -658,16 +800,19 @@ def run_demo(
     UserInputError
         When no bundled model exists and none is given.
     """
-    import importers
-
     default_model, default_image = default_demo_inputs()
     mp = Path(model_path) if model_path is not None else default_model
     ip = Path(image_path) if image_path is not None else default_image
+    if model_path is not None and not Path(model_path).is_file():
+        raise UserInputError(f"--model {str(model_path)!r} does not exist; pass a model file")
     if mp is None or not mp.exists():
         raise UserInputError(
             "the bundled demo model is missing (fixtures/models/ is not built); build it with "
             "`python -m glam_fixtures.make_fixtures` or pass --model MODEL"
         )
+    image_size(ip)  # a missing or unreadable --image fails before torch is imported
+    import importers
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     archive = out / "demo.h5"

@@ -193,6 +193,30 @@ def detect_input_range(
     tuple[int, str]
         The range and a description with the mean squared errors of both candidates.
     """
+    errs = range_errors(run, layout, channels, output_index, size, scale, offset)
+    # Prefer [0, 1] unless [0, 255] is clearly better: nearly bias-free networks behave
+    # almost the same at either scale (measured: IMDN-RTC 1.2e-3 vs 6.9e-4).
+    best = 255 if errs[255] * RANGE_PREFERENCE < errs[1] else 1
+    rule = (
+        f"255 only when its MSE is over {RANGE_PREFERENCE:g}x lower than 1's"
+        + (": it is" if best == 255 else (
+            ": it is lower, but not that much" if errs[255] < errs[1] else ": it is not"))
+    )
+    desc = (f"auto (MSE vs bicubic: range 1 -> {errs[1]:.3g}, range 255 -> {errs[255]:.3g}; "
+            f"rule: {rule})")
+    return best, desc
+
+
+def range_errors(
+    run: NativeRunner,
+    layout: str,
+    channels: int,
+    output_index: int,
+    size: tuple[int, int],
+    scale: int,
+    offset: tuple[int, int],
+) -> dict[int, float]:
+    """MSE against a bicubic upscale of the output for input range 1 and 255."""
     x = probe_input(channels, *size)
     up = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
     errs: dict[int, float] = {}
@@ -204,11 +228,21 @@ def detect_input_range(
             y, ref = y.mean(1, keepdim=True), ref.mean(1, keepdim=True)
         err = float(((y.float() - ref) ** 2).mean())
         errs[rng] = err if err == err else float("inf")
-    # Prefer [0, 1] unless [0, 255] is clearly better: nearly bias-free networks behave
-    # almost the same at either scale (measured: IMDN-RTC 1.2e-3 vs 6.9e-4).
-    best = 255 if errs[255] * RANGE_PREFERENCE < errs[1] else 1
-    desc = f"auto (MSE vs bicubic: range 1 -> {errs[1]:.3g}, range 255 -> {errs[255]:.3g})"
-    return best, desc
+    return errs
+
+
+def forced_range_warning(errs: dict[int, float], forced: int) -> str | None:
+    """A warning when a forced ``--input-range`` is clearly worse than the other one (its
+    MSE against a bicubic upscale over :data:`RANGE_PREFERENCE` times the other's)."""
+    other = 255 if forced == 1 else 1
+    if errs[forced] > RANGE_PREFERENCE * errs[other]:
+        return (
+            f"--input-range {forced} was forced, but the model's output is much further from a "
+            f"bicubic upscale with it (MSE {errs[forced]:.3g}) than with range {other} (MSE "
+            f"{errs[other]:.3g}); the model probably takes [0, {other}]: check the range or use "
+            "--input-range auto"
+        )
+    return None
 
 
 def _crop_like(up: torch.Tensor, hw: Sequence[int], offset: tuple[int, int]) -> torch.Tensor:

@@ -21,8 +21,10 @@ from analyzer.errors import (
 from importers.conventions import (
     DEFAULT_PROBE_SIZE,
     detect_input_range,
+    forced_range_warning,
     infer_input_layout,
     measure_scale,
+    range_errors,
     select_output,
     to_native,
 )
@@ -217,7 +219,17 @@ def finish_import(
             f"the converted model failed to run on a {channels}-channel {lay.layout} input: "
             f"{_one_line(exc)}"
         ) from None
+    if meas.out_channels not in (1, 3):
+        others = [n for i, n in enumerate(raw.output_names) if i != out_idx]
+        raise ConventionError(
+            f"output {raw.output_names[out_idx] if out_idx < len(raw.output_names) else out_idx!r} "
+            f"has {meas.out_channels} channels (scale x{meas.scale}); glam analyses SR models "
+            "whose output is an image of 1 channel (Y) or 3 (RGB) (GLAM.md \"Inputs\")"
+            + (f"; pick the image output with --output (others: {', '.join(others)})"
+               if others else "; this is not an SR model")
+        )
     size = lay.fixed_size or probe_size or DEFAULT_PROBE_SIZE
+    range_warnings: list[str] = []
     if input_range in ("auto", None):
         rng, rng_src = detect_input_range(
             run, lay.layout, channels, out_idx, size, meas.scale, meas.offset
@@ -227,6 +239,10 @@ def finish_import(
         if rng not in (1, 255):
             raise ConventionError(f"input range {input_range!r} is not supported; use auto, 1 or 255")
         rng_src = "flag"
+        errs = range_errors(run, lay.layout, channels, out_idx, size, meas.scale, meas.offset)
+        forced_warning = forced_range_warning(errs, rng)
+        if forced_warning is not None:
+            range_warnings.append(forced_warning)
     conv = Conventions(
         in_channels=channels,
         out_channels=meas.out_channels,
@@ -277,7 +293,7 @@ def finish_import(
         conventions=conv,
         parity=parity,
         metadata=dict(raw.metadata),
-        warnings=list(raw.warnings) + tap_warnings,
+        warnings=list(raw.warnings) + range_warnings + tap_warnings,
         input_names=list(raw.input_names),
         output_names=list(raw.output_names),
     )

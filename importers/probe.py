@@ -9,12 +9,42 @@ import numpy as np
 import torch
 from PIL import Image
 
+#: The probe image in a source checkout (``fixtures/images/``).
 PROBE_IMAGE = Path(__file__).resolve().parent.parent / "fixtures" / "images" / "astronaut_hr.png"
+_PROBE_NAME = "astronaut_hr.png"
+
+
+def probe_image_path(checkout: Path = PROBE_IMAGE) -> Path:
+    """The bundled probe image: the checkout's file, else the installed ``glam_fixtures``
+    package data (a wheel install has no ``fixtures/`` folder beside ``importers/``).
+
+    Raises
+    ------
+    ModelError
+        When neither exists (a broken install).
+    """
+    if checkout.is_file():
+        return checkout
+    from importlib.resources import files
+
+    try:
+        installed = Path(str(files("glam_fixtures") / "images" / _PROBE_NAME))
+    except ModuleNotFoundError:
+        installed = None
+    if installed is not None and installed.is_file():
+        return installed
+    from analyzer.errors import ModelError
+
+    raise ModelError(
+        f"the bundled probe image {_PROBE_NAME} is missing (looked in {checkout.parent} and the "
+        "glam_fixtures package); reinstall glam"
+    )
 
 
 @lru_cache(maxsize=1)
 def _probe_rgb() -> Image.Image:
-    return Image.open(PROBE_IMAGE).convert("RGB")
+    with Image.open(probe_image_path()) as im:
+        return im.convert("RGB")
 
 
 def probe_input(channels: int, height: int, width: int) -> torch.Tensor:

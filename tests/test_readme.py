@@ -43,6 +43,14 @@ def workdir(tmp_path: Path) -> Path:
     hr.resize((48, 48), Image.BICUBIC).save(tmp_path / "lr_images" / "one.png")
     hr.crop((0, 0, 96, 80)).resize((48, 40), Image.BICUBIC).save(tmp_path / "lr_images" / "two.png")
     hr.save(tmp_path / "images" / "hr.png")
+    (tmp_path / "hr_images").mkdir()  # --reference-dir: the HR images of lr_images/
+    hr.save(tmp_path / "hr_images" / "one.png")
+    hr.crop((0, 0, 96, 80)).save(tmp_path / "hr_images" / "two.png")
+    bench = tmp_path / "Set5" / "image_SRF_2"  # a benchmark folder of *_LR / *_HR pairs
+    bench.mkdir(parents=True)
+    small = hr.crop((0, 0, 48, 48))
+    small.save(bench / "img_001_SRF_2_HR.png")
+    small.resize((24, 24), Image.BICUBIC).save(bench / "img_001_SRF_2_LR.png")
     return tmp_path
 
 

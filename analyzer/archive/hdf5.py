@@ -1005,12 +1005,13 @@ class RunData:
 class Archive:
     """A glam archive opened for reading (see :func:`open_archive`)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, what: str = "archive",
+                 writer: str = "glam analyze MODEL IMAGE") -> None:
         self.path = Path(path)
         p = self.path
         if not p.exists():
             raise ArchiveError(
-                f"archive {str(p)!r} does not exist; write one with `glam analyze MODEL IMAGE "
+                f"{what} {str(p)!r} does not exist; write one with `{writer} "
                 f"-o {p.name}` or pass the right path"
             )
         if p.is_dir():
@@ -1280,13 +1281,17 @@ def _engine_parity(g: h5py.Group) -> dict[str, Any]:
     return out
 
 
-def open_archive(path: str | Path) -> Archive:
+def open_archive(path: str | Path, *, what: str = "archive",
+                 writer: str = "glam analyze MODEL IMAGE") -> Archive:
     """Open a glam archive for reading, validating ``format`` and ``schema_version``.
 
     Parameters
     ----------
     path:
         The ``.h5`` archive.
+    what, writer:
+        How a missing file is named and which command writes one (``glam check`` says
+        ``baseline`` and ``glam baseline MODEL IMAGES``).
 
     Returns
     -------
@@ -1298,4 +1303,4 @@ def open_archive(path: str | Path) -> Archive:
     ArchiveError
         Missing file, not HDF5, not a glam archive, unknown or newer schema.
     """
-    return Archive(path)
+    return Archive(path, what=what, writer=writer)

@@ -100,6 +100,12 @@ def validate_roi(out_hw: Sequence[int], top: int, left: int, window: int) -> Non
     H, W = int(out_hw[0]), int(out_hw[1])
     if window < 2:
         raise AnalysisError(f"window {window} is too small; use a window of at least 2 pixels")
+    if H < window or W < window:
+        raise AnalysisError(
+            f"the image is too small: its {H}x{W} output is smaller than the {window}x{window} "
+            f"ROI window; use a larger image, or --window {max(2, min(H, W))} or less"
+            + ("" if min(H, W) >= 2 else " (the output must be at least 2x2)")
+        )
     if top < 0 or left < 0 or top + window > H or left + window > W:
         raise AnalysisError(
             f"ROI (top={top}, left={left}, window={window}) is not inside the {H}x{W} output; "

@@ -436,6 +436,12 @@ class CheckReport:
             tol = "-" if c.tolerance is None else f"{c.comparison} {_fmt(c.tolerance)}"
             rows.append((c.run, c.label, _fmt(c.value), tol, verdict,
                          _fmt(c.min_passing_tolerance) if c.status != "skipped" else "-"))
+        if failures_only and len(rows) == 1:
+            n = sum(1 for c in self.checks if c.status == "passed")
+            skipped = sum(1 for c in self.checks if c.status == "skipped")
+            runs = len({c.run for c in self.checks})
+            return (f"no failed checks: {n} of {len(self.checks)} check(s) passed over {runs} "
+                    f"run(s)" + (f", {skipped} skipped" if skipped else ""))
         return format_table(rows)
 
     def notes(self) -> list[str]:
@@ -958,7 +964,7 @@ def check_model(
     bpath = Path(baseline_path)
     if model is None and not Path(model_path).exists():
         raise UserInputError(f"model {str(model_path)!r} does not exist; pass the model file to check")
-    with open_archive(bpath) as ar:
+    with open_archive(bpath, what="baseline", writer="glam baseline MODEL IMAGES") as ar:
         names = select_runs(ar, runs)
         _check_input_sizes(ar, names, max_pixels)
         bases = [read_baseline_run(ar, n) for n in names]
@@ -1096,13 +1102,14 @@ def prepare_baseline(
         Bad options, a missing image or reference, run names that already exist.
     """
     from analyzer.archive.hdf5 import check_run_names
-    from analyzer.runs import expand_images, run_names
+    from analyzer.runs import check_image_files, expand_images, pair_images, run_names
 
     options.validate()
     if options.reference is not None and not Path(options.reference).is_file():
         raise UserInputError(
             f"reference {str(options.reference)!r} does not exist; pass the HR image file")
-    files = expand_images(images)
-    check_run_names(archive, run_names(model_path, files, options.run),
+    paired = pair_images(images, options)
+    check_image_files(paired)
+    check_run_names(archive, run_names(model_path, paired.files, options.run),
                     overwrite=options.overwrite)
-    return files
+    return expand_images(images)  # analyze_images pairs them again

@@ -729,17 +729,32 @@ def export(archive: str, run: str, to: str) -> None:
 
 @cli.command()
 @click.argument("archive")
-@click.option("--runs", "runs", required=True, metavar="A,B,...",
+@click.option("--runs", "runs", default=None, metavar="A,B,...",
               help="Comma-separated run names (at least 2).")
+@click.option("--image", "image", default=None, metavar="IMG",
+              help="Instead of --runs: every model's runs of this image (a batch archive).")
+@click.option("--by-model", is_flag=True,
+              help="Per-model DI / PSNR over the image set (mean ± std) instead.")
 @click.option("--to", "to", default=".", show_default=True, metavar="DIR",
               help="Directory for compare.png and compare.txt.")
 @debug_option
-def compare(archive: str, runs: str, to: str) -> None:
+def compare(archive: str, runs: str | None, image: str | None, by_model: bool, to: str) -> None:
     """One figure and one table comparing RUNS of ARCHIVE."""
     from analyzer.archive.hdf5 import open_archive
     from analyzer.report import figures
 
-    names = [r.strip() for r in runs.split(",") if r.strip()]
+    if by_model:
+        from analyzer.batch.summary import model_summary
+
+        click.echo(model_summary(archive))
+        return
+    if (runs is None) == (image is None):
+        raise UserInputError("pass --runs A,B or --image IMG (or --by-model); see `glam ls`")
+    if image is not None:
+        from analyzer.batch.summary import runs_for_image
+
+        runs = ",".join(runs_for_image(archive, image))
+    names = [r.strip() for r in str(runs).split(",") if r.strip()]
     if len(names) < 2:
         raise UserInputError(f"--runs {runs!r} names {len(names)} run(s); compare at least 2 "
                              "(e.g. --runs A,B; see `glam ls`)")

@@ -145,6 +145,41 @@ def test_two_models_with_one_stem_need_names(tmp_path: Path, images: Path) -> No
         expand_tasks(plan)
 
 
+def test_worker_slots_and_model_affine_scheduling(tmp_path: Path) -> None:
+    from analyzer.batch.driver import BatchOptions, _Scheduler, worker_slots
+
+    plan = plan_from_dict({"models": [{"path": "a.onnx"}, {"path": "b.onnx"}], "images": ["x"]})
+    # one H200 and 16 CPUs: four analyses share the GPU, one CPU each
+    assert worker_slots({"CPU": 16, "GPU": 1}, plan, BatchOptions(), 10) == (4, 1.0, 0.25)
+    assert worker_slots({"CPU": 2}, plan, BatchOptions(), 10) == (2, 1.0, 0.0)
+    assert worker_slots({"CPU": 8}, plan, BatchOptions(cpus_per_worker=2, workers=3), 10)[0] == 3
+    assert worker_slots({"CPU": 8}, plan, BatchOptions(), 1)[0] == 1  # never more than tasks
+    plan.options["device"] = "cpu"  # CPU-only plan on a GPU node: CPU workers
+    assert worker_slots({"CPU": 4, "GPU": 1}, plan, BatchOptions(), 10) == (4, 1.0, 0.0)
+    with pytest.raises(UserInputError, match="fewer than --cpus-per-worker 4"):
+        worker_slots({"CPU": 2}, plan, BatchOptions(cpus_per_worker=4), 10)
+    with pytest.raises(UserInputError, match="--gpu-fraction 0"):
+        BatchOptions(gpu_fraction=0).validate()
+    tasks = [Task(f"{m}{k}", m, "x") for m in (0, 1) for k in range(3)]
+    sched = _Scheduler(tasks)
+    order = [(w, sched.next(w).model) for w in (0, 1, 0, 1, 0, 1)]
+    assert order == [(0, 0), (1, 1), (0, 0), (1, 1), (0, 0), (1, 1)]  # each keeps its model
+    assert not sched and sched.next(0) is None
+
+
+def test_worker_records_a_broken_model_once(tmp_path: Path) -> None:
+    from analyzer.batch.worker import BatchWorker
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x00garbage")
+    plan = plan_from_dict({"models": [{"path": str(broken)}], "images": [str(IMAGES)]})
+    w = BatchWorker(plan, tmp_path, threads=1)
+    a, b = (w.run(t) for t in expand_tasks(plan)[:2])
+    assert a["status"] == b["status"] == "failed"
+    assert a["error"] == b["error"] and "broken.onnx" in a["error"] and "\n" not in a["error"]
+    assert len(w._models) == 1 and w.imports == 0 and not w.shard.exists()
+
+
 # ------------------------------------------------------------------------ batches on Ray
 
 
@@ -185,9 +220,16 @@ def test_batch_equals_serial_reports_a_broken_model_and_resumes(
         for run in ("carn_small_x2.legacy__img0", "rcan_small_x2.script__img0"):
             assert diff_groups(a["runs"][run], b["runs"][run]) == []
 
-    # glam ls / compare read it unchanged
+    # glam ls / compare read it unchanged; compare --image: every model on one image
     r = CliRunner().invoke(cli, ["ls", str(zoo)])
     assert r.exit_code == 0 and "rcan_small_x2.script__img0" in r.output
+    r = CliRunner().invoke(cli, ["compare", str(zoo), "--image", "img0.png",
+                                 "--to", str(tmp_path / "cmp")])
+    assert r.exit_code == 0, r.output
+    assert "carn_small_x2.legacy__img0" in r.output and "rcan_small_x2.script__img0" in r.output
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+    r = CliRunner().invoke(cli, ["compare", str(zoo), "--image", "ghost"])
+    assert r.exit_code == 2 and "img0.png" in r.output
 
     # rerun: the complete runs are skipped, the failed tasks retried (and fail again)
     r = CliRunner().invoke(cli, ["batch", str(plan), "-o", str(zoo), "--json"])
@@ -238,3 +280,10 @@ def test_resume_after_sigkill_of_the_driver(ray_cluster: str, tmp_path: Path,
     assert len(links) == 4 - len(finished)
     with open_archive(zoo) as ar:
         assert ar.run(links[0]).local["sum"].shape == (48, 48)
+        di = [ar.run(n).metrics["di_local"] for n in ar.runs()]
+    # compare --by-model: DI over the image set as mean ± std (sample std)
+    r = CliRunner().invoke(cli, ["compare", str(zoo), "--by-model"])
+    assert r.exit_code == 0, r.output
+    row = next(line for line in r.output.splitlines() if "carn_small_x2.legacy.onnx" in line)
+    assert row.split()[1:3] == ["4", "4"]
+    assert f"{np.mean(di):.2f} ± {np.std(di, ddof=1):.2f}" in row

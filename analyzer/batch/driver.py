@@ -265,6 +265,7 @@ def run_batch(
     """
     options = options or BatchOptions()
     options.validate()
+    ray = _import_ray()  # a missing extra fails before anything is written
     t_start = time.perf_counter()
     started = shards.now()
     tasks = expand_tasks(plan)
@@ -311,7 +312,6 @@ def run_batch(
         for r in got:
             summary.models[_model_key(plan, by_run[r])]["done"] += 1
 
-    ray = _import_ray()
     ray_started = False
     actors: list[Any] = []
     try:

@@ -49,6 +49,9 @@ _LAZY = {
     "diffusion_index": "analyzer.engine.metrics",
     "gini": "analyzer.engine.metrics",
     "mse_psnr": "analyzer.engine.metrics",
+    "BatchOptions": "analyzer.batch.driver",
+    "run_batch": "analyzer.batch.driver",
+    "load_plan": "analyzer.batch.plan",
 }
 
 
@@ -62,6 +65,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "AnalysisError",
+    "BatchOptions",
     "ArchiveError",
     "ConventionError",
     "EngineParityError",
@@ -89,8 +93,10 @@ __all__ = [
     "diffusion_index",
     "gini",
     "layer_keys",
+    "load_plan",
     "mse_psnr",
     "prepare_image",
     "reference_glam",
     "resolve_device",
+    "run_batch",
 ]

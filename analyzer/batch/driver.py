@@ -33,7 +33,7 @@ from analyzer.archive.hdf5 import check_archive_target, existing_runs, init_arch
 from analyzer.batch import shards
 from analyzer.batch.plan import Plan, Task, expand_tasks
 from analyzer.batch.worker import BatchWorker, one_line
-from analyzer.errors import MissingDependencyError, UserInputError
+from analyzer.errors import GlamError, MissingDependencyError, UserInputError
 
 #: Default GPU share of one GPU worker (four analyses at once per GPU).
 DEFAULT_GPU_FRACTION = 0.25
@@ -421,7 +421,15 @@ def _run_tasks(
                 idle.append(w)
                 rec = {**base_record(t), **{k: v for k, v in res.items() if k != "metrics"}}
                 adopt = [(Path(res["shard"]), t.run)] if res["status"] == "done" else []
-                shards.record(archive, adopt, [rec], link=options.links, plan=plan_attrs)
+                try:
+                    shards.record(archive, adopt, [rec], link=options.links, plan=plan_attrs)
+                except (GlamError, OSError) as exc:  # e.g. the shard is unreadable
+                    if not adopt:
+                        raise
+                    res = {**res, "status": "failed", "error": f"adopting the run failed: "
+                           f"{one_line(exc)}"}
+                    rec = {**rec, "status": res["status"], "error": res["error"]}
+                    shards.record(archive, [], [rec], link=options.links, plan=plan_attrs)
                 mk = _model_key(plan, t)
                 stats = summary.models[mk]
                 stats["seconds"] += float(res.get("seconds", 0.0))

@@ -287,3 +287,25 @@ def test_resume_after_sigkill_of_the_driver(ray_cluster: str, tmp_path: Path,
     row = next(line for line in r.output.splitlines() if "carn_small_x2.legacy.onnx" in line)
     assert row.split()[1:3] == ["4", "4"]
     assert f"{np.mean(di):.2f} ± {np.std(di, ddof=1):.2f}" in row
+
+
+def test_a_killed_worker_loses_only_its_task(ray_cluster: str, tmp_path: Path,
+                                             images: Path) -> None:
+    from analyzer.batch.driver import BatchOptions, run_batch
+    from analyzer.batch.plan import plan_from_options
+
+    plan = plan_from_options([str(CARN)], [str(images / f"img{k}.png") for k in range(3)])
+    killed: list[int] = []
+
+    def kill_the_worker(rec: dict) -> None:
+        if not killed:  # SIGKILL the worker right after its first run is archived
+            killed.append(int(rec["pid"]))
+            os.kill(killed[0], signal.SIGKILL)
+
+    zoo = tmp_path / "zoo.h5"
+    s = run_batch(plan, zoo, BatchOptions(workers=1), on_task=kill_the_worker)
+    assert (s.done, s.failed) == (2, 1)
+    assert s.failures[0]["error"].startswith("worker died")
+    assert len(existing_runs(zoo)) == 2  # the finished run and the one after the restart
+    pids = {t["pid"] for t in read_batch(zoo)["tasks"].values() if t["status"] == "done"}
+    assert len(pids) == 2 and killed[0] in pids

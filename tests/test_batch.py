@@ -309,3 +309,30 @@ def test_a_killed_worker_loses_only_its_task(ray_cluster: str, tmp_path: Path,
     assert len(existing_runs(zoo)) == 2  # the finished run and the one after the restart
     pids = {t["pid"] for t in read_batch(zoo)["tasks"].values() if t["status"] == "done"}
     assert len(pids) == 2 and killed[0] in pids
+
+
+def test_external_links_adopted_and_dangling(tmp_path: Path) -> None:
+    """--links archives: a run is an external link into its shard; a shard that is gone
+    hides its runs (listing, later writes) instead of breaking the archive."""
+    from analyzer.archive.hdf5 import adopt_runs, init_archive
+
+    def shard(name: str, run: str) -> Path:
+        p = tmp_path / name
+        init_archive(p)
+        with h5py.File(p, "r+") as f:
+            g = f["runs"].create_group(run)
+            g.attrs["complete"] = np.bool_(True)
+            g["output"] = np.arange(4, dtype=np.float32)
+        return p
+
+    zoo = tmp_path / "zoo.h5"
+    adopt_runs(zoo, [(shard("s1.h5", "a"), "a")], link=True)
+    with h5py.File(zoo, "r") as f:
+        assert f["runs"].get("a", getlink=True).filename == "s1.h5"  # relative to the archive
+        assert f["runs/a/output"][()].tolist() == [0, 1, 2, 3]
+    (tmp_path / "s1.h5").unlink()
+    assert existing_runs(zoo) == []
+    adopt_runs(zoo, [(shard("s2.h5", "b"), "b")])  # a copy: the dangling link is left alone
+    assert existing_runs(zoo) == ["b"]
+    with pytest.raises(Exception, match="not complete"):
+        adopt_runs(zoo, [(tmp_path / "s2.h5", "ghost")])

@@ -346,12 +346,8 @@ def _check_root(f: h5py.File, path: Path) -> int:
 
 def _complete_runs(runs: h5py.Group) -> list[str]:
     out = []
-    for name in runs.keys():
+    for name, obj in runs.items():  # a dangling external link (glam batch --links) is None
         if name.startswith("."):
-            continue
-        try:
-            obj = runs.get(name)
-        except (KeyError, OSError):  # an external link (glam batch --links) whose file is gone
             continue
         if isinstance(obj, h5py.Group) and bool(obj.attrs.get("complete", False)):
             out.append(name)
@@ -462,10 +458,7 @@ def clean_temporary_groups(f: h5py.File) -> list[str]:
     runs = f.require_group("runs")
     gone = []
     for name in list(runs.keys()):
-        try:
-            obj = runs.get(name)
-        except (KeyError, OSError):  # a dangling external link: not ours to delete
-            continue
+        obj = runs.get(name)
         if name.startswith(TMP_PREFIX) or (
             isinstance(obj, h5py.Group) and not bool(obj.attrs.get("complete", False))
         ):

@@ -51,6 +51,9 @@ _LAZY = {
     "mse_psnr": "analyzer.engine.metrics",
     "psnr_y": "analyzer.engine.metrics",
     "read_image": "analyzer.images",
+    "BatchOptions": "analyzer.batch.driver",
+    "run_batch": "analyzer.batch.driver",
+    "load_plan": "analyzer.batch.plan",
 }
 
 
@@ -64,6 +67,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "AnalysisError",
+    "BatchOptions",
     "ArchiveError",
     "ConventionError",
     "EngineParityError",
@@ -91,10 +95,12 @@ __all__ = [
     "diffusion_index",
     "gini",
     "layer_keys",
+    "load_plan",
     "mse_psnr",
     "prepare_image",
     "psnr_y",
     "read_image",
     "reference_glam",
     "resolve_device",
+    "run_batch",
 ]

@@ -347,6 +347,7 @@ def cli() -> None:
     glam report ARCHIVE -o page.html one self-contained HTML page of the runs
     glam baseline MODEL IMAGES -o B.h5   archive a CI baseline
     glam check MODEL --baseline B.h5     gate MODEL against it (exit 1 on regression)
+    glam batch PLAN.toml -o zoo.h5   models x images on Ray into one archive
     glam demo                        the whole job on the bundled model and image
     """
 
@@ -765,17 +766,32 @@ def export(archive: str, run: str, to: str) -> None:
 
 @cli.command()
 @click.argument("archive")
-@click.option("--runs", "runs", required=True, metavar="A,B,...",
+@click.option("--runs", "runs", default=None, metavar="A,B,...",
               help="Comma-separated run names (at least 2).")
+@click.option("--image", "image", default=None, metavar="IMG",
+              help="Instead of --runs: every model's runs of this image (a batch archive).")
+@click.option("--by-model", is_flag=True,
+              help="Per-model DI / PSNR over the image set (mean ± std) instead.")
 @click.option("--to", "to", default=".", show_default=True, metavar="DIR",
               help="Directory for compare.png and compare.txt.")
 @debug_option
-def compare(archive: str, runs: str, to: str) -> None:
+def compare(archive: str, runs: str | None, image: str | None, by_model: bool, to: str) -> None:
     """One figure and one table comparing RUNS of ARCHIVE."""
     from analyzer.archive.hdf5 import open_archive
     from analyzer.report import figures
 
-    names = [r.strip() for r in runs.split(",") if r.strip()]
+    if by_model:
+        from analyzer.batch.summary import model_summary
+
+        click.echo(model_summary(archive))
+        return
+    if (runs is None) == (image is None):
+        raise UserInputError("pass --runs A,B or --image IMG (or --by-model); see `glam ls`")
+    if image is not None:
+        from analyzer.batch.summary import runs_for_image
+
+        runs = ",".join(runs_for_image(archive, image))
+    names = [r.strip() for r in str(runs).split(",") if r.strip()]
     if len(names) < 2:
         raise UserInputError(f"--runs {runs!r} names {len(names)} run(s); compare at least 2 "
                              "(e.g. --runs A,B; see `glam ls`)")
@@ -810,6 +826,67 @@ def report(archive: str, runs: str | None, out: str, max_keys: int) -> None:
 
     names = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
     click.echo(f"report: {write_report(archive, out, names, max_keys=max_keys)}")
+
+
+# ---------------------------------------------------------------------------------- batch
+
+
+@cli.command()
+@click.argument("plan_file", required=False, metavar="[PLAN.toml]")
+@click.option("-o", "--archive", "archive", required=True, metavar="ZOO.h5",
+              help="The batch archive (created or resumed; shards go to ZOO.h5.shards/).")
+@click.option("--models", default=None, metavar="A,B,...", help="Models (instead of a plan).")
+@click.option("--images", multiple=True, metavar="PATH", help="Images or directories (repeatable).")
+@click.option("--rois", default=None, metavar="T,L;T,L", help="ROIs (default: output centre).")
+@click.option("--roi-grid", default=None, metavar="ROWS,COLS", help="A grid of ROIs per output.")
+@click.option("--window", type=int, default=16, show_default=True, help="ROI window size.")
+@click.option("--hr", is_flag=True, help="The images are HR references (LR = bicubic /s).")
+@click.option("--lam", is_flag=True, help="Also compute LAM.")
+@click.option("--store", type=click.Choice(["maps", "tensors"]), default="maps", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
+@click.option("--address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT",
+              help="Join this Ray cluster (default: start a local one for the batch).")
+@click.option("--workers", type=int, default=None, help="Most workers (default: all slots).")
+@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True,
+              help="CPUs (torch threads) per CPU worker.")
+@click.option("--gpu-fraction", type=float, default=0.25, show_default=True,
+              help="GPU share per worker when the cluster has GPUs.")
+@click.option("--num-cpus", type=int, default=None, help="CPUs of the local cluster.")
+@click.option("--links", is_flag=True, help="External links to the shards instead of copies.")
+@click.option("--dashboard", is_flag=True, help="Start Ray's dashboard with the local cluster.")
+@click.option("--ray-logs", is_flag=True, help="Show the workers' output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@trust_option
+@debug_option
+@click.pass_context
+def batch(ctx: click.Context, plan_file: str | None, archive: str, models: str | None,
+          images: Sequence[str], rois: str | None, roi_grid: str | None, window: int, hr: bool,
+          lam: bool, store: str, device: str, address: str | None, workers: int | None,
+          cpus_per_worker: float, gpu_fraction: float, num_cpus: int | None, links: bool,
+          dashboard: bool, ray_logs: bool, as_json: bool) -> None:
+    """Run models x images (a PLAN.toml, or --models/--images) on Ray into one archive."""
+    from analyzer.batch.cli_support import batch_command
+
+    summary = batch_command(
+        plan_file, archive, models=models, images=images, rois=rois, roi_grid=roi_grid,
+        options={k: v for k, v in {"window": window, "hr": hr, "lam": lam, "store": store,
+                 "device": device}.items()
+                 if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE},
+        batch={"address": address, "workers": workers, "cpus_per_worker": cpus_per_worker,
+               "gpu_fraction": gpu_fraction, "num_cpus": num_cpus, "links": links,
+               "dashboard": dashboard, "ray_logs": ray_logs,
+               "progress": not as_json and sys.stderr.isatty(),
+               "command_line": _command_line(ctx)},
+        trust_model=_trusted(), echo=lambda line: click.echo(line, err=True),
+    )
+    if as_json:
+        click.echo(_json_line(summary.to_dict()))
+    else:
+        click.echo(f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
+                   f"({summary.recovered} recovered) in {summary.seconds:.1f} s -> {archive}")
+        for f in summary.failures:
+            click.echo(f"  failed {f['run']}: {f['error']}", err=True)
+    ctx.exit(summary.exit_code)
 
 
 # ------------------------------------------------------------------------ baseline / check

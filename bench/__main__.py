@@ -19,6 +19,9 @@ the median of the per-pair ratios (each pair runs back to back, so a slow phase 
 shared machine hits both), times are medians. All run with the allocator setting the
 engine applies on CPU (:mod:`analyzer.engine.allocator`). Weights are random (seeded): cost does
 not depend on them.
+
+``--batch``: throughput of ``glam batch`` on Ray against the serial ``glam analyze`` loop
+on the fixture models (:mod:`bench.batch`).
 """
 
 from __future__ import annotations
@@ -184,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip timing the literal reference (the cost of --verify)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument("--worker", nargs=2, metavar=("ARCH", "WORKLOAD"), help=argparse.SUPPRESS)
+    from bench import batch
+
+    batch.add_arguments(p)
     args = p.parse_args(argv)
+    if args.batch:
+        batch.run(args)
+        return 0
     if args.worker:
         print(json.dumps(_worker(args.worker[0], args.worker[1], args)))
         return 0

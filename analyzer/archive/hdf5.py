@@ -346,7 +346,7 @@ def _check_root(f: h5py.File, path: Path) -> int:
 
 def _complete_runs(runs: h5py.Group) -> list[str]:
     out = []
-    for name, obj in runs.items():
+    for name, obj in runs.items():  # a dangling external link (glam batch --links) is None
         if name.startswith("."):
             continue
         if isinstance(obj, h5py.Group) and bool(obj.attrs.get("complete", False)):
@@ -919,6 +919,110 @@ def commit_run(archive: str | Path, scratch: str | Path, name: str, *, overwrite
             with suppress(OSError):
                 new.unlink()
             raise
+
+
+def init_archive(path: str | Path) -> None:
+    """Create an empty glam archive at ``path`` (atomically: a temporary file renamed into
+    place); an existing archive is only checked.
+
+    Raises
+    ------
+    ArchiveError
+        When ``path`` exists and is not a glam archive.
+    """
+    p = Path(path)
+    check_archive_target(p)
+    if p.exists():
+        return
+    new = p.parent / f".{p.name}.{os.getpid()}.new.h5"
+    try:
+        with h5py.File(new, "w", track_order=True) as f:
+            _init_root(f)
+        os.replace(new, p)
+    except BaseException:
+        with suppress(OSError):
+            new.unlink()
+        raise
+
+
+def adopt_runs(
+    archive: str | Path,
+    items: Sequence[tuple[str | Path, str]],
+    *,
+    link: bool = False,
+    on_open: Any = None,
+) -> None:
+    """Bring complete runs of other glam archives (``(source, run)`` pairs, e.g. a batch's
+    shards) into ``archive``, in one open of it.
+
+    A copied run goes through the same protocol as :func:`commit_run` (temporary name,
+    rename, ``complete=True`` last); with ``link`` the run becomes an HDF5 external link to
+    ``source:/runs/<run>`` (the path relative to the archive's folder, so the pair can be
+    moved together). ``on_open(file)`` is called last, inside the same open (the ``batch``
+    record). A run already in ``archive`` is replaced.
+
+    Raises
+    ------
+    ArchiveError
+        When ``archive`` is not a glam archive, or a source run is missing or incomplete.
+    """
+    archive = Path(archive)
+    init_archive(archive)
+    with _open_h5(archive, "r+") as f:
+        _check_root(f, archive)
+        clean_temporary_groups(f)
+        runs = f.require_group("runs")
+        for source, name in items:
+            source = Path(source)
+            with _open_h5(source, "r") as src:
+                g = src.get(f"runs/{name}")
+                if not isinstance(g, h5py.Group) or not bool(g.attrs.get("complete", False)):
+                    raise ArchiveError(
+                        f"run {name!r} is not complete in {str(source)!r}; rerun its task"
+                    )
+                tmp_name = f"{TMP_PREFIX}{name}-{os.getpid()}"
+                if link:
+                    rel = os.path.relpath(source.resolve(), archive.resolve().parent)
+                    if name in runs:
+                        del runs[name]
+                    runs[name] = h5py.ExternalLink(rel, f"/runs/{name}")
+                    continue
+                ensure_space(archive, _group_bytes(g))
+                src.copy(g, runs, name=tmp_name)
+                runs[tmp_name].attrs["complete"] = np.bool_(False)
+                f.flush()
+                if name in runs:
+                    del runs[name]
+                runs.move(tmp_name, name)
+                runs[name].attrs["complete"] = np.bool_(True)
+                f.flush()
+        if on_open is not None:
+            on_open(f)
+        f.flush()
+
+
+def _group_bytes(g: h5py.Group) -> int:
+    """Stored bytes of the datasets under ``g`` (for :func:`ensure_space`)."""
+    total = 0
+
+    def visit(_key: str, obj: h5py.HLObject) -> None:
+        nonlocal total
+        if isinstance(obj, h5py.Dataset):
+            total += int(obj.id.get_storage_size())
+
+    g.visititems(visit)
+    return total
+
+
+def drop_run(archive: str | Path, name: str) -> None:
+    """Delete run ``name`` from ``archive`` (nothing when absent)."""
+    p = Path(archive)
+    if not p.exists():
+        return
+    with _open_h5(p, "r+") as f:
+        runs = f.get("runs")
+        if isinstance(runs, h5py.Group) and name in runs:
+            del runs[name]
 
 
 # -------------------------------------------------------------------------------- reader

@@ -130,26 +130,33 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]
 
 def test_write_all(written: tuple[Path, list[Path]]) -> None:
     out, paths = written
-    assert [p.name for p in paths] == [
+    assert [p.relative_to(out).as_posix() for p in paths] == [
         "local.png",
         "global.png",
+        "attributed.png",
         "layers_local.png",
         "layers_global.png",
         "lam.png",
+        "overlays/local_sum.png",
+        "overlays/global_sum.png",
+        "overlays/lam.png",
     ]
-    assert sorted(f.name for f in out.iterdir()) == sorted(p.name for p in paths)
+    assert sorted(f.relative_to(out).as_posix() for f in out.rglob("*.png")) == sorted(
+        p.relative_to(out).as_posix() for p in paths
+    )
     for p in paths:
-        assert p.parent == out
-        _check_png(p)
+        if p.parent == out:
+            _check_png(p)
 
 
 def test_grey_small_without_lam_keys_or_reference(tmp_path: Path) -> None:
     d = make_data(grey=True, psnr_roi=False, lam=False, n_keys=0, size=48)
     d.metrics.pop("psnr")
     d.metrics.pop("mse")
-    paths = write_all(d, tmp_path / "a" / "b")
-    assert paths == [tmp_path / "a" / "b" / "local.png", tmp_path / "a" / "b" / "global.png"]
-    assert sorted(f.name for f in (tmp_path / "a" / "b").iterdir()) == ["global.png", "local.png"]
+    out = tmp_path / "a" / "b"
+    paths = write_all(d, out, overlays=False)
+    assert paths == [out / "local.png", out / "global.png", out / "attributed.png"]
+    assert sorted(f.name for f in out.iterdir()) == ["attributed.png", "global.png", "local.png"]
     for p in paths:
         _check_png(p)
 

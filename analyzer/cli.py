@@ -31,6 +31,10 @@ _DEBUG = "glam.debug"
 _TRUST = "glam.trust_model"
 _MAX_PIXELS = "glam.max_pixels"
 _ARGV = "glam.argv"
+_QUIET = "glam.quiet"
+_THREADS = "glam.threads"
+_FIGURE = "glam.figure"
+_LOG = "glam.log"
 
 
 def _one_line(text: str) -> str:
@@ -160,6 +164,70 @@ def _trusted() -> bool:
     return bool(ctx is not None and ctx.meta.get(_TRUST))
 
 
+def _keep(key: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        ctx.meta[f"{key}.{param.name}" if key == _FIGURE else key] = value
+        return value
+
+    return store
+
+
+def run_options(f: F) -> F:
+    """``--threads N`` and ``--quiet``: compute threads and the phase log (issue 14)."""
+    f = click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+                     expose_value=False, callback=_keep(_THREADS),
+                     help="Threads for torch, numba and onnxruntime (default: the CPUs this "
+                          "process may run on, os.sched_getaffinity).")(f)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False,
+                        callback=_keep(_QUIET),
+                        help="No phase log or progress on stderr (results, warnings and "
+                             "errors still print).")(f)
+
+
+def figure_options(f: F) -> F:
+    """``--figure-format``, ``--figure-scale``, ``--figure-gamma``."""
+    f = click.option("--figure-format", "figure_format", type=click.Choice(["png", "pdf", "svg"]),
+                     default="png", show_default=True, expose_value=False,
+                     callback=_keep(_FIGURE),
+                     help="File format of the figures (overlays/ are always native-size PNG).")(f)
+    f = click.option("--figure-scale", "figure_scale",
+                     type=click.Choice(["linear", "gamma", "log"]), default="linear",
+                     show_default=True, expose_value=False, callback=_keep(_FIGURE),
+                     help="Display scale of the maps: gamma or log lift faint attribution.")(f)
+    return click.option("--figure-gamma", "figure_gamma", type=click.FloatRange(min=0.0, min_open=True),
+                        default=0.5, show_default=True, expose_value=False,
+                        callback=_keep(_FIGURE), help="Exponent of --figure-scale gamma.")(f)
+
+
+def _figure_settings() -> dict[str, Any]:
+    ctx = click.get_current_context()
+    return {k: ctx.meta.get(f"{_FIGURE}.{k}", d) for k, d in
+            (("figure_format", "png"), ("figure_scale", "linear"), ("figure_gamma", 0.5))}
+
+
+def _phase_log() -> Any:
+    """This command's :class:`~analyzer.progress.PhaseLog` (one per invocation)."""
+    from analyzer.progress import PhaseLog
+
+    ctx = click.get_current_context()
+    if _LOG not in ctx.meta:
+        ctx.meta[_LOG] = PhaseLog(quiet=bool(ctx.meta.get(_QUIET)))
+    return ctx.meta[_LOG]
+
+
+def _use_threads() -> int:
+    """Apply ``--threads`` (default: the process's CPU affinity); a phase-log note when the
+    CPUs are oversubscribed (more threads than CPUs, or a load average that fills them)."""
+    from analyzer.threads import apply_threads, oversubscription
+
+    ctx = click.get_current_context()
+    n = apply_threads(ctx.meta.get(_THREADS))
+    note = oversubscription(n)
+    if note:
+        _phase_log().line(f"note: {note}")
+    return n
+
+
 def _command_line(ctx: click.Context) -> str:
     root = ctx.find_root()
     argv = root.meta.get(_ARGV, sys.argv[1:])
@@ -237,9 +305,15 @@ def _load_model(
     input_range: str,
     output: str | None,
     tolerance: float | None,
+    *,
+    log: Any = None,
 ) -> Any:
+    import time
+
     import importers
 
+    threads = _use_threads()
+    t0 = time.perf_counter()
     out: str | int | None = output
     if output is not None and output.strip().lstrip("-").isdigit():
         out = int(output)
@@ -253,7 +327,7 @@ def _load_model(
                 "parity error; default 1e-4)"
             )
         kwargs["tolerance"] = tolerance
-    return importers.load(
+    model = importers.load(
         path,
         in_channels=int(in_channels) if in_channels else None,
         layout=layout.upper() if layout else None,
@@ -262,6 +336,11 @@ def _load_model(
         trust_model=_trusted(),
         **kwargs,
     )
+    if log is not None:
+        from analyzer.runs import log_import
+
+        log_import(log, model, time.perf_counter() - t0, threads=threads)
+    return model
 
 
 def _check_outputs(
@@ -342,6 +421,7 @@ def cli() -> None:
 @click.option("--verify", is_flag=True,
               help="Also check the engine against the literal GLAM.md reference on the bundled "
                    "default image; exit 3 when a map differs by more than 1e-4.")
+@run_options
 @debug_option
 def inspect(
     model: str,
@@ -438,6 +518,8 @@ def _fail_on_engine_parity(parity: dict[str, Any] | None) -> None:
 @click.option("--verify", is_flag=True,
               help="Also run the literal GLAM.md reference and record the engine's error per "
                    "map (engine_parity); exit 3 when it exceeds 1e-4.")
+@figure_options
+@run_options
 @debug_option
 @click.pass_context
 def analyze(
@@ -502,6 +584,7 @@ def analyze(
         progress=lam and not as_json and sys.stderr.isatty(),
         verify=verify,
         max_pixels=_max_pixels(),
+        **_figure_settings(),
     )
     options.validate()
     if reference is not None and not Path(reference).is_file():
@@ -510,7 +593,8 @@ def analyze(
     # Fail on paths and name clashes before the (slow) model import.
     check_run_names(archive_path, run_names(model, files, run), overwrite=overwrite)
     _check_outputs(archive=archive_path, figures=figures)
-    m = _load_model(model, in_channels, layout, input_range, output, tolerance)
+    log = _phase_log()
+    m = _load_model(model, in_channels, layout, input_range, output, tolerance, log=log)
     many = len(files) > 1
 
     def report(s: RunSummary) -> None:
@@ -534,7 +618,8 @@ def analyze(
         if s.figures:
             click.echo(f"  figures: {Path(s.figures[0]).parent}/")
 
-    summaries = analyze_images(m, files, archive_path, options, progress=many, on_run=report)
+    summaries = analyze_images(m, files, archive_path, options, on_run=report, log=log)
+    log.summary()
     if many:
         table = summary_table(summaries)
         click.echo(table, err=as_json)
@@ -732,6 +817,7 @@ def export(archive: str, run: str, to: str) -> None:
               help="Comma-separated run names (at least 2).")
 @click.option("--to", "to", default=".", show_default=True, metavar="DIR",
               help="Directory for compare.png and compare.txt.")
+@figure_options
 @debug_option
 def compare(archive: str, runs: str, to: str) -> None:
     """One figure and one table comparing RUNS of ARCHIVE."""
@@ -748,7 +834,11 @@ def compare(archive: str, runs: str, to: str) -> None:
     with open_archive(archive) as ar:
         data = [ar.figure_data(n) for n in names]
     d.mkdir(parents=True, exist_ok=True)
-    fig = figures.compare_figure(data, d / "compare.png")
+    from analyzer.report.views import Display
+
+    fs = _figure_settings()
+    fig = figures.compare_figure(data, d / f"compare.{fs['figure_format']}",
+                                 Display(fs["figure_scale"], fs["figure_gamma"]))
     table = figures.compare_table(data)
     (d / "compare.txt").write_text(table + "\n")
     click.echo(table)
@@ -790,6 +880,7 @@ def report(archive: str, runs: str | None, out: str, max_keys: int) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run on stdout.")
 @click.option("--overwrite", is_flag=True, help="Replace runs that already exist.")
+@run_options
 @debug_option
 @click.pass_context
 def baseline(
@@ -812,13 +903,15 @@ def baseline(
     )
     files = prepare_baseline(model, images, archive, options)
     _check_outputs(archive=Path(archive))
-    m = _load_model(model, in_channels, layout, input_range, output, tolerance)
+    log = _phase_log()
+    m = _load_model(model, in_channels, layout, input_range, output, tolerance, log=log)
 
     def report(s: RunSummary) -> None:
         click.echo(_json_line({**s.to_dict(), "baseline": True}) if as_json
                    else f"baseline run {s.run!r} -> {s.archive}")
 
-    summaries = make_baseline(m, files, archive, options, on_run=report)
+    summaries = make_baseline(m, files, archive, options, on_run=report, log=log)
+    log.summary()
     if not as_json:
         click.echo(f"{len(summaries)} baseline run(s) in {archive}; gate a model with "
                    f"`glam check MODEL --baseline {archive}`")
@@ -855,6 +948,7 @@ def baseline(
               callback=_set_max_pixels, metavar="N",
               help="Largest stored baseline input in pixels (default 2048x2048).")
 @trust_option
+@run_options
 @debug_option
 def check(
     model: str, baseline_path: str, runs: str | None, tol: Sequence[str],
@@ -874,8 +968,10 @@ def check(
         from analyzer.report.html import check_output_path
 
         check_output_path(html_path)  # before the slow work
+    _use_threads()
     rep = check_model(model, baseline_path, tolerances, names, device, input_range=rng,
-                      verify=verify, trust_model=_trusted(), max_pixels=_max_pixels())
+                      verify=verify, trust_model=_trusted(), max_pixels=_max_pixels(),
+                      log=_phase_log())
     click.echo(rep.table(failures_only=failures_only))
     for note in rep.notes():
         click.echo(f"note: {note}")
@@ -899,20 +995,28 @@ def check(
               help="Output directory.")
 @click.option("--model", "model", default=None, help="Use this model instead of the bundled one.")
 @click.option("--image", "image", default=None, help="Use this HR image instead of the bundled one.")
-@click.option("--lam-fold", type=int, default=None, help="LAM path steps (default 16).")
+@click.option("--lam-fold", type=int, default=None, help="LAM path steps (default 50).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--no-warmup", is_flag=True,
+              help="Skip the untimed warm-up run (the times then include one-time costs).")
+@figure_options
 @trust_option
+@run_options
 @debug_option
 @click.pass_context
 def demo(ctx: click.Context, out: str, model: str | None, image: str | None,
-         lam_fold: int | None, device: str) -> None:
+         lam_fold: int | None, device: str, no_warmup: bool) -> None:
     """Run GL-AM and LAM on the bundled model and CC0 image; write an archive and figures."""
     from analyzer.runs import DEMO_LAM_FOLD, demo_report, run_demo
 
     _check_outputs(out_dir=out)
+    threads = _use_threads()
+    log = _phase_log()
     res = run_demo(out, model_path=model, image_path=image,
                    lam_fold=lam_fold if lam_fold is not None else DEMO_LAM_FOLD,
-                   device=device, command_line=_command_line(ctx), trust_model=_trusted())
+                   device=device, command_line=_command_line(ctx), trust_model=_trusted(),
+                   log=log, warmup=not no_warmup, threads=threads, **_figure_settings())
+    log.summary()
     for line in demo_report(res):
         click.echo(line)
 

@@ -1,8 +1,9 @@
 """Views that make small-ROI figures readable: display scaling, the ROI zoom, the paper's
 attributed-pixel masks, honest speed wording and per-layer sample captions.
 
-Plain numpy and matplotlib's colour normalisations; used by :mod:`analyzer.report.figures`
-and the standalone overlays. Nothing here changes a map's values, only how they are drawn.
+Plain numpy and matplotlib's colour normalisations (imported only when drawing, so that
+checking options stays cheap); used by :mod:`analyzer.report.figures` and the standalone
+overlays. Nothing here changes a map's values, only how they are drawn.
 
 >>> speed_text(0.5, 12.0)
 'GL-AM is 24.0\u00d7 faster than LAM'
@@ -18,13 +19,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.colors import LogNorm, Normalize, PowerNorm
 
 from analyzer.errors import UserInputError
+
+if TYPE_CHECKING:
+    from matplotlib.colors import Normalize
 
 __all__ = [
     "FIGURE_FORMATS",
@@ -85,6 +87,8 @@ class Display:
 
     def norm(self) -> Normalize:
         """The matplotlib normalisation of this scale over [0, 1] (values outside clip)."""
+        from matplotlib.colors import LogNorm, Normalize, PowerNorm
+
         if self.scale == "gamma":
             return PowerNorm(self.gamma, vmin=0.0, vmax=1.0, clip=True)
         if self.scale == "log":
@@ -199,6 +203,8 @@ def native_overlay(
             f"map of shape {np.shape(m)} does not match the image {grey.shape}; overlay a map "
             "at output size"
         )
+    from matplotlib import colormaps
+
     u = (display or Display()).apply(m)
     heat = colormaps[cmap](u)[..., :3]
     alpha = np.clip(0.15 + 0.85 * np.sqrt(u), 0.0, 0.9)[..., None]

@@ -23,6 +23,13 @@ from typing import Any, TypeVar
 
 import click
 
+from analyzer.cli_options import (
+    figure_options,
+    figure_settings,
+    phase_log,
+    run_options,
+    use_threads,
+)
 from analyzer.errors import GlamError, UserInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,10 +38,6 @@ _DEBUG = "glam.debug"
 _TRUST = "glam.trust_model"
 _MAX_PIXELS = "glam.max_pixels"
 _ARGV = "glam.argv"
-_QUIET = "glam.quiet"
-_THREADS = "glam.threads"
-_FIGURE = "glam.figure"
-_LOG = "glam.log"
 
 
 def _one_line(text: str) -> str:
@@ -164,70 +167,6 @@ def _trusted() -> bool:
     return bool(ctx is not None and ctx.meta.get(_TRUST))
 
 
-def _keep(key: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    def store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        ctx.meta[f"{key}.{param.name}" if key == _FIGURE else key] = value
-        return value
-
-    return store
-
-
-def run_options(f: F) -> F:
-    """``--threads N`` and ``--quiet``: compute threads and the phase log (issue 14)."""
-    f = click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
-                     expose_value=False, callback=_keep(_THREADS),
-                     help="Threads for torch, numba and onnxruntime (default: the CPUs this "
-                          "process may run on, os.sched_getaffinity).")(f)
-    return click.option("-q", "--quiet", is_flag=True, expose_value=False,
-                        callback=_keep(_QUIET),
-                        help="No phase log or progress on stderr (results, warnings and "
-                             "errors still print).")(f)
-
-
-def figure_options(f: F) -> F:
-    """``--figure-format``, ``--figure-scale``, ``--figure-gamma``."""
-    f = click.option("--figure-format", "figure_format", type=click.Choice(["png", "pdf", "svg"]),
-                     default="png", show_default=True, expose_value=False,
-                     callback=_keep(_FIGURE),
-                     help="File format of the figures (overlays/ are always native-size PNG).")(f)
-    f = click.option("--figure-scale", "figure_scale",
-                     type=click.Choice(["linear", "gamma", "log"]), default="linear",
-                     show_default=True, expose_value=False, callback=_keep(_FIGURE),
-                     help="Display scale of the maps: gamma or log lift faint attribution.")(f)
-    return click.option("--figure-gamma", "figure_gamma", type=click.FloatRange(min=0.0, min_open=True),
-                        default=0.5, show_default=True, expose_value=False,
-                        callback=_keep(_FIGURE), help="Exponent of --figure-scale gamma.")(f)
-
-
-def _figure_settings() -> dict[str, Any]:
-    ctx = click.get_current_context()
-    return {k: ctx.meta.get(f"{_FIGURE}.{k}", d) for k, d in
-            (("figure_format", "png"), ("figure_scale", "linear"), ("figure_gamma", 0.5))}
-
-
-def _phase_log() -> Any:
-    """This command's :class:`~analyzer.progress.PhaseLog` (one per invocation)."""
-    from analyzer.progress import PhaseLog
-
-    ctx = click.get_current_context()
-    if _LOG not in ctx.meta:
-        ctx.meta[_LOG] = PhaseLog(quiet=bool(ctx.meta.get(_QUIET)))
-    return ctx.meta[_LOG]
-
-
-def _use_threads() -> int:
-    """Apply ``--threads`` (default: the process's CPU affinity); a phase-log note when the
-    CPUs are oversubscribed (more threads than CPUs, or a load average that fills them)."""
-    from analyzer.threads import apply_threads, oversubscription
-
-    ctx = click.get_current_context()
-    n = apply_threads(ctx.meta.get(_THREADS))
-    note = oversubscription(n)
-    if note:
-        _phase_log().line(f"note: {note}")
-    return n
-
-
 def _command_line(ctx: click.Context) -> str:
     root = ctx.find_root()
     argv = root.meta.get(_ARGV, sys.argv[1:])
@@ -312,7 +251,7 @@ def _load_model(
 
     import importers
 
-    threads = _use_threads()
+    threads = use_threads()
     t0 = time.perf_counter()
     out: str | int | None = output
     if output is not None and output.strip().lstrip("-").isdigit():
@@ -584,7 +523,7 @@ def analyze(
         progress=lam and not as_json and sys.stderr.isatty(),
         verify=verify,
         max_pixels=_max_pixels(),
-        **_figure_settings(),
+        **figure_settings(),
     )
     options.validate()
     if reference is not None and not Path(reference).is_file():
@@ -593,7 +532,7 @@ def analyze(
     # Fail on paths and name clashes before the (slow) model import.
     check_run_names(archive_path, run_names(model, files, run), overwrite=overwrite)
     _check_outputs(archive=archive_path, figures=figures)
-    log = _phase_log()
+    log = phase_log()
     m = _load_model(model, in_channels, layout, input_range, output, tolerance, log=log)
     many = len(files) > 1
 
@@ -767,9 +706,10 @@ def show(archive: str, run: str, as_json: bool) -> None:
 @click.argument("archive")
 @click.argument("run")
 @click.option("--to", "to", required=True, metavar="DIR", help="Output directory.")
+@figure_options
 @debug_option
 def export(archive: str, run: str, to: str) -> None:
-    """Write RUN's figures (PNG) and maps (.npy) into DIR."""
+    """Write RUN's figures (PNG, PDF or SVG) and maps (.npy) into DIR."""
     import numpy as np
 
     from analyzer.archive.hdf5 import open_archive
@@ -785,7 +725,12 @@ def export(archive: str, run: str, to: str) -> None:
     with open_archive(archive) as ar:
         rd = ar.run(run)
         data = ar.figure_data(rd)
-    written: list[Path] = list(figures.write_all(data, d))
+    from analyzer.report.views import Display
+
+    fs = figure_settings()
+    written: list[Path] = list(figures.write_all(
+        data, d, figure_format=fs["figure_format"],
+        display=Display(fs["figure_scale"], fs["figure_gamma"])))
     arrays: dict[str, Any] = {"input": rd.input, "output": rd.output}
     if rd.reference is not None:
         arrays["reference"] = rd.reference
@@ -836,7 +781,7 @@ def compare(archive: str, runs: str, to: str) -> None:
     d.mkdir(parents=True, exist_ok=True)
     from analyzer.report.views import Display
 
-    fs = _figure_settings()
+    fs = figure_settings()
     fig = figures.compare_figure(data, d / f"compare.{fs['figure_format']}",
                                  Display(fs["figure_scale"], fs["figure_gamma"]))
     table = figures.compare_table(data)
@@ -903,7 +848,7 @@ def baseline(
     )
     files = prepare_baseline(model, images, archive, options)
     _check_outputs(archive=Path(archive))
-    log = _phase_log()
+    log = phase_log()
     m = _load_model(model, in_channels, layout, input_range, output, tolerance, log=log)
 
     def report(s: RunSummary) -> None:
@@ -968,10 +913,10 @@ def check(
         from analyzer.report.html import check_output_path
 
         check_output_path(html_path)  # before the slow work
-    _use_threads()
+    use_threads()
     rep = check_model(model, baseline_path, tolerances, names, device, input_range=rng,
                       verify=verify, trust_model=_trusted(), max_pixels=_max_pixels(),
-                      log=_phase_log())
+                      log=phase_log())
     click.echo(rep.table(failures_only=failures_only))
     for note in rep.notes():
         click.echo(f"note: {note}")
@@ -1010,12 +955,12 @@ def demo(ctx: click.Context, out: str, model: str | None, image: str | None,
     from analyzer.runs import DEMO_LAM_FOLD, demo_report, run_demo
 
     _check_outputs(out_dir=out)
-    threads = _use_threads()
-    log = _phase_log()
+    threads = use_threads()
+    log = phase_log()
     res = run_demo(out, model_path=model, image_path=image,
                    lam_fold=lam_fold if lam_fold is not None else DEMO_LAM_FOLD,
                    device=device, command_line=_command_line(ctx), trust_model=_trusted(),
-                   log=log, warmup=not no_warmup, threads=threads, **_figure_settings())
+                   log=log, warmup=not no_warmup, threads=threads, **figure_settings())
     log.summary()
     for line in demo_report(res):
         click.echo(line)

@@ -220,6 +220,8 @@ def test_compare_table() -> None:
     assert "10.1235" in lines[2] and "40.5000" in lines[2] and "24.50" in lines[2]
     assert "27.25" in lines[2] and "12.3%" in lines[2] and "45.6%" in lines[2]
     assert "6.2500" in lines[2]
-    assert lines[3].count("n/a") == 2  # no ROI PSNR, no LAM
+    # LAM's DI at input size (as LAM papers report it) beside the output-size one
+    assert "DI LAM out" in lines[0] and "5.5000" in lines[2]
+    assert lines[3].count("n/a") == 3  # no ROI PSNR, no LAM (input and output size)
     no_lam = compare_table([make_data("x", lam=False)])
     assert "DI LAM" not in no_lam

@@ -1,7 +1,7 @@
 """Figures of GL-AM runs: the paper's Fig. 3 (local), Fig. 4 (global), Fig. 5 (vs. LAM).
 
 Every function takes :class:`~analyzer.archive.figure_data.FigureData` (plain numpy, never a model)
-and writes one PNG. Figures are built with :class:`matplotlib.figure.Figure` and rendered
+and writes one figure (PNG, PDF or SVG from the file's suffix). Figures are built with :class:`matplotlib.figure.Figure` and rendered
 by :class:`~matplotlib.backends.backend_agg.FigureCanvasAgg` directly, so nothing here
 touches pyplot's global state: no backend switch, no windows, no figure registry, and it
 is safe to call from several threads. Each figure's images and axes are dropped after saving, so calling these
@@ -11,7 +11,10 @@ Heat maps use the perceptually uniform ``inferno`` colormap on a fixed [0, 1] sc
 maps of GLAM.md are normalised to [0, 1]); overlays draw the map over a grey version of the
 output image with a per-pixel opacity that grows with the map, so unattributed pixels stay
 visible as image. Small images (up to 256 pixels a side) are drawn with nearest
-interpolation so that pixels stay crisp.
+interpolation so that pixels stay crisp. A :class:`~analyzer.report.views.Display` (gamma or
+log) changes only how values map to colour; the colour bar keeps reading the map's values.
+Small ROIs get a zoomed inset (:func:`~analyzer.report.views.context_box`), and
+:func:`attributed_figure` draws the paper's thresholded view (pixels above the mean).
 
 >>> from analyzer.report.figures import write_all, compare_figure, compare_table   # doctest: +SKIP
 >>> write_all(data, Path("out/run1"))                                       # doctest: +SKIP
@@ -851,7 +854,8 @@ def compare_table(runs: Sequence[FigureData]) -> str:
 
     One row per run: run name, model, PSNR and MSE of the whole output, ROI PSNR, DI of
     the local and global Sum, their attributed fractions and, when any run has LAM, the
-    DI of LAM's map at output size (``di_lam_output``, comparable with GL-AM's DI).
+    DI of LAM's map at input size (``di_lam``, as LAM papers report it) and at output size
+    (``di_lam_output``, on the same pixel grid as GL-AM's DI).
     Missing values read ``n/a``.
 
     Parameters
@@ -880,7 +884,7 @@ def compare_table(runs: Sequence[FigureData]) -> str:
         "attr global",
     ]
     if with_lam:
-        header.append("DI LAM")
+        header.extend(["DI LAM", "DI LAM out"])
     rows: list[list[str]] = []
     for r in runs:
         row = [
@@ -895,6 +899,7 @@ def compare_table(runs: Sequence[FigureData]) -> str:
             _pct(_metric(r, "attributed_fraction_global")),
         ]
         if with_lam:
+            row.append(_fmt(_metric(r, "di_lam"), ".4f"))
             row.append(_fmt(_metric(r, "di_lam_output"), ".4f"))
         rows.append(row)
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]

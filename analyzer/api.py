@@ -33,6 +33,7 @@ from analyzer.engine.metrics import (
 from analyzer.engine.reference import EngineParity, ParityMeter, reference_glam
 from analyzer.errors import AnalysisError, UserInputError
 from analyzer.images import crop_reference, downscale_psnr, hr_to_lr, read_image, to_tensor
+from analyzer.progress import PhaseLog
 from importers.loader import sha256_of
 from importers.model import ImportedModel, TapInfo
 
@@ -213,6 +214,7 @@ def analyze(
     lam_batch: int = 8,
     progress: bool = False,
     verify: bool = False,
+    log: PhaseLog | None = None,
 ) -> Result:
     """Compute GL-AM (and optionally LAM) for one LR input.
 
@@ -248,6 +250,9 @@ def analyze(
         same model and input and record the engine's largest error per map and per-layer
         map in ``Result.engine_parity`` (GLAM.md allows 1e-4; check
         ``result.engine_parity.passed``). Costs one reference run, several times GL-AM.
+    log:
+        A :class:`~analyzer.progress.PhaseLog`: writes the GL-AM, verify and LAM phases
+        with their times as they finish, and LAM's progress bar (instead of ``progress``).
 
     Returns
     -------
@@ -285,11 +290,16 @@ def analyze(
         ref = reference_glam(model.graph, x, roi[0], roi[1], window)
         meter = ParityMeter(ref, time.perf_counter() - t0)
         on_layer = _metered(meter, on_layer)
+        if log is not None:
+            log.done("verify", time.perf_counter() - t0, "the literal GLAM.md reference")
     maps = compute_glam(
         model, x, roi[0], roi[1], window, store=store, on_layer=on_layer, keep_layers=keep_layers
     )
     parity = meter.finish(maps.local, maps.global_) if meter is not None else None
     seconds_glam = maps.timings["total"]  # the analysis, without one-time kernel loading
+    if log is not None:
+        n_part = sum(bool(v) for v in maps.participating)
+        log.done("GL-AM", seconds_glam, f"{n_part} participating layers")
     warnings += maps.warnings
     metrics: dict[str, float] = {
         "di_local": diffusion_index(maps.local["sum"]),
@@ -329,8 +339,10 @@ def analyze(
             fold=lam_fold,
             l=lam_kernel,
             lam_batch=lam_batch,
-            progress=progress,
+            progress=log.bar if log is not None else progress,
         )
+        if log is not None:
+            log.done("LAM", lam_res.seconds, f"fold {lam_fold}")
         warnings += lam_res.warnings
         metrics.update(
             {

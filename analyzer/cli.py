@@ -23,6 +23,13 @@ from typing import Any, TypeVar
 
 import click
 
+from analyzer.cli_options import (
+    figure_options,
+    figure_settings,
+    phase_log,
+    run_options,
+    use_threads,
+)
 from analyzer.errors import GlamError, UserInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -253,9 +260,15 @@ def _load_model(
     input_range: str,
     output: str | None,
     tolerance: float | None,
+    *,
+    log: Any = None,
 ) -> Any:
+    import time
+
     import importers
 
+    threads = use_threads()
+    t0 = time.perf_counter()
     out: str | int | None = output
     if output is not None and output.strip().lstrip("-").isdigit():
         out = int(output)
@@ -269,7 +282,7 @@ def _load_model(
                 "parity error; default 1e-4)"
             )
         kwargs["tolerance"] = tolerance
-    return importers.load(
+    model = importers.load(
         path,
         in_channels=int(in_channels) if in_channels else None,
         layout=layout.upper() if layout else None,
@@ -278,6 +291,11 @@ def _load_model(
         trust_model=_trusted(),
         **kwargs,
     )
+    if log is not None:
+        from analyzer.runs import log_import
+
+        log_import(log, model, time.perf_counter() - t0, threads=threads)
+    return model
 
 
 def _check_outputs(
@@ -362,6 +380,7 @@ def cli() -> None:
 @click.option("--verify", is_flag=True,
               help="Also check the engine against the literal GLAM.md reference on the bundled "
                    "default image; exit 3 when a map differs by more than 1e-4.")
+@run_options
 @debug_option
 def inspect(
     model: str,
@@ -458,6 +477,8 @@ def _fail_on_engine_parity(parity: dict[str, Any] | None) -> None:
 @click.option("--verify", is_flag=True,
               help="Also run the literal GLAM.md reference and record the engine's error per "
                    "map (engine_parity); exit 3 when it exceeds 1e-4.")
+@figure_options
+@run_options
 @debug_option
 @click.pass_context
 def analyze(
@@ -525,6 +546,7 @@ def analyze(
         progress=lam and not as_json and sys.stderr.isatty(),
         verify=verify,
         max_pixels=_max_pixels(),
+        **figure_settings(),
     )
     options.validate()
     if reference is not None and not Path(reference).is_file():
@@ -537,7 +559,8 @@ def analyze(
     _check_outputs(archive=archive_path, figures=figures)
     if paired.note:
         click.echo(f"note: {paired.note}", err=True)
-    m = _load_model(model, in_channels, layout, input_range, output, tolerance)
+    log = phase_log()
+    m = _load_model(model, in_channels, layout, input_range, output, tolerance, log=log)
     many = len(files) > 1
 
     def report(s: RunSummary) -> None:
@@ -565,7 +588,8 @@ def analyze(
         if s.figures:
             click.echo(f"  figures: {Path(s.figures[0]).parent}/")
 
-    summaries = analyze_images(m, images, archive_path, options, progress=many, on_run=report)
+    summaries = analyze_images(m, images, archive_path, options, on_run=report, log=log)
+    log.summary()
     if many:
         table = summary_table(summaries)
         click.echo(table, err=as_json)
@@ -720,9 +744,10 @@ def show(archive: str, run: str, as_json: bool) -> None:
 @click.argument("archive")
 @click.argument("run")
 @click.option("--to", "to", required=True, metavar="DIR", help="Output directory.")
+@figure_options
 @debug_option
 def export(archive: str, run: str, to: str) -> None:
-    """Write RUN's figures (PNG) and maps (.npy) into DIR."""
+    """Write RUN's figures (PNG, PDF or SVG) and maps (.npy) into DIR."""
     import numpy as np
 
     from analyzer.archive.hdf5 import open_archive
@@ -738,7 +763,12 @@ def export(archive: str, run: str, to: str) -> None:
     with open_archive(archive) as ar:
         rd = ar.run(run)
         data = ar.figure_data(rd)
-    written: list[Path] = list(figures.write_all(data, d))
+    from analyzer.report.views import Display
+
+    fs = figure_settings()
+    written: list[Path] = list(figures.write_all(
+        data, d, figure_format=fs["figure_format"],
+        display=Display(fs["figure_scale"], fs["figure_gamma"])))
     arrays: dict[str, Any] = {"input": rd.input, "output": rd.output}
     if rd.reference is not None:
         arrays["reference"] = rd.reference
@@ -774,6 +804,7 @@ def export(archive: str, run: str, to: str) -> None:
               help="Per-model DI / PSNR over the image set (mean ± std) instead.")
 @click.option("--to", "to", default=".", show_default=True, metavar="DIR",
               help="Directory for compare.png and compare.txt.")
+@figure_options
 @debug_option
 def compare(archive: str, runs: str | None, image: str | None, by_model: bool, to: str) -> None:
     """One figure and one table comparing RUNS of ARCHIVE."""
@@ -801,7 +832,11 @@ def compare(archive: str, runs: str | None, image: str | None, by_model: bool, t
     with open_archive(archive) as ar:
         data = [ar.figure_data(n) for n in names]
     d.mkdir(parents=True, exist_ok=True)
-    fig = figures.compare_figure(data, d / "compare.png")
+    from analyzer.report.views import Display
+
+    fs = figure_settings()
+    fig = figures.compare_figure(data, d / f"compare.{fs['figure_format']}",
+                                 Display(fs["figure_scale"], fs["figure_gamma"]))
     table = figures.compare_table(data)
     (d / "compare.txt").write_text(table + "\n")
     click.echo(table)
@@ -904,6 +939,7 @@ def batch(ctx: click.Context, plan_file: str | None, archive: str, models: str |
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run on stdout.")
 @click.option("--overwrite", is_flag=True, help="Replace runs that already exist.")
+@run_options
 @debug_option
 @click.pass_context
 def baseline(
@@ -928,13 +964,15 @@ def baseline(
     )
     files = prepare_baseline(model, images, archive, options)
     _check_outputs(archive=Path(archive))
-    m = _load_model(model, in_channels, layout, input_range, output, tolerance)
+    log = phase_log()
+    m = _load_model(model, in_channels, layout, input_range, output, tolerance, log=log)
 
     def report(s: RunSummary) -> None:
         click.echo(_json_line({**s.to_dict(), "baseline": True}) if as_json
                    else f"baseline run {s.run!r} -> {s.archive}")
 
-    summaries = make_baseline(m, files, archive, options, on_run=report)
+    summaries = make_baseline(m, files, archive, options, on_run=report, log=log)
+    log.summary()
     if not as_json:
         click.echo(f"{len(summaries)} baseline run(s) in {archive}; gate a model with "
                    f"`glam check MODEL --baseline {archive}`")
@@ -971,6 +1009,7 @@ def baseline(
               callback=_set_max_pixels, metavar="N",
               help="Largest stored baseline input in pixels (default 2048x2048).")
 @trust_option
+@run_options
 @debug_option
 def check(
     model: str, baseline_path: str, runs: str | None, tol: Sequence[str],
@@ -993,8 +1032,10 @@ def check(
         from analyzer.report.html import check_output_path
 
         check_output_path(html_path)  # before the slow work
+    use_threads()
     rep = check_model(model, baseline_path, tolerances, names, device, input_range=rng,
-                      verify=verify, trust_model=_trusted(), max_pixels=_max_pixels())
+                      verify=verify, trust_model=_trusted(), max_pixels=_max_pixels(),
+                      log=phase_log())
     click.echo(rep.table(failures_only=failures_only))
     for note in rep.notes():
         click.echo(f"note: {note}")
@@ -1018,20 +1059,28 @@ def check(
               help="Output directory.")
 @click.option("--model", "model", default=None, help="Use this model instead of the bundled one.")
 @click.option("--image", "image", default=None, help="Use this HR image instead of the bundled one.")
-@click.option("--lam-fold", type=int, default=None, help="LAM path steps (default 16).")
+@click.option("--lam-fold", type=int, default=None, help="LAM path steps (default 50).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--no-warmup", is_flag=True,
+              help="Skip the untimed warm-up run (the times then include one-time costs).")
+@figure_options
 @trust_option
+@run_options
 @debug_option
 @click.pass_context
 def demo(ctx: click.Context, out: str, model: str | None, image: str | None,
-         lam_fold: int | None, device: str) -> None:
+         lam_fold: int | None, device: str, no_warmup: bool) -> None:
     """Run GL-AM and LAM on the bundled model and CC0 image; write an archive and figures."""
     from analyzer.runs import DEMO_LAM_FOLD, demo_report, run_demo
 
     _check_outputs(out_dir=out)
+    threads = use_threads()
+    log = phase_log()
     res = run_demo(out, model_path=model, image_path=image,
                    lam_fold=lam_fold if lam_fold is not None else DEMO_LAM_FOLD,
-                   device=device, command_line=_command_line(ctx), trust_model=_trusted())
+                   device=device, command_line=_command_line(ctx), trust_model=_trusted(),
+                   log=log, warmup=not no_warmup, threads=threads, **figure_settings())
+    log.summary()
     for line in demo_report(res):
         click.echo(line)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 
 from analyzer.archive.hdf5 import STORE_DTYPES, RunWriter, StoreDtype, check_run_names, open_archive
 from analyzer.errors import AnalysisError, EngineParityError, MissingDependencyError, UserInputError
+from analyzer.progress import PhaseLog
 
 if TYPE_CHECKING:  # torch-free at import: `glam ls` / `show` use this module's tables
     from analyzer.engine.glam import StoreMode
@@ -74,6 +76,10 @@ class AnalyzeOptions:
     max_pixels:
         Largest LR image (pixels) to analyse; ``None``: :data:`DEFAULT_MAX_PIXELS`.
         Larger images are refused before any work, with the analysis' estimated memory.
+    figure_format:
+        ``png``, ``pdf`` or ``svg`` (the matplotlib figures; overlays are always PNG).
+    figure_scale, figure_gamma:
+        Display scale of the figures' maps (``linear``, ``gamma`` with its exponent, ``log``).
     """
 
     run: str | None = None
@@ -97,6 +103,9 @@ class AnalyzeOptions:
     progress: bool = False
     verify: bool = False
     max_pixels: int | None = None
+    figure_format: str = "png"
+    figure_scale: str = "linear"
+    figure_gamma: float = 0.5
 
     def validate(self) -> None:
         """Reject bad option values before any work is done.
@@ -147,6 +156,14 @@ class AnalyzeOptions:
         if self.store_dtype not in STORE_DTYPES:
             raise UserInputError(
                 f"store dtype {self.store_dtype!r} is not supported; use float32 or float16"
+            )
+        from analyzer.report.views import FIGURE_FORMATS, Display
+
+        Display(self.figure_scale, self.figure_gamma)  # type: ignore[arg-type]
+        if self.figure_format not in FIGURE_FORMATS:
+            raise UserInputError(
+                f"--figure-format {self.figure_format!r} is not supported; use one of "
+                f"{', '.join(FIGURE_FORMATS)}"
             )
 
 
@@ -445,6 +462,7 @@ def analyze_one(
     *,
     on_layer: Callable[[Any], None] | None = None,
     reference: str | Path | None = None,
+    log: PhaseLog | None = None,
 ) -> RunSummary:
     """Analyse one image and commit the run to the archive.
 
@@ -466,6 +484,8 @@ def analyze_one(
         Extra per-layer callback (called after the record is written; tests use it).
     reference:
         This image's HR reference (from :func:`pair_images`); default ``options.reference``.
+    log:
+        Phase log (GL-AM, LAM, figures lines and LAM's progress on stderr).
 
     Returns
     -------
@@ -505,6 +525,7 @@ def analyze_one(
             lam_batch=options.lam_batch,
             progress=options.progress,
             verify=options.verify,
+            log=log,
         )
         result.warnings = list(dict.fromkeys([*prepared.warnings, *result.warnings]))
         input_rgb = None
@@ -531,7 +552,14 @@ def analyze_one(
         engine_parity=_parity_summary(model, result),
     )
     if options.figures is not None:
-        summary.figures = [str(p) for p in write_run_figures(archive, name, Path(options.figures) / name)]
+        t = time.perf_counter()
+        written = write_run_figures(
+            archive, name, Path(options.figures) / name, figure_format=options.figure_format,
+            scale=options.figure_scale, gamma=options.figure_gamma,
+        )
+        summary.figures = [str(p) for p in written]
+        if log is not None:
+            log.done("figures", time.perf_counter() - t, f"{len(written)} files")
     return summary
 
 
@@ -581,15 +609,26 @@ def verify_default_input(model: ImportedModel, device: str = "auto") -> dict[str
     return {**out, "image": str(image), "roi": list(result.roi), "window": result.window}
 
 
-def write_run_figures(archive: str | Path, run: str, directory: str | Path) -> list[Path]:
-    """Write the figures of an archived run into ``directory`` (``analyzer.report.figures``)."""
+def write_run_figures(
+    archive: str | Path,
+    run: str,
+    directory: str | Path,
+    *,
+    figure_format: str = "png",
+    scale: str = "linear",
+    gamma: float = 0.5,
+) -> list[Path]:
+    """Write the figures of an archived run into ``directory`` (``analyzer.report.figures``:
+    the matplotlib figures in ``figure_format`` and the native-resolution overlays)."""
     from analyzer.report import figures
+    from analyzer.report.views import Display
 
+    display = Display(scale, gamma)  # type: ignore[arg-type]
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     with open_archive(archive) as ar:
         data = ar.figure_data(run)
-    return list(figures.write_all(data, d))
+    return list(figures.write_all(data, d, figure_format=figure_format, display=display))
 
 
 def analyze_images(
@@ -601,6 +640,7 @@ def analyze_images(
     progress: bool = False,
     on_run: Callable[[RunSummary], None] | None = None,
     on_layer: Callable[[Any], None] | None = None,
+    log: PhaseLog | None = None,
 ) -> list[RunSummary]:
     """Analyse every image (directories expand) into one archive, one run per image.
 
@@ -623,6 +663,10 @@ def analyze_images(
         Called with each run's summary right after it is committed.
     on_layer:
         Extra per-layer callback.
+    log:
+        Phase log: each image's phases (prefixed ``[i/n image]`` when there are several)
+        and, with several images, a progress bar over them that suits a terminal or a log
+        (:func:`analyzer.progress.progress_bar`); replaces ``progress``.
 
     Returns
     -------
@@ -647,20 +691,35 @@ def analyze_images(
             "analyses images (1 channel = Y, 3 = RGB); pick an image output with --output"
         )
     check_image_sizes(model, files, options)
-    from tqdm.auto import tqdm
-
     out: list[RunSummary] = []
-    bar = tqdm(total=len(files), desc="glam analyze", unit="image", disable=not progress)
+    many = len(files) > 1
+    if log is not None:
+        bar = log.bar(len(files), "images", "image") if many else None
+    else:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(files), desc="glam analyze", unit="image", disable=not progress)
     try:
-        for f, ref, name in zip(files, paired.references, names, strict=True):
-            bar.set_postfix_str(Path(f).name)
-            s = analyze_one(model, f, archive, name, options, on_layer=on_layer, reference=ref)
+        for i, (f, ref, name) in enumerate(
+            zip(files, paired.references, names, strict=True), start=1
+        ):
+            if log is not None and many:
+                log.prefix = f"[{i}/{len(files)} {Path(f).name}] "
+            elif bar is not None:
+                bar.set_postfix_str(Path(f).name)
+            s = analyze_one(
+                model, f, archive, name, options, on_layer=on_layer, reference=ref, log=log
+            )
             out.append(s)
             if on_run is not None:
                 on_run(s)
-            bar.update(1)
+            if bar is not None:
+                bar.update(1)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.prefix = ""
     check_engine_parity(out)
     return out
 
@@ -726,7 +785,8 @@ def _is_number(text: str) -> bool:
 
 # ---------------------------------------------------------------------------------- demo
 
-DEMO_LAM_FOLD = 16
+DEMO_LAM_FOLD = 50
+"""LAM path steps of ``glam demo``: LAM's own default, as in the LAM paper and the README."""
 
 
 @dataclass
@@ -741,6 +801,8 @@ class DemoResult:
     figures: list[Path]
     summary: RunSummary
     report: Path | None = None  # report.html (None: the report extra, jinja2, is missing)
+    warmup_seconds: float = 0.0  # the untimed warm-up run before the timed analysis
+    lam_fold: int = DEMO_LAM_FOLD
 
 
 def default_demo_inputs() -> tuple[Path | None, Path]:
@@ -771,6 +833,12 @@ def run_demo(
     command_line: str = "glam demo",
     progress: bool = False,
     trust_model: bool = False,
+    log: PhaseLog | None = None,
+    warmup: bool = True,
+    threads: int | None = None,
+    figure_format: str = "png",
+    figure_scale: str = "linear",
+    figure_gamma: float = 0.5,
 ) -> DemoResult:
     """The main job on the bundled defaults: GL-AM + LAM on a fixture model, archive + figures.
 
@@ -781,7 +849,7 @@ def run_demo(
     model_path, image_path:
         Override the bundled model / HR image.
     lam_fold:
-        LAM path steps (modest by default so the demo is quick on a CPU).
+        LAM path steps (default 50, LAM's own).
     device:
         Device string.
     command_line:
@@ -790,6 +858,16 @@ def run_demo(
         Show LAM's progress bar.
     trust_model:
         Passed to :func:`importers.load`.
+    log:
+        Phase log (import, parity, warm-up, GL-AM, LAM, figures, report on stderr).
+    warmup:
+        First run GL-AM and one batch of LAM's path untimed on the same input, so that the
+        reported GL-AM and LAM times exclude one-time costs (loading or compiling the
+        numba kernels, torch's first-call allocations and kernel selection).
+    threads:
+        Thread count already applied (:func:`analyzer.threads.apply_threads`), for the log.
+    figure_format, figure_scale, figure_gamma:
+        As in :class:`AnalyzeOptions`.
 
     Returns
     -------
@@ -816,7 +894,10 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     archive = out / "demo.h5"
+    t = time.perf_counter()
     model = importers.load(mp, trust_model=trust_model)
+    if log is not None:
+        log_import(log, model, time.perf_counter() - t, threads=threads)
     options = AnalyzeOptions(
         hr=True,
         lam=True,
@@ -826,15 +907,26 @@ def run_demo(
         figures=out / "figures",
         command_line=command_line,
         progress=progress,
+        figure_format=figure_format,
+        figure_scale=figure_scale,
+        figure_gamma=figure_gamma,
     )
-    summaries = analyze_images(model, [ip], archive, options)
+    options.validate()
+    warm = _warm_up(model, ip, options) if warmup else 0.0
+    if log is not None and warmup:
+        log.done("warm-up", warm, "untimed: numba kernel loading/compilation, first-call "
+                 "allocation; excluded from the GL-AM and LAM times")
+    summaries = analyze_images(model, [ip], archive, options, log=log)
     s = summaries[0]
     from analyzer.report.html import write_report
 
+    t = time.perf_counter()
     try:
         report: Path | None = write_report(archive, out / "report.html", [s.run])
     except MissingDependencyError:
         report = None
+    if log is not None:
+        log.done("report", time.perf_counter() - t)
     return DemoResult(
         out_dir=out,
         archive=archive,
@@ -844,7 +936,35 @@ def run_demo(
         figures=[Path(f) for f in s.figures],
         summary=s,
         report=report,
+        warmup_seconds=warm,
+        lam_fold=lam_fold,
     )
+
+
+def _warm_up(model: ImportedModel, image: Path, options: AnalyzeOptions) -> float:
+    """One untimed GL-AM and one LAM batch on ``image``; returns the seconds it took."""
+    from analyzer.api import analyze, prepare_image
+
+    t = time.perf_counter()
+    prepared = prepare_image(model, image, hr=options.hr)
+    analyze(model, prepared.lr, options.roi, options.window, device=options.device,
+            keep_layers=False, lam=options.lam, lam_fold=min(options.lam_batch, options.lam_fold),
+            lam_batch=options.lam_batch)
+    return time.perf_counter() - t
+
+
+def log_import(
+    log: PhaseLog, model: ImportedModel, seconds: float, *, threads: int | None = None
+) -> None:
+    """The ``import`` and ``parity`` lines of a phase log for a freshly imported model."""
+    parity_s = float(model.timings.get("parity", 0.0))
+    more = f", {threads} thread(s)" if threads is not None else ""
+    log.done("import", max(0.0, seconds - parity_s),
+             f"{Path(model.path).name}: {model.format}, {len(model.taps)} taps, "
+             f"x{model.conventions.scale}{more}")
+    p = model.parity
+    log.done("parity", parity_s, f"max |error| {p.max_abs_error:.2g} against {p.reference}, "
+             f"tolerance {p.tolerance:g}")
 
 
 def demo_report(demo: DemoResult) -> list[str]:
@@ -866,11 +986,20 @@ def demo_report(demo: DemoResult) -> list[str]:
         f"(diffusion index: 0 = a few pixels matter, 100 = every pixel matters equally)"
     )
     if "di_lam" in m:
+        from analyzer.report.views import speed_text
+
         lines.append(
             f"  LAM     : DI {_fmt(m['di_lam'])} (input size, as LAM reports it; "
-            f"{_fmt(m.get('di_lam_output'))} at output size), {_fmt(m.get('seconds_lam'))} s "
-            f"vs {_fmt(m.get('seconds_glam'))} s for GL-AM"
+            f"{_fmt(m.get('di_lam_output'))} at output size), fold {demo.lam_fold}"
         )
+        s_gl, s_lam = m.get("seconds_glam"), m.get("seconds_lam")
+        if s_gl is not None and s_lam is not None:
+            warm = (f"; both exclude a {demo.warmup_seconds:.1f} s untimed warm-up (kernel "
+                    "loading/compilation, first-call allocation)" if demo.warmup_seconds else "")
+            lines.append(
+                f"  time    : GL-AM {_fmt(s_gl)} s, LAM {_fmt(s_lam)} s: "
+                f"{speed_text(s_gl, s_lam)}{warm}"
+            )
     af, af_lam = m.get("attributed_fraction_local"), m.get("attributed_fraction_lam")
     if af is not None:
         line = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 import warnings as pywarnings
 from pathlib import Path
 
@@ -257,7 +258,9 @@ def finish_import(
         scale_source=meas.source,
     )
     x = probe_input(channels, *size)
+    t_parity = time.perf_counter()
     parity = check_parity(raw, gm, x, conv, tolerance)
+    t_parity = time.perf_counter() - t_parity
     tapped, tap_nodes, tap_warnings = tap_graph(
         gm,
         layout=conv.layout,
@@ -296,6 +299,7 @@ def finish_import(
         warnings=list(raw.warnings) + range_warnings + tap_warnings,
         input_names=list(raw.input_names),
         output_names=list(raw.output_names),
+        timings={"parity": t_parity},
     )
 
 

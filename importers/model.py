@@ -187,6 +187,8 @@ class ImportedModel:
     warnings: list[str] = field(default_factory=list)
     input_names: list[str] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds of the import's steps that a phase log reports (``parity``)."""
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         return self.graph(x)

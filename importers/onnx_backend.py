@@ -307,6 +307,8 @@ def _session(source: str | bytes, *, optimize: bool = True, cpu_only: bool = Fal
     ort.set_default_logger_severity(3)  # kernels log deprecation notices to stderr otherwise
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # as many threads as torch (glam --threads sets torch's count; numba follows it too)
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     providers = ["CPUExecutionProvider"] if cpu_only else _providers(ort)

@@ -87,7 +87,7 @@ ALLOWED = {
                          "analyzer", "importers"),
     "analyzer.report": ("analyzer.errors", "analyzer.archive"),
     "analyzer.gate": ("analyzer.errors", "analyzer.engine", "analyzer.archive", "analyzer.api",
-                      "analyzer.runs", "analyzer.images", "importers"),
+                      "analyzer.runs", "analyzer.images", "analyzer.progress", "importers"),
     "analyzer.batch": ("analyzer.errors", "analyzer.engine", "analyzer.archive", "analyzer.api",
                        "analyzer.runs", "analyzer.paths", "importers"),
     "importers": ("analyzer.errors",),

@@ -48,7 +48,8 @@ def glam(*args: object, code: int | None = 0):  # type: ignore[no-untyped-def]
 
 
 def _error_line(res) -> str:  # type: ignore[no-untyped-def]
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    # the phase log ("glam: ...") may precede the one error line
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("glam: ")]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     return lines[0]
 

@@ -34,7 +34,8 @@ def glam(*args: object, code: int = 0) -> object:
 
 
 def _error_line(res) -> str:  # type: ignore[no-untyped-def]
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    # the phase log ("glam: ...") may precede the one error line
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("glam: ")]
     assert lines and lines[0].startswith("error: "), res.stderr
     assert "Traceback" not in res.stderr
     return lines[0]
@@ -242,7 +243,10 @@ def test_analyze_directory_progress_and_summary(
 ) -> None:
     ar = tmp_path / "dir.h5"
     res = glam("analyze", tiny_model, images_dir, "-o", ar, "--run", "batch", "--window", "8")
-    assert "glam analyze" in res.stderr  # tqdm progress bar
+    # phase log per image and a progress bar over the images, as whole lines (not a TTY)
+    assert "glam: [1/3 a_hr.png] GL-AM " in res.stderr
+    assert "glam: images: 3/3 image" in res.stderr and "\r" not in res.stderr
+    assert "glam: total " in res.stderr.splitlines()[-1]
     for stem in ("a_hr", "b", "c"):
         assert f"batch__{stem}" in res.stdout
     assert "DI local" in res.stdout and "3 run(s)" in res.stdout
@@ -444,16 +448,22 @@ def test_demo(tiny_model: Path, tmp_path: Path) -> None:
 
     model, image = default_demo_inputs()
     assert image.is_file()
-    args = ["demo", "--out", tmp_path / "demo", "--lam-fold", "4"]
-    if model is None or not model.exists():  # fixtures not built yet: use the test model
-        args += ["--model", tiny_model]
-    res = glam(*args)
+    assert model is not None and model.exists()
+    # the default: LAM at fold 50 after an untimed warm-up; GL-AM must come out faster
+    res = glam("demo", "--out", tmp_path / "demo", "--threads", "1")
     assert "archive" in res.stdout and "figures" in res.stdout and "LAM" in res.stdout
+    assert "fold 50" in res.stdout and "GL-AM is " in res.stdout
+    assert "faster than LAM; both exclude a " in res.stdout and "warm-up" in res.stdout
+    phases = [ln.split()[1] for ln in res.stderr.splitlines() if ln.startswith("glam: ")
+              and not ln.startswith(("glam: LAM path", "glam: note"))]
+    assert phases == ["import", "parity", "warm-up", "GL-AM", "LAM", "figures", "report", "total"]
     ar = tmp_path / "demo" / "demo.h5"
     with open_archive(ar) as a:
         (run,) = a.runs()
         rd = a.run(run)
         assert "psnr" in rd.metrics and "di_lam" in rd.metrics
+        assert rd.lam is not None and int(rd.lam["attrs"]["fold"]) == 50
+        assert rd.metrics["seconds_glam"] < rd.metrics["seconds_lam"]
     pngs = sorted((tmp_path / "demo" / "figures" / run).glob("*.png"))
     assert len(pngs) >= 4
     for p in pngs:

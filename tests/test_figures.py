@@ -130,26 +130,33 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]
 
 def test_write_all(written: tuple[Path, list[Path]]) -> None:
     out, paths = written
-    assert [p.name for p in paths] == [
+    assert [p.relative_to(out).as_posix() for p in paths] == [
         "local.png",
         "global.png",
+        "attributed.png",
         "layers_local.png",
         "layers_global.png",
         "lam.png",
+        "overlays/local_sum.png",
+        "overlays/global_sum.png",
+        "overlays/lam.png",
     ]
-    assert sorted(f.name for f in out.iterdir()) == sorted(p.name for p in paths)
+    assert sorted(f.relative_to(out).as_posix() for f in out.rglob("*.png")) == sorted(
+        p.relative_to(out).as_posix() for p in paths
+    )
     for p in paths:
-        assert p.parent == out
-        _check_png(p)
+        if p.parent == out:
+            _check_png(p)
 
 
 def test_grey_small_without_lam_keys_or_reference(tmp_path: Path) -> None:
     d = make_data(grey=True, psnr_roi=False, lam=False, n_keys=0, size=48)
     d.metrics.pop("psnr")
     d.metrics.pop("mse")
-    paths = write_all(d, tmp_path / "a" / "b")
-    assert paths == [tmp_path / "a" / "b" / "local.png", tmp_path / "a" / "b" / "global.png"]
-    assert sorted(f.name for f in (tmp_path / "a" / "b").iterdir()) == ["global.png", "local.png"]
+    out = tmp_path / "a" / "b"
+    paths = write_all(d, out, overlays=False)
+    assert paths == [out / "local.png", out / "global.png", out / "attributed.png"]
+    assert sorted(f.name for f in out.iterdir()) == ["attributed.png", "global.png", "local.png"]
     for p in paths:
         _check_png(p)
 
@@ -213,6 +220,8 @@ def test_compare_table() -> None:
     assert "10.1235" in lines[2] and "40.5000" in lines[2] and "24.50" in lines[2]
     assert "27.25" in lines[2] and "12.3%" in lines[2] and "45.6%" in lines[2]
     assert "6.2500" in lines[2]
-    assert lines[3].count("n/a") == 2  # no ROI PSNR, no LAM
+    # LAM's DI at input size (as LAM papers report it) beside the output-size one
+    assert "DI LAM out" in lines[0] and "5.5000" in lines[2]
+    assert lines[3].count("n/a") == 3  # no ROI PSNR, no LAM (input and output size)
     no_lam = compare_table([make_data("x", lam=False)])
     assert "DI LAM" not in no_lam

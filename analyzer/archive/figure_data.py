@@ -14,6 +14,9 @@ class LayerKey:
     index: int
     name: str
     key: np.ndarray
+    vanished: bool = False
+    """The key is zero by GLAM.md's vanishing-weights rule (``local_weights_vanish`` /
+    ``global_weights_vanish`` of the layer record)."""
 
 
 @dataclass
@@ -40,6 +43,9 @@ class FigureData:
         Per-layer keys (sampled when there are many), in execution order.
     model_name:
         Short model label (e.g. the file name).
+    local_total, global_total:
+        How many participating layers have a local / global key in the run (the keys above
+        may be a sample); 0 when unknown (then the keys are all of them).
     """
 
     name: str
@@ -54,6 +60,8 @@ class FigureData:
     local_keys: list[LayerKey] = field(default_factory=list)
     global_keys: list[LayerKey] = field(default_factory=list)
     model_name: str = ""
+    local_total: int = 0
+    global_total: int = 0
 
 
 def to_rgb_uint8(chw: np.ndarray) -> np.ndarray:

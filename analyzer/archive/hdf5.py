@@ -1342,6 +1342,7 @@ class Archive:
         g = self._group(rd.name)
         local_keys: list[LayerKey] = []
         global_keys: list[LayerKey] = []
+        n_global = 0
         if "layers" in g:
             recs = []
             for idx in chosen:
@@ -1350,13 +1351,16 @@ class Archive:
                     recs.append((idx, _py(lg.attrs.get("name", str(idx))), lg))
             if recs:
                 loc = [torch.from_numpy(_read(lg["local_map"])) for _, _, lg in recs]
-                for (idx, nm, _), k in zip(recs, layer_keys(loc, (H, W)), strict=True):
-                    local_keys.append(LayerKey(idx, nm, k.numpy()))
+                for (idx, nm, lg), k in zip(recs, layer_keys(loc, (H, W)), strict=True):
+                    van = bool(lg.attrs.get("local_weights_vanish", False))
+                    local_keys.append(LayerKey(idx, nm, k.numpy(), van))
                 grecs = [(i, n, lg) for i, n, lg in recs if "global_map" in lg]
                 glo = [torch.from_numpy(_read(lg["global_map"])) for _, _, lg in grecs]
                 if glo:
-                    for (idx, nm, _), k in zip(grecs, layer_keys(glo, (H, W)), strict=True):
-                        global_keys.append(LayerKey(idx, nm, k.numpy()))
+                    for (idx, nm, lg), k in zip(grecs, layer_keys(glo, (H, W)), strict=True):
+                        van = bool(lg.attrs.get("global_weights_vanish", False))
+                        global_keys.append(LayerKey(idx, nm, k.numpy(), van))
+            n_global = sum(1 for i in part if "global_map" in g["layers"].get(str(i), {}))
         return FigureData(
             name=rd.name,
             input_rgb=input_rgb,
@@ -1370,6 +1374,8 @@ class Archive:
             local_keys=local_keys,
             global_keys=global_keys,
             model_name=str(rd.attrs.get("model_name", Path(str(rd.attrs.get("model_path", ""))).name)),
+            local_total=len(part) if "layers" in g else 0,
+            global_total=n_global,
         )
 
 

@@ -94,12 +94,17 @@ def _applies(t: torch.Tensor) -> ModuleType | None:
     """The kernels if ``t`` goes through them (a float32 CPU tensor), else ``None``."""
     if t.device.type != "cpu" or t.dtype != torch.float32:
         return None
+    n = torch.get_num_threads()
     kernels = _kernels()
     if kernels is not None:
         import numba
 
         # as many threads as torch's intra-op pool, never more than numba has
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+        if torch.get_num_threads() != n:
+            # starting numba's OpenMP threading layer resets the shared OpenMP runtime to
+            # NUMBA_NUM_THREADS, which silently undid torch.set_num_threads (--threads 1)
+            torch.set_num_threads(n)
     return kernels
 
 

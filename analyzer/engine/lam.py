@@ -9,7 +9,9 @@ Path steps are independent, so they are evaluated in batches of ``lam_batch``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,7 +92,7 @@ def compute_lam(
     fold: int = 50,
     l: int = 9,
     lam_batch: int = 8,
-    progress: bool = False,
+    progress: bool | Callable[..., Any] = False,
 ) -> LamResult:
     """LAM attribution for the ROI, ``fold`` model evaluations batched by ``lam_batch``.
 
@@ -105,7 +107,9 @@ def compute_lam(
     lam_batch:
         Path steps per model evaluation; any value gives the same result.
     progress:
-        Show a tqdm progress bar.
+        Show a tqdm progress bar; or a factory ``progress(total, desc, unit)`` returning a
+        bar with ``update(n)`` and ``close()`` (e.g. :meth:`analyzer.progress.PhaseLog.bar`,
+        which suits terminals and logs alike).
 
     Returns
     -------
@@ -122,9 +126,12 @@ def compute_lam(
     warnings: list[str] = []
     total = torch.zeros_like(x[0], dtype=torch.float64)
     batch = lam_batch
-    from tqdm.auto import tqdm
+    if callable(progress):
+        bar = progress(fold, "LAM path", "step")
+    else:
+        from tqdm.auto import tqdm
 
-    bar = tqdm(total=fold, desc="LAM path", unit="step", disable=not progress, leave=False)
+        bar = tqdm(total=fold, desc="LAM path", unit="step", disable=not progress, leave=False)
     start = 0
     out_hw: tuple[int, int] | None = None
     while start < fold:

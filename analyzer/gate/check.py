@@ -45,6 +45,7 @@ from analyzer.gate.tolerances import METRICS, Comparison, Tolerances
 
 if TYPE_CHECKING:
     from analyzer.api import Result
+    from analyzer.progress import PhaseLog
     from analyzer.runs import AnalyzeOptions, RunSummary
     from importers.model import ImportedModel
 
@@ -904,6 +905,7 @@ def check_model(
     verify: bool = False,
     trust_model: bool = False,
     max_pixels: int | None = None,
+    log: PhaseLog | None = None,
 ) -> CheckReport:
     """Re-run the baseline's analyses on ``model_path`` and compare (see module docstring).
 
@@ -937,6 +939,9 @@ def check_model(
         Largest baseline input (LR pixels) to re-analyse (default
         :data:`analyzer.runs.DEFAULT_MAX_PIXELS`); a baseline archive is untrusted input,
         so a larger stored input is refused before it is read.
+    log:
+        Phase log: the model's import and parity, each run's GL-AM / LAM phases, and a
+        progress bar over the baseline runs (lines, not a redrawn bar, in a CI log).
 
     Returns
     -------
@@ -982,12 +987,20 @@ def check_model(
                                           "trust_model": trust_model}
                 if parity_tolerance is not None:
                     kwargs["tolerance"] = parity_tolerance
+                t = time.perf_counter()
                 models[key] = importers.load(model_path, **kwargs)
+                if log is not None:
+                    from analyzer.runs import log_import
+
+                    log_import(log, models[key], time.perf_counter() - t)
             return models[key]
 
         report: CheckReport | None = None
-        for rd in bases:
+        bar = log.bar(len(bases), "baseline runs", "run") if log is not None and len(bases) > 1 else None
+        for i, rd in enumerate(bases, start=1):
             m = get_model(rd)
+            if log is not None and len(bases) > 1:
+                log.prefix = f"[{i}/{len(bases)} {rd.name}] "
             if report is None:
                 report = CheckReport(
                     model_path=str(model_path),
@@ -1011,7 +1024,7 @@ def check_model(
                           "lam_batch": int(la.get("batch", 8))}
             new = analyze(m, torch.from_numpy(np.ascontiguousarray(rd.input))[None],
                           rd.roi, rd.window, device=dev, store="maps", keep_layers=True,
-                          verify=verify, **lam_kw)
+                          verify=verify, log=log, **lam_kw)
             info = RunInfo(run=rd.name, baseline_model=str(rd.attrs.get("model_path", "")),
                            baseline_model_sha256=str(rd.attrs.get("model_sha256", "")))
             checks = compare_run(rd, layers, new, tol.for_run(rd.name),
@@ -1035,6 +1048,12 @@ def check_model(
             report.checks.extend(checks)
             if on_run is not None:
                 on_run(info, checks)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.prefix = ""
     if report is None:  # pragma: no cover - select_runs never returns an empty list
         raise ArchiveError(f"no runs to check in {str(bpath)!r}")
     report.seconds = time.perf_counter() - t0
@@ -1052,6 +1071,7 @@ def make_baseline(
     *,
     progress: bool = False,
     on_run: Callable[[RunSummary], None] | None = None,
+    log: PhaseLog | None = None,
 ) -> list[RunSummary]:
     """``glam baseline``: :func:`analyzer.runs.analyze_images` with runs marked baseline.
 
@@ -1072,6 +1092,8 @@ def make_baseline(
         Progress bar over images.
     on_run:
         Called with each run's summary.
+    log:
+        Phase log and progress over the images (see :func:`analyzer.runs.analyze_images`).
 
     Returns
     -------
@@ -1080,7 +1102,7 @@ def make_baseline(
     from analyzer.runs import analyze_images
 
     opts = replace(options, baseline=True)
-    return analyze_images(model, images, archive, opts, progress=progress, on_run=on_run)
+    return analyze_images(model, images, archive, opts, progress=progress, on_run=on_run, log=log)
 
 
 def prepare_baseline(

@@ -21,7 +21,13 @@ import numpy as np
 import torch
 
 from analyzer.engine.device import resolve_device
-from analyzer.engine.glam import LayerRecord, StoreMode, compute_glam, validate_roi
+from analyzer.engine.glam import (
+    LayerRecord,
+    PerLayerMode,
+    StoreMode,
+    compute_glam,
+    validate_roi,
+)
 from analyzer.engine.lam import LamResult, compute_lam
 from analyzer.engine.metrics import attributed_fraction, diffusion_index, map_metrics, mse_psnr
 from analyzer.engine.reference import EngineParity, ParityMeter, reference_glam
@@ -116,6 +122,9 @@ class Result:
         DI and attributed fraction of every map, keyed ``"local/sum"`` etc.
     taps:
         The tap table with ``parent``/``participating`` at the analysed input size.
+    peak_memory_bytes:
+        On CUDA, ``torch.cuda.max_memory_allocated`` over the GL-AM analysis (model and
+        input included); ``None`` on CPU.
     """
 
     input: np.ndarray
@@ -135,6 +144,7 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     input_crop: tuple[int, int, int, int] | None = None
     engine_parity: EngineParity | None = None
+    peak_memory_bytes: int | None = None  # GL-AM's peak device memory (CUDA only)
 
 
 def default_roi(out_hw: tuple[int, int], window: int) -> tuple[int, int]:
@@ -196,6 +206,7 @@ def analyze(
     lam_batch: int = 8,
     progress: bool = False,
     verify: bool = False,
+    per_layer: PerLayerMode = "auto",
 ) -> Result:
     """Compute GL-AM (and optionally LAM) for one LR input.
 
@@ -231,6 +242,10 @@ def analyze(
         same model and input and record the engine's largest error per map and per-layer
         map in ``Result.engine_parity`` (GLAM.md allows 1e-4; check
         ``result.engine_parity.passed``). Costs one reference run, several times GL-AM.
+    per_layer:
+        How GL-AM's per-layer work runs (:func:`analyzer.engine.glam.compute_glam`):
+        ``"auto"`` batches it across same-shape layers on CUDA and uses the fused kernels
+        on CPU; ``"per-layer"``, ``"batched"``, ``"compiled"`` choose one.
 
     Returns
     -------
@@ -268,7 +283,8 @@ def analyze(
         meter = ParityMeter(ref, time.perf_counter() - t0)
         on_layer = _metered(meter, on_layer)
     maps = compute_glam(
-        model, x, roi[0], roi[1], window, store=store, on_layer=on_layer, keep_layers=keep_layers
+        model, x, roi[0], roi[1], window, store=store, on_layer=on_layer, keep_layers=keep_layers,
+        per_layer=per_layer,
     )
     parity = meter.finish(maps.local, maps.global_) if meter is not None else None
     seconds_glam = maps.timings["total"]  # the analysis, without one-time kernel loading
@@ -359,6 +375,7 @@ def analyze(
         warnings=warnings,
         input_crop=crop,
         engine_parity=parity,
+        peak_memory_bytes=maps.peak_memory_bytes,
     )
 
 

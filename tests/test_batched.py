@@ -232,12 +232,15 @@ def test_gpu_summary_targets_and_pytest_counts(tmp_path: Path) -> None:
 def test_bench_sizes_option() -> None:
     import argparse
 
-    from bench.__main__ import _sizes
+    from bench.__main__ import _inline, _sizes
 
     assert _sizes("64,256") == [64, 256]
     for bad in ("64,x", "4", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             _sizes(bad)
+    # a failing worker becomes a row's error, not the end of the benchmark
+    got = _inline("nosuch", ["--sizes", "12", "--preset", "small", "--device", "cpu"])
+    assert set(got) == {"error"} and "nosuch" in got["error"]
 
 
 def test_gpu_check_script_quick_on_cpu(tmp_path: Path) -> None:
@@ -273,3 +276,25 @@ def test_gpu_check_script_refuses_bad_arguments(tmp_path: Path) -> None:
                           env=dict(os.environ, OUT=str(tmp_path)), capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and "tpu" in proc.stderr
     assert not (tmp_path / "gpu_check.json").exists()
+
+
+def test_engine_entry_points_run_in_full_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GL-AM and LAM enter :func:`full_precision` for their input's device (on CUDA that
+    turns TF32 off; without it CUDA maps are ~1e-3 from CPU)."""
+    import contextlib
+
+    from analyzer.engine import device
+    from analyzer.engine.lam import compute_lam
+
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def spy(dev: torch.device):  # noqa: ANN202
+        entered.append(dev.type)
+        yield
+
+    monkeypatch.setattr(device, "full_precision", spy)
+    model, x = _model("carn"), _x()
+    compute_glam(model, x, 8, 6, 8)
+    compute_lam(model, x, 8, 6, 8, fold=2)
+    assert entered == ["cpu", "cpu"]

@@ -18,6 +18,14 @@
 # onnxruntime-gpu is far over the 64 MiB a run may carry, so ORT's CUDA provider is only
 # tested where the machine has it; the test then reports a skip with the reason.
 #
+# Shared models: ../shared does not travel. Make an ignored link to it and carry the four
+# models tests/test_gpu.py uses through it (a path through a link travels; nothing is copied
+# into the repository):
+#   echo /.gpu_models >> .git/info/exclude; ln -s ../shared/models .gpu_models
+#   carry: .whl .gpu_models/carn_m_x4.onnx .gpu_models/fsrcnn_x2.onnx
+#          .gpu_models/imdn_x4.ts.pt .gpu_models/waifu2x_upconv7_anime_x2.onnx
+# The script points GLAM_SHARED_MODELS at .gpu_models when it is there.
+#
 # Time on the H200 (target: under 6 minutes): each step has its own limit
 # (GPU_CHECK_PYTEST_S=120, GPU_CHECK_BENCH_S=210 seconds by default), and the benchmark
 # writes its JSON after each row, so a step cut short still leaves its results (the 256x256
@@ -75,6 +83,9 @@ run() {
         local shim; shim="$(mktemp -d)"
         ln -s "$ROOT/fixtures" "$shim/glam_fixtures"
         export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    if [ -d "$ROOT/.gpu_models" ] && [ -z "${GLAM_SHARED_MODELS:-}" ]; then
+        export GLAM_SHARED_MODELS="$ROOT/.gpu_models"
     fi
     export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
     "$PY" -m bench.gpu_summary env > "$OUT/env.json" || echo '{}' > "$OUT/env.json"

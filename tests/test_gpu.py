@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from pathlib import Path
 
 import glam_fixtures as fixtures
@@ -27,7 +28,12 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (a GPU)"),
 ]
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "models"
+# ../shared/models, or where GLAM_SHARED_MODELS points (the device machine gets no ../shared:
+# bench/gpu_check.sh says how the models travel there through a link, never a copy)
+SHARED = Path(
+    os.environ.get("GLAM_SHARED_MODELS")
+    or Path(__file__).resolve().parent.parent.parent / "shared" / "models"
+)
 # small shared models of each format (ONNX, TorchScript), x2 to x4
 SHARED_MODELS = ("carn_m_x4.onnx", "fsrcnn_x2.onnx", "imdn_x4.ts.pt", "waifu2x_upconv7_anime_x2.onnx")
 ATOL = 1e-4  # GLAM.md's tolerance
@@ -169,3 +175,14 @@ def test_compiled_path_on_cuda_matches_batched() -> None:
     finally:
         model.to("cpu")
     _assert_same(a, b, 1e-5)
+
+
+def test_verify_on_cuda_passes() -> None:
+    """``--verify`` on CUDA: the literal reference runs in IEEE float32 as the engine does
+    (with TF32 convolutions it would sit ~1e-3 away)."""
+    model = _eager("rrdbnet")
+    try:
+        res = analyzer.analyze(model, _x(8), device="cuda", verify=True)
+    finally:
+        model.to("cpu")
+    assert res.engine_parity is not None and res.engine_parity.passed, res.engine_parity

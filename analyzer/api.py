@@ -20,8 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from analyzer.engine.device import resolve_device
-from analyzer.engine.glam import LayerRecord, StoreMode, compute_glam, validate_roi
+from analyzer.engine.device import full_precision, resolve_device
+from analyzer.engine.glam import (
+    LayerRecord,
+    PerLayerMode,
+    StoreMode,
+    compute_glam,
+    validate_roi,
+)
 from analyzer.engine.lam import LamResult, compute_lam
 from analyzer.engine.metrics import (
     attributed_fraction,
@@ -134,6 +140,9 @@ class Result:
         DI and attributed fraction of every map, keyed ``"local/sum"`` etc.
     taps:
         The tap table with ``parent``/``participating`` at the analysed input size.
+    peak_memory_bytes:
+        On CUDA, ``torch.cuda.max_memory_allocated`` over the GL-AM analysis (model and
+        input included); ``None`` on CPU.
     """
 
     input: np.ndarray
@@ -153,6 +162,7 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     input_crop: tuple[int, int, int, int] | None = None
     engine_parity: EngineParity | None = None
+    peak_memory_bytes: int | None = None  # GL-AM's peak device memory (CUDA only)
 
 
 def default_roi(out_hw: tuple[int, int], window: int) -> tuple[int, int]:
@@ -215,6 +225,7 @@ def analyze(
     progress: bool = False,
     verify: bool = False,
     log: PhaseLog | None = None,
+    per_layer: PerLayerMode = "auto",
 ) -> Result:
     """Compute GL-AM (and optionally LAM) for one LR input.
 
@@ -253,6 +264,10 @@ def analyze(
     log:
         A :class:`~analyzer.progress.PhaseLog`: writes the GL-AM, verify and LAM phases
         with their times as they finish, and LAM's progress bar (instead of ``progress``).
+    per_layer:
+        How GL-AM's per-layer work runs (:func:`analyzer.engine.glam.compute_glam`):
+        ``"auto"`` batches it across same-shape layers on CUDA and uses the fused kernels
+        on CPU; ``"per-layer"``, ``"batched"``, ``"compiled"`` choose one.
 
     Returns
     -------
@@ -287,13 +302,15 @@ def analyze(
     meter = None
     if verify:
         t0 = time.perf_counter()
-        ref = reference_glam(model.graph, x, roi[0], roi[1], window)
+        with full_precision(dev):  # as compute_glam runs: IEEE float32 on CUDA, not TF32
+            ref = reference_glam(model.graph, x, roi[0], roi[1], window)
         meter = ParityMeter(ref, time.perf_counter() - t0)
         on_layer = _metered(meter, on_layer)
         if log is not None:
             log.done("verify", time.perf_counter() - t0, "the literal GLAM.md reference")
     maps = compute_glam(
-        model, x, roi[0], roi[1], window, store=store, on_layer=on_layer, keep_layers=keep_layers
+        model, x, roi[0], roi[1], window, store=store, on_layer=on_layer, keep_layers=keep_layers,
+        per_layer=per_layer,
     )
     parity = meter.finish(maps.local, maps.global_) if meter is not None else None
     seconds_glam = maps.timings["total"]  # the analysis, without one-time kernel loading
@@ -387,6 +404,7 @@ def analyze(
         warnings=warnings,
         input_crop=crop,
         engine_parity=parity,
+        peak_memory_bytes=maps.peak_memory_bytes,
     )
 
 

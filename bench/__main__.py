@@ -1,7 +1,8 @@
 """GL-AM cost benchmark: ``python -m bench`` (see ``--help``).
 
-For each paper-size architecture (CARN, RRDBNet, RCAN, RNAN, SAN; x4, 64x64 LR input,
-2 CPU threads unless ``--threads``), measured side by side in one process per model:
+For each paper-size architecture (CARN, RRDBNet, RCAN, RNAN, SAN; x4, 64x64 LR input
+unless ``--sizes``, e.g. ``--sizes 64,256``; 2 CPU threads unless ``--threads``; CPU unless
+``--device cuda``), measured side by side in one process per model and size:
 
 * ``fb``: one forward pass and one backward pass of ``T_ROI`` to the input — the unit;
 * ``glam``: GL-AM, local + global maps (GLAM.md), the engine the CLI uses;
@@ -10,8 +11,12 @@ For each paper-size architecture (CARN, RRDBNet, RCAN, RNAN, SAN; x4, 64x64 LR i
   of ``glam analyze --verify`` (timed once, after the pairs).
 
 Reported: the ratios GL-AM / fb and LAM / GL-AM, and peak memory (resident set growth on
-CPU, ``max_memory_allocated`` on CUDA) of GL-AM versus fb. Each (model, workload) runs in
-its own subprocess so that peaks do not mix. fb and GL-AM alternate ``--repeats`` times
+CPU, ``max_memory_allocated`` on CUDA) of GL-AM versus fb. On CPU each (model, workload)
+runs in its own subprocess so that resident-set peaks do not mix; on CUDA the peaks are
+taken in the timing process (the allocator's peak counter is reset before each workload).
+``--lam-batch auto`` takes as many LAM path steps per evaluation as about half the free
+GPU memory holds (measured from fb's peak; 1 on CPU). A worker that fails (out of memory,
+say) is reported in its row's ``error`` and the benchmark goes on. fb and GL-AM alternate ``--repeats`` times
 after one warm-up run, each timed run right after an untimed run of the same workload (so
 each is timed in its steady state, as LAM's back-to-back path steps are), with LAM timed
 once in the middle of the pairs (so the GL-AM median is taken around it); GL-AM / fb is
@@ -47,6 +52,15 @@ def _rss_kib() -> int:
 
 
 def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
+    """One workload of one model; on CUDA in IEEE float32 as GL-AM runs (fb included)."""
+
+    from analyzer.engine.device import full_precision, resolve_device
+
+    with full_precision(resolve_device(args.device)):
+        return _work(arch, workload, args)
+
+
+def _work(arch: str, workload: str, args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
@@ -65,14 +79,14 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
     dev = analyzer.resolve_device(args.device)
     if dev.type == "cpu":
         keep_freed_memory()  # what the engine does on CPU; applied before fb too (fair unit)
-    net = build(arch, "paper").eval()
+    net = build(arch, args.preset).eval()
     t_import = time.perf_counter()
     model = importers.from_module(net, input_range=1)
     t_import = time.perf_counter() - t_import
     model.to(dev)
-    x = torch.rand(1, 3, args.size, args.size, device=dev)
+    x = torch.rand(1, 3, args.sizes, args.sizes, device=dev)
     s = model.conventions.scale
-    H = s * args.size
+    H = s * args.sizes
     top = left = (H - args.window) // 2
 
     def fb() -> None:
@@ -81,10 +95,21 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
         torch.autograd.grad(texture_roi(y, top, left, args.window).sum(), [xx])
 
     def glam() -> None:
-        compute_glam(model, x, top, left, args.window, keep_layers=False)
+        compute_glam(model, x, top, left, args.window, keep_layers=False, per_layer=args.per_layer)
+
+    lam_batch = [1 if args.lam_batch == "auto" else int(args.lam_batch)]
 
     def lam() -> None:
-        compute_lam(model, x, top, left, args.window, fold=args.lam_fold, lam_batch=args.lam_batch)
+        compute_lam(model, x, top, left, args.window, fold=args.lam_fold, lam_batch=lam_batch[0])
+
+    def cuda_peak(fn) -> float:
+        """Peak allocated MiB of one run of ``fn`` above what was allocated before it."""
+        sync()
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        fn()
+        sync()
+        return (torch.cuda.max_memory_allocated(dev) - base) / 2**20
 
     run = {"fb": fb, "glam": glam, "lam": lam, "time": None}[workload]
 
@@ -117,6 +142,13 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
 
         for _ in range(args.repeats // 2):
             pair()
+        peaks = {}
+        if dev.type == "cuda":
+            peaks = {"peak_mib_fb": cuda_peak(fb), "peak_mib_glam": cuda_peak(glam)}
+            if args.lam_batch == "auto":
+                free, _total = torch.cuda.mem_get_info(dev)
+                per_step = max(peaks["peak_mib_fb"] * 2**20, 1.0)
+                lam_batch[0] = int(max(1, min(args.lam_fold, 0.5 * free // per_step)))
         if not args.no_lam:
             # LAM runs in the middle of the pairs: the GL-AM median it is divided by is then
             # taken around the time LAM ran, not all before it (a shared machine drifts
@@ -142,6 +174,8 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
             "params": sum(p.numel() for p in net.parameters()),
             "import_seconds": t_import,
             "device": str(dev),
+            "lam_batch": lam_batch[0],
+            **peaks,
         }
     # memory: one cold run of the workload in a fresh process
     rss0 = _rss_kib()
@@ -167,88 +201,171 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
 
 
 def _spawn(arch: str, workload: str, argv: list[str]) -> dict:
+    """One worker in its own process; ``{"error": ...}`` (its last stderr line) if it fails."""
     cmd = [sys.executable, "-m", "bench", "--worker", arch, workload, *argv]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        tail = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        return {"error": f"{arch} {workload}: {tail}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sizes {text!r}: use integers, e.g. 64,256") from None
+    if not sizes or min(sizes) < 8:
+        raise argparse.ArgumentTypeError(f"--sizes {text!r}: each LR size must be at least 8")
+    return sizes
+
+
+def _row(arch: str, size: int, tm: dict, mem: dict, fold: int) -> dict:
+    """One table row from the timing worker and the memory workers (CPU) of a model."""
+    row = {
+        "arch": arch,
+        "size": size,
+        "taps": tm["taps"],
+        "participating": tm["participating"],
+        "params": tm["params"],
+        "fb_seconds": tm["fb_seconds"],
+        "glam_seconds": tm["glam_seconds"],
+        "glam_over_fb": statistics.median(tm["pair_ratios"]),
+        "glam_over_fb_range": [min(tm["pair_ratios"]), max(tm["pair_ratios"])],
+        "lam_seconds": tm["lam_seconds"],
+        "lam_batch": tm.get("lam_batch", 1),
+        "lam_over_glam": tm["lam_seconds"] / tm["glam_seconds"],
+        # LAM is fold forward+backward passes: this is ~1 unless the machine drifted
+        "lam_step_over_fb": tm["lam_seconds"] / fold / tm["fb_seconds"],
+        "peak_mib_fb": tm.get("peak_mib_fb", mem.get("fb", {}).get("peak_mib", float("nan"))),
+        "peak_mib_glam": tm.get("peak_mib_glam", mem.get("glam", {}).get("peak_mib", float("nan"))),
+        "verify_seconds": tm["verify_seconds"],
+        "verify_over_fb": tm["verify_seconds"] / tm["fb_seconds"],
+        "device": tm["device"],
+    }
+    errors = [m["error"] for m in mem.values() if "error" in m]
+    if errors:
+        row["error"] = "; ".join(errors)
+    return row
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--archs", default=",".join(ARCHS), help="comma-separated architectures")
-    p.add_argument("--size", type=int, default=64, help="LR input size (square)")
+    p.add_argument("--sizes", type=_sizes, default=[64],
+                   help="comma-separated LR input sizes (square), e.g. 64,256")
+    p.add_argument("--size", type=int, dest="size_one", help="one LR size (same as --sizes N)")
+    p.add_argument("--preset", choices=("paper", "small"), default="paper",
+                   help="paper-size models (default) or the tiny fixture configs (a quick check)")
+    p.add_argument("--per-layer", default="auto",
+                   choices=("auto", "per-layer", "batched", "compiled"),
+                   help="GL-AM's per-layer path (auto: batched on CUDA, fused kernels on CPU)")
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--repeats", type=int, default=9, help="timed fb/GL-AM pairs after a warm-up")
     p.add_argument("--lam-fold", type=int, default=50)
-    p.add_argument("--lam-batch", type=int, default=1, help="LAM path steps per evaluation")
+    p.add_argument("--lam-batch", default="1",
+                   help="LAM path steps per evaluation, or auto (from free GPU memory; 1 on CPU)")
     p.add_argument("--no-lam", action="store_true", help="skip LAM (fast check of GL-AM/fb)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip timing the literal reference (the cost of --verify)")
-    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument("--json", type=Path,
+                   help="also write the results to this JSON file (rewritten after each row)")
+    p.add_argument("--inline", action="store_true",
+                   help="time in this process, no memory workers (a quick check of the logic; "
+                        "CPU peaks are then not measured)")
     p.add_argument("--worker", nargs=2, metavar=("ARCH", "WORKLOAD"), help=argparse.SUPPRESS)
     from bench import batch
 
     batch.add_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with ``--worker``, one worker); returns the exit status."""
+    p = _parser()
     args = p.parse_args(argv)
     if args.batch:
+        from bench import batch
+
         batch.run(args)
         return 0
+    if args.size_one is not None:
+        args.sizes = [args.size_one]
+    if args.lam_batch != "auto" and not args.lam_batch.isdigit():
+        p.error(f"--lam-batch {args.lam_batch!r}: use a positive integer or auto")
     if args.worker:
+        args.sizes = args.sizes[0]
         print(json.dumps(_worker(args.worker[0], args.worker[1], args)))
         return 0
-    passthrough = [
-        "--size", str(args.size), "--window", str(args.window), "--threads", str(args.threads),
+    common = [
+        "--window", str(args.window), "--threads", str(args.threads),
         "--device", args.device, "--repeats", str(args.repeats), "--lam-fold", str(args.lam_fold),
-        "--lam-batch", str(args.lam_batch), *(["--no-verify"] if args.no_verify else []),
+        "--lam-batch", str(args.lam_batch), "--preset", args.preset, "--per-layer", args.per_layer,
+        *(["--no-verify"] if args.no_verify else []),
     ]  # fmt: skip
     rows = []
     header = (
-        f"{'model':8} {'taps':>5} {'part':>5} {'fb s':>8} {'GL-AM s':>8} {'GL-AM/fb':>9} "
+        f"{'model':8} {'LR':>4} {'taps':>5} {'part':>5} {'fb s':>8} {'GL-AM s':>8} {'GL-AM/fb':>9} "
         f"{'LAM s':>8} {'LAM/GL-AM':>10} {'mem fb':>8} {'mem GL-AM':>10} {'verify/fb':>10}"
     )
     print(
-        f"GL-AM benchmark: {args.size}x{args.size} LR, x4, {args.threads} threads, "
-        f"device {args.device}, LAM fold {args.lam_fold} (batch {args.lam_batch})",
+        f"GL-AM benchmark: {','.join(map(str, args.sizes))} LR, {args.preset} models, "
+        f"{args.threads} threads, device {args.device}, LAM fold {args.lam_fold} "
+        f"(batch {args.lam_batch}), per-layer {args.per_layer}",
         flush=True,
     )
     print(header, flush=True)
-    for arch in args.archs.split(","):
-        tm = _spawn(arch, "time", passthrough + (["--no-lam"] if args.no_lam else []))
-        mem = {w: _spawn(arch, w, passthrough) for w in ("fb", "glam")}
-        row = {
-            "arch": arch,
-            "taps": tm["taps"],
-            "participating": tm["participating"],
-            "params": tm["params"],
-            "fb_seconds": tm["fb_seconds"],
-            "glam_seconds": tm["glam_seconds"],
-            "glam_over_fb": statistics.median(tm["pair_ratios"]),
-            "glam_over_fb_range": [min(tm["pair_ratios"]), max(tm["pair_ratios"])],
-            "lam_seconds": tm["lam_seconds"],
-            "lam_over_glam": tm["lam_seconds"] / tm["glam_seconds"],
-            # LAM is fold forward+backward passes: this is ~1 unless the machine drifted
-            "lam_step_over_fb": tm["lam_seconds"] / args.lam_fold / tm["fb_seconds"],
-            "peak_mib_fb": mem["fb"]["peak_mib"],
-            "peak_mib_glam": mem["glam"]["peak_mib"],
-            "verify_seconds": tm["verify_seconds"],
-            "verify_over_fb": tm["verify_seconds"] / tm["fb_seconds"],
-            "device": tm["device"],
-        }
-        lam_s = row["lam_seconds"]
-        rows.append(row)
-        print(
-            f"{arch:8} {row['taps']:5d} {row['participating']:5d} {row['fb_seconds']:8.2f} "
-            f"{row['glam_seconds']:8.2f} {row['glam_over_fb']:9.2f} {lam_s:8.1f} "
-            f"{row['lam_over_glam']:10.1f} {row['peak_mib_fb']:7.0f}M {row['peak_mib_glam']:9.0f}M "
-            f"{row['verify_over_fb']:10.1f}",
-            flush=True,
-        )
-    if args.json:
-        args.json.write_text(
-            json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2)
-        )
+    on_cuda = args.device.startswith("cuda") or (args.device == "auto" and _cuda_available())
+    for size in args.sizes:
+        for arch in args.archs.split(","):
+            passthrough = ["--sizes", str(size), *common]
+            targv = passthrough + (["--no-lam"] if args.no_lam else [])
+            tm = _inline(arch, targv) if args.inline else _spawn(arch, "time", targv)
+            if "error" in tm:
+                rows.append({"arch": arch, "size": size, "error": tm["error"]})
+                print(f"{arch:8} {size:4d} failed: {tm['error']}", flush=True)
+                continue
+            # on CUDA the timing worker measured the peaks; on CPU one fresh process each
+            mem = {}
+            if not (on_cuda or args.inline):
+                mem = {w: _spawn(arch, w, passthrough) for w in ("fb", "glam")}
+            row = _row(arch, size, tm, mem, args.lam_fold)
+            rows.append(row)
+            print(
+                f"{arch:8} {size:4d} {row['taps']:5d} {row['participating']:5d} "
+                f"{row['fb_seconds']:8.3f} {row['glam_seconds']:8.3f} {row['glam_over_fb']:9.2f} "
+                f"{row['lam_seconds']:8.2f} {row['lam_over_glam']:10.1f} "
+                f"{row['peak_mib_fb']:7.0f}M {row['peak_mib_glam']:9.0f}M {row['verify_over_fb']:10.1f}",
+                flush=True,
+            )
+            _write(args, rows)
+    _write(args, rows)
     return 0
+
+
+def _write(args: argparse.Namespace, rows: list[dict]) -> None:
+    """The results so far as JSON (after each row: a run cut short keeps its rows)."""
+    if args.json:
+        doc = {"args": vars(args) | {"json": str(args.json)}, "rows": rows}
+        args.json.write_text(json.dumps(doc, indent=2))
+
+
+def _inline(arch: str, argv: list[str]) -> dict:
+    """The timing worker in this process (``--inline``); ``{"error": ...}`` if it fails."""
+    p = argparse.Namespace(**vars(_parser().parse_args([*argv])))
+    p.sizes = p.sizes[0]
+    try:
+        return _worker(arch, "time", p)
+    except Exception as exc:  # noqa: BLE001 - reported in the row, as a worker's failure is
+        return {"error": f"{arch} time: {type(exc).__name__}: {exc}"}
 
 
 if __name__ == "__main__":

@@ -164,6 +164,11 @@ class GlobalGradients:
             return torch.zeros_like(src)  # type: ignore[arg-type]
         return G
 
+    def walk(self, j: int, cotangent: torch.Tensor) -> torch.Tensor:
+        """``G_j`` alone (no Grad-CAM key): the batched path takes the keys of many layers
+        together (:func:`analyzer.engine.batched.gradcam_keys`)."""
+        return self._walk(j, self.taps[j], cotangent)
+
     def gradient(
         self, j: int, cotangent: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -173,6 +178,6 @@ class GlobalGradients:
         ``cotangent`` is ``dT_Global/df_j`` in closed form
         (:func:`analyzer.engine.kernels.texture_grad_and_energy`).
         """
-        G = self._walk(j, self.taps[j], cotangent)
+        G = self.walk(j, cotangent)
         raw, vanished = kernels.gradcam_key_flagged(G[0])
         return G, raw.detach(), vanished

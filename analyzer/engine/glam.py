@@ -17,10 +17,12 @@ from typing import Literal, cast
 import numpy as np
 import torch
 
+from analyzer.engine import batched as bk
 from analyzer.engine import kernels
 from analyzer.engine.accumulate import KeyAccumulator
 from analyzer.engine.allocator import keep_freed_memory
 from analyzer.engine.backward import GlobalGradients, LocalBackward
+from analyzer.engine.device import input_in_full_precision
 from analyzer.engine.maps import (
     normalize_,
     normalize_nonnegative,
@@ -34,6 +36,8 @@ from importers.model import ImportedModel
 from importers.tap import participating
 
 StoreMode = Literal["maps", "tensors"]
+PerLayerMode = Literal["auto", "per-layer", "batched", "compiled"]
+PER_LAYER_MODES = ("auto", "per-layer", "batched", "compiled")
 KEY_CHUNK = 32  # same-size maps resized together (bounds memory while batching)
 
 
@@ -93,6 +97,26 @@ class GlamMaps:
     layers: list[LayerRecord] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    per_layer: str = "per-layer"
+    peak_memory_bytes: int | None = None
+
+
+def resolve_per_layer(mode: str, device: torch.device) -> str:
+    """The per-layer path for ``mode`` on ``device``: ``auto`` is ``batched`` on CUDA and
+    ``per-layer`` (the fused numba kernels) on CPU.
+
+    Raises
+    ------
+    AnalysisError
+        For a mode not in :data:`PER_LAYER_MODES`.
+    """
+    if mode not in PER_LAYER_MODES:
+        raise AnalysisError(
+            f"per-layer mode {mode!r} is not known; use one of {', '.join(PER_LAYER_MODES)}"
+        )
+    if mode == "auto":
+        return "batched" if device.type == "cuda" else "per-layer"
+    return mode
 
 
 def validate_roi(out_hw: Sequence[int], top: int, left: int, window: int) -> None:
@@ -200,8 +224,13 @@ def _local_pass(
     names: Sequence[str],
     roi: tuple[int, int, int],
     keep_grads: bool,
+    mode: str = "per-layer",
 ) -> _LocalPass:
-    """The local map: one backward of ``T_ROI(y)``, segment by segment, then the keys."""
+    """The local map: one backward of ``T_ROI(y)``, segment by segment, then the keys.
+
+    ``mode`` ``"batched"``/``"compiled"`` queues the gradients and takes their keys in
+    same-shape batches (:class:`analyzer.engine.batched.KeyBatcher`), with no read back to
+    the host until the pass is done."""
     t0 = time.perf_counter()
     top, left, window = roi
     n = len(taps)
@@ -212,16 +241,22 @@ def _local_pass(
     vanished = [False] * n
     grads: dict[int, torch.Tensor] = {}
     depends = False
+    batcher = bk.KeyBatcher(KEY_CHUNK, compile=mode == "compiled") if mode != "per-layer" else None
+    taken = [False] * n
 
     def take(i: int, g: torch.Tensor) -> None:
         # the raw map is taken as soon as the gradient is final; the activation-sized
         # gradient itself is only kept for store="tensors"
         nonlocal depends
+        if keep_grads:
+            grads[i] = g
+        taken[i] = True
+        if batcher is not None:
+            batcher.add(i, g[0], flags[i])
+            return
         key, vanished[i] = kernels.gradcam_key_flagged(g[0])
         raw[i] = key.detach()
         depends = depends or (flags[i] and bool(g.any()))
-        if keep_grads:
-            grads[i] = g
 
     for k in reversed(range(seg.n_cuts)):
         g = local.step(k, values)
@@ -229,10 +264,15 @@ def _local_pass(
         if g is not None and j is not None:
             take(j, g)
     for i in range(n):  # taps inside segments, and taps the ROI does not reach
-        if raw[i] is None:
+        if not taken[i]:
             g = local.inner_grads[i]
             take(i, torch.zeros_like(taps[i]) if g is None else g)
     local.inner_grads.clear()
+    if batcher is not None:
+        batcher.flush()
+        raw = [batcher.keys[i] for i in range(n)]
+        flags_host = bk.to_host([torch.stack([batcher.vanished[i] for i in range(n)]), batcher.depends(y.device)])
+        vanished, depends = [bool(v) for v in flags_host[0]], bool(flags_host[1])
     raws = cast(list[torch.Tensor], raw)  # every tap has its map by now
     _check_all_finite(raws, [f"the gradient of T_ROI at tap {i} ({nm})" for i, nm in enumerate(names)])
     size = (int(y.shape[-2]), int(y.shape[-1]))
@@ -256,6 +296,7 @@ class _GlobalPass:
     grads: dict[int, torch.Tensor] = field(default_factory=dict)  # G_j (store="tensors")
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
     vanished: set[int] = field(default_factory=set)  # A(G_j) = 0 by the vanishing rule
+    vanished_t: dict[int, torch.Tensor] = field(default_factory=dict)  # the same, on device
     seconds: float = 0.0
 
 
@@ -306,6 +347,75 @@ def _global_pass(
     out.seconds = time.perf_counter() - t0
 
 
+def _global_pass_batched(
+    out: _GlobalPass,
+    seg: SegmentedGraph,
+    x: torch.Tensor,
+    size: tuple[int, int],
+    taps: Sequence[torch.Tensor],
+    values: Sequence[object],
+    leaves: Sequence[object],
+    parents: Sequence[int],
+    flags: Sequence[bool],
+    names: Sequence[str],
+    keep_grads: bool,
+    on_chunk: Callable[[int], None],
+    compile: bool,
+) -> None:
+    """:func:`_global_pass` with the per-layer work batched across same-shape layers
+    (:mod:`analyzer.engine.batched`): per chunk of layers, the texture cotangents and
+    energies of each same-shape group at once, one walk per layer, the Grad-CAM keys of
+    each same-shape group of ``G_j`` at once, then ``m_j`` and the accumulation per group.
+    The host reads one finiteness flag per chunk; the vanishing flags stay on the device
+    (``out.vanished_t``) until the chunk's records are copied out."""
+    t0 = time.perf_counter()
+    walker = GlobalGradients(seg, x, taps, values, leaves, parents)
+    acc = KeyAccumulator()
+    part_idx = [j for j in range(len(taps)) if flags[j]]
+
+    def nbytes(j: int) -> int:  # cotangent + gradient held per layer of a chunk
+        return 2 * taps[j].numel() * taps[j].element_size()
+
+    for chunk in bk.batches(part_idx, nbytes, KEY_CHUNK):
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for j in chunk:
+            by_shape.setdefault(tuple(taps[j].shape), []).append(j)
+        cot: dict[int, torch.Tensor] = {}
+        for group in by_shape.values():
+            c, a = bk.texture_and_energy([taps[j] for j in group], compile=compile)
+            for k, j in enumerate(group):
+                cot[j] = c[k : k + 1]
+                out.energy[j] = a[k]
+        grads: dict[int, torch.Tensor] = {}
+        for j in chunk:  # dT_Global(f_j)/df_parent(j): the autograd walk, one per layer
+            grads[j] = walker.walk(j, cot.pop(j))
+        by_grad: dict[tuple[int, ...], list[int]] = {}
+        for j in chunk:
+            by_grad.setdefault(tuple(grads[j].shape), []).append(j)
+        for group in by_grad.values():
+            keys, vanished = bk.gradcam_keys([grads[j][0] for j in group], compile=compile)
+            for k, j in enumerate(group):
+                out.raw[j] = keys[k]
+                out.vanished_t[j] = vanished[k]
+        if keep_grads:
+            out.grads.update({j: g.detach() for j, g in grads.items()})
+        del grads
+        for j, m in zip(
+            chunk, bk.global_layer_maps([out.raw[j] for j in chunk], [out.energy[j] for j in chunk]),
+            strict=True,
+        ):
+            out.m[j] = m
+        _check_all_finite(
+            [out.raw[j] for j in chunk],
+            [f"the global gradient of tap {j} ({names[j]})" for j in chunk],
+        )
+        acc.add_maps([out.m[j] for j in chunk], size)
+        on_chunk(chunk[-1])
+    out.maps = acc.finish(size, x.device)
+    out.seconds = time.perf_counter() - t0
+
+
+@input_in_full_precision
 def compute_glam(
     model: ImportedModel,
     x: torch.Tensor,
@@ -316,6 +426,7 @@ def compute_glam(
     store: StoreMode = "maps",
     on_layer: Callable[[LayerRecord], None] | None = None,
     keep_layers: bool = True,
+    per_layer: PerLayerMode = "auto",
 ) -> GlamMaps:
     """Compute GL-AM's local and global maps (GLAM.md) for one canonical input.
 
@@ -333,12 +444,30 @@ def compute_glam(
         Called with each :class:`LayerRecord` as soon as it is complete (streaming).
     keep_layers:
         Keep the records in the result as well (turn off when streaming large models).
+    per_layer:
+        How the per-layer map work runs: ``"per-layer"`` one layer at a time (the fused
+        numba kernels on CPU), ``"batched"`` across same-shape layers with no host reads
+        inside the layer loop (:mod:`analyzer.engine.batched`), ``"compiled"`` the same
+        through ``torch.compile`` where it works (else eagerly, with a warning);
+        ``"auto"``: ``batched`` on CUDA, ``per-layer`` on CPU. All give the same maps to
+        float32 rounding.
 
     Returns
     -------
     GlamMaps
+
+    Raises
+    ------
+    AnalysisError
+        ROI outside the output, no participating layer, an unknown ``per_layer``.
+    NumericalError
+        NaN/Inf in the output or a gradient.
     """
     device = x.device
+    mode = resolve_per_layer(per_layer, device)
+    batched = mode != "per-layer"
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     if device.type == "cpu":
         keep_freed_memory()  # activation-sized buffers come and go: reuse, don't re-fault
         kernels.warm_up()  # the one-time load of the fused kernels stays out of the timings
@@ -373,7 +502,10 @@ def compute_glam(
     names = [t.name for t in model.taps]
     store_grads = store == "tensors"
     n = len(taps)
-    local = _local_pass(seg, y, taps, values, leaves, flags, names, (top, left, window), store_grads)
+    local = _local_pass(
+        seg, y, taps, values, leaves, flags, names, (top, left, window), store_grads, mode
+    )
+    local_host = bk.to_host(local.raw) if batched else None  # one copy for all taps
     if not local.depends:
         warn.append(
             f"the output does not depend on the ROI (top={top}, left={left}, window={window}): "
@@ -385,6 +517,17 @@ def compute_glam(
     def emit_through(last: int) -> None:
         """Hand out the records of taps ``emitted..last`` (execution order) and drop them."""
         nonlocal emitted
+        ready: dict[int, list[np.ndarray]] = {}
+        done = [i for i in range(emitted, last + 1) if i in glob.m]
+        if batched and done:  # the chunk's global maps and flags in one copy to the host
+            arrays = bk.to_host([
+                t for i in done
+                for t in (glob.m.pop(i), glob.raw.pop(i), glob.energy.pop(i), glob.vanished_t.pop(i))
+            ])  # fmt: skip
+            for k, i in enumerate(done):
+                ready[i] = arrays[4 * k : 4 * k + 3]
+                if bool(arrays[4 * k + 3]):
+                    glob.vanished.add(i)
         for i in range(emitted, last + 1):
             rec = LayerRecord(
                 index=i,
@@ -393,11 +536,13 @@ def compute_glam(
                 parent=parents[i],
                 participating=flags[i],
                 shape=tuple(int(d) for d in taps[i].shape),
-                local_map=local.raw[i].cpu().numpy(),
+                local_map=local.raw[i].cpu().numpy() if local_host is None else local_host[i],
                 local_vanished=flags[i] and local.vanished[i],
                 global_vanished=i in glob.vanished,
             )
-            if i in glob.m:
+            if i in ready:
+                rec.global_map, rec.global_grad_map, rec.activation_energy = ready[i]
+            elif i in glob.m:
                 rec.global_map = glob.m.pop(i).cpu().numpy()
                 rec.global_grad_map = glob.raw.pop(i).cpu().numpy()
                 rec.activation_energy = glob.energy.pop(i).cpu().numpy()
@@ -413,9 +558,14 @@ def compute_glam(
         emitted = max(emitted, last + 1)
 
     glob = _GlobalPass()
-    _global_pass(glob, seg, x, (H, W), taps, values, leaves, parents, flags, names, store_grads, emit_through)
+    args = (glob, seg, x, (H, W), taps, values, leaves, parents, flags, names, store_grads, emit_through)
+    if batched:
+        _global_pass_batched(*args, compile=mode == "compiled")
+    else:
+        _global_pass(*args)
     emit_through(n - 1)
     _sync(device)
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     timings["local"] = local.seconds
     timings["global"] = glob.seconds
     timings["total"] = time.perf_counter() - t0
@@ -431,4 +581,6 @@ def compute_glam(
         layers=layers,
         timings=timings,
         warnings=warn,
+        per_layer=mode,
+        peak_memory_bytes=peak,
     )

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from analyzer.engine.allocator import keep_freed_memory
+from analyzer.engine.device import input_in_full_precision
 from analyzer.engine.maps import resize
 from analyzer.engine.texture import texture_roi
 from analyzer.errors import AnalysisError, ModelError, NumericalError
@@ -81,6 +82,7 @@ def blur_path(
     return images.to(x.device), derivs.to(x.device)
 
 
+@input_in_full_precision
 def compute_lam(
     model: ImportedModel,
     x: torch.Tensor,

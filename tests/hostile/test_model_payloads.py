@@ -28,7 +28,7 @@ def glam(*args: object):  # type: ignore[no-untyped-def]
 
 
 def one_error_line(res) -> str:  # type: ignore[no-untyped-def]
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("glam: ")]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
     return lines[0]

@@ -49,6 +49,8 @@ _LAZY = {
     "diffusion_index": "analyzer.engine.metrics",
     "gini": "analyzer.engine.metrics",
     "mse_psnr": "analyzer.engine.metrics",
+    "SanityResult": "analyzer.sanity.workflow",
+    "sanity": "analyzer.sanity",  # the room's package, callable as analyzer.sanity(...)
 }
 
 
@@ -56,7 +58,8 @@ def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        return module if _LAZY[name] == f"analyzer.{name}" else getattr(module, name)
     raise AttributeError(f"module 'analyzer' has no attribute {name!r}")
 
 
@@ -93,4 +96,6 @@ __all__ = [
     "prepare_image",
     "reference_glam",
     "resolve_device",
+    "sanity",
+    "SanityResult",
 ]

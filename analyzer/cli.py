@@ -928,7 +928,7 @@ def demo(ctx: click.Context, out: str, model: str | None, image: str | None,
 @click.option("--hr", is_flag=True, help="IMAGE is the HR reference; LR = bicubic downscale.")
 @click.option("--crop", type=int, default=None, metavar="N",
               help="Centre-crop the LR input to N x N first.")
-@click.option("--blocks", type=int, default=8, show_default=True,
+@click.option("--blocks", type=click.IntRange(min=0), default=8, show_default=True,
               help="Randomization steps (contiguous tap blocks); 0: one tap per step.")
 @click.option("--methods", default="local,global,lam,saliency", show_default=True,
               help="Maps to test (comma-separated).")
@@ -968,6 +968,7 @@ def sanity_(ctx: click.Context, model: str, image: str, archive: str, run: str |
         roi=parse_roi(roi), window=window, hr=hr, crop=crop, blocks=blocks or None, seed=seed,
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()), baseline=baseline,
         lam_fold=lam_fold, device=device, overwrite=overwrite, command_line=_command_line(ctx))
+    options.validate()
     m = _load_model(model, in_channels, layout, input_range, output, tolerance)
     res = run_sanity(m, image, Path(archive), name, options, figure=figure,
                      progress=None if as_json else (lambda msg: click.echo(msg, err=True)))

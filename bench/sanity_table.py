@@ -1,7 +1,7 @@
 """The README's sanity table: ``glam sanity`` on the real models of ``../shared/models``.
 
-Run ``python -m bench.sanity_table [OUT_DIR]`` from the repository root (needs
-``../shared``). Settings (small enough for 2 shared CPU cores): Urban100 ``img_001`` LR
+Run ``python -m bench.sanity_table [OUT_DIR] [MODEL_STEM ...]`` from the repository root
+(needs ``../shared``; the stems choose models, e.g. ``srgan_x4``). Settings (small enough for 2 shared CPU cores): Urban100 ``img_001`` LR
 (x4), centre-cropped to 32x32 LR; default ROI (16x16 at the output centre); 6 tap blocks
 for both randomization variants; LAM fold 8; deletion/insertion 0-50 % in 1 % steps, blur
 baseline, 5 random orderings; seed 0. Writes ``sanity_<model>.h5``, ``sanity_<model>.png``,
@@ -34,11 +34,13 @@ def _depth(summary: dict, variant: str, method: str, metric: str, n_taps: int) -
     return f"{r['taps_randomized']}/{n_taps}" if r["taps_randomized"] is not None else "never"
 
 
-def main(out: Path) -> None:
+def main(out: Path, only: list[str] | None = None) -> None:
     torch.set_num_threads(2)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for label, file in MODELS.items():
+        if only and file.split(".")[0] not in only:
+            continue
         t0 = time.perf_counter()
         model = importers.load(SHARED / "models" / file)
         stem = file.split(".")[0]
@@ -68,4 +70,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("sanity-table"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("sanity-table"), sys.argv[2:] or None)

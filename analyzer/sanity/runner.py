@@ -11,7 +11,7 @@ import torch
 
 from analyzer.api import prepare_image
 from analyzer.archive.hdf5 import RunWriter, check_run_names
-from analyzer.archive.sanity import write_sanity
+from analyzer.archive.sanity import METHODS, write_sanity
 from analyzer.errors import AnalysisError
 from analyzer.report.sanity_figure import write_sanity_figure
 from analyzer.sanity.workflow import SanityResult, sanity
@@ -39,6 +39,20 @@ class SanityOptions:
     device: str = "auto"
     overwrite: bool = False
     command_line: str = ""
+
+
+    def validate(self) -> None:
+        """Refuse bad options before the model is loaded (:class:`AnalysisError`)."""
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise AnalysisError(f"unknown sanity method(s) {bad or list(self.methods)}; choose "
+                                f"from {', '.join(METHODS)}")
+        if self.blocks is not None and self.blocks < 1:
+            raise AnalysisError(f"--blocks {self.blocks} must be at least 1 (0: one tap per step)")
+        if self.lam_fold < 1:
+            raise AnalysisError(f"--lam-fold {self.lam_fold} must be at least 1")
+        if self.crop is not None and self.crop < 2:
+            raise AnalysisError(f"--crop {self.crop} must be at least 2 LR pixels")
 
 
 def center_crop(lr: torch.Tensor, reference: torch.Tensor | None, size: int, scale: int,
@@ -78,6 +92,7 @@ def run_sanity(model: ImportedModel, image: str | Path, archive: str | Path, nam
             on_layer=writer.add_layer, progress=progress,
         )
         write_sanity(writer.add_group("sanity"), res.record)
+        res.result.warnings = list(res.warnings)  # the run records the sanity warnings too
         writer.finish(model, res.result, image_path=prepared.image_path,
                       image_sha256=prepared.image_sha256,
                       reference_path=prepared.reference_path if ref is not None else None,
@@ -111,6 +126,7 @@ def format_summary(res: SanityResult, name: str, archive: str | Path) -> str:
         lines.append("; ".join(parts))
     lines.append(f"  random    deletion AUC {rec.auc('random', 'deletion'):.3f}, "
                  f"insertion AUC {rec.auc('random', 'insertion'):.3f}")
+    lines += [f"  warning: {w}" for w in res.warnings]
     ind_ = rec.indicators
     lines.append(f"  ERF radius 50% {ind_['erf_r50']:.1f} px, 90% {ind_['erf_r90']:.1f} px; "
                  f"global Gini textured {ind_['gini_global_textured']:.3f} / flat "

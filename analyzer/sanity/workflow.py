@@ -212,6 +212,13 @@ def sanity(
 
     # -- 1. randomization
     params = conv_parameters(model)
+    fixed = [i for i, p in enumerate(params) if not p]
+    warnings = list(result.warnings)
+    if fixed:
+        warnings.append(
+            f"{len(fixed)} tap(s) have weights computed in the graph, not stored, and are not "
+            f"re-initialised: {fixed[:10]}{' ...' if len(fixed) > 10 else ''}"
+        )
     groups = [g for g in tap_blocks(model.n_taps, blocks) if g]
     rand: dict[str, RandomizationRecord] = {}
     for variant in variants:
@@ -276,6 +283,7 @@ def sanity(
         "lam_fold": lam_fold, "lam_sigma": lam_sigma, "lam_kernel": lam_kernel,
         "input_h": h, "input_w": w, "variants": list(variants),
         "reinit": "N(0, std(w)) per tensor, seed*100003+tap",
+        "taps_not_reinitialised": fixed,
     }
     record = SanityRecord(
         settings=settings, n_taps=model.n_taps, methods=list(methods), randomization=rand,
@@ -284,4 +292,4 @@ def sanity(
                 "layer_di_global": per_layer["di_global"]},
     )
     return SanityResult(result=result, record=record, saliency=sal,
-                        seconds=time.perf_counter() - t_start, warnings=list(result.warnings))
+                        seconds=time.perf_counter() - t_start, warnings=warnings)

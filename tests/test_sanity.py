@@ -230,3 +230,16 @@ def test_cli_sanity_archive_report_json(tiny_model: Path, lr_image: Path, tmp_pa
     assert CliRunner().invoke(cli, ["report", str(out), "-o", str(html)]).exit_code == 0
     page = html.read_text()
     assert 'data-section="sanity"' in page and "deletion AUC" in page
+
+
+def test_cli_sanity_refuses_bad_options_before_the_model_load(tmp_path: Path,
+                                                              lr_image: Path) -> None:
+    from analyzer.cli import cli
+
+    missing_model = tmp_path / "absent.onnx"  # never loaded: the options fail first
+    for extra, msg in ((["--crop", "1"], "--crop 1"), (["--lam-fold", "0"], "--lam-fold 0"),
+                       (["--methods", "local,gradcam"], "unknown sanity method")):
+        res = CliRunner().invoke(cli, ["sanity", str(missing_model), str(lr_image), "-o",
+                                       str(tmp_path / "s.h5"), *extra], catch_exceptions=False)
+        assert res.exit_code == 2 and msg in res.stderr, (extra, res.stderr)
+    assert not (tmp_path / "s.h5").exists()

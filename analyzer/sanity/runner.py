@@ -111,7 +111,7 @@ def format_summary(res: SanityResult, name: str, archive: str | Path) -> str:
     casc = rec.randomization.get("cascading")
     ind = rec.randomization.get("independent")
     for m in rec.methods:
-        parts = [f"  {m:9s}"]
+        parts: list[str] = []
         if casc is not None:
             k = casc.first_below(m)
             parts.append("cascading: Spearman < 0.5 after "
@@ -123,7 +123,7 @@ def format_summary(res: SanityResult, name: str, archive: str | Path) -> str:
         if m in rec.deletion:
             parts.append(f"deletion AUC {rec.auc(m, 'deletion'):.3f}, "
                          f"insertion AUC {rec.auc(m, 'insertion'):.3f}")
-        lines.append("; ".join(parts))
+        lines.append(f"  {m:9s} " + "; ".join(parts))
     lines.append(f"  random    deletion AUC {rec.auc('random', 'deletion'):.3f}, "
                  f"insertion AUC {rec.auc('random', 'insertion'):.3f}")
     lines += [f"  warning: {w}" for w in res.warnings]

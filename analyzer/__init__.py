@@ -54,6 +54,8 @@ _LAZY = {
     "BatchOptions": "analyzer.batch.driver",
     "run_batch": "analyzer.batch.driver",
     "load_plan": "analyzer.batch.plan",
+    "SanityResult": "analyzer.sanity_checks.workflow",
+    "sanity": "analyzer.sanity_checks.workflow",
 }
 
 
@@ -61,7 +63,8 @@ def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        return module if _LAZY[name] == f"analyzer.{name}" else getattr(module, name)
     raise AttributeError(f"module 'analyzer' has no attribute {name!r}")
 
 
@@ -103,4 +106,6 @@ __all__ = [
     "reference_glam",
     "resolve_device",
     "run_batch",
+    "sanity",
+    "SanityResult",
 ]

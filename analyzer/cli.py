@@ -1085,6 +1085,64 @@ def demo(ctx: click.Context, out: str, model: str | None, image: str | None,
         click.echo(line)
 
 
+@cli.command(name="sanity")
+@click.argument("model")
+@click.argument("image")
+@click.option("-o", "--archive", "archive", default="sanity.h5", show_default=True,
+              help="Archive for the run and its sanity/ group.")
+@click.option("--run", "run", default=None, help="Run name; default <model>__<image>.")
+@click.option("--roi", default=None, metavar="TOP,LEFT", help="ROI corner (output pixels).")
+@click.option("--window", type=int, default=16, show_default=True, help="ROI window size.")
+@click.option("--hr", is_flag=True, help="IMAGE is the HR reference; LR = bicubic downscale.")
+@click.option("--crop", type=int, default=None, metavar="N",
+              help="Centre-crop the LR input to N x N first.")
+@click.option("--blocks", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Randomization steps (contiguous tap blocks); 0: one tap per step.")
+@click.option("--methods", default="local,global,lam,saliency", show_default=True,
+              help="Maps to test (comma-separated).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights/orders.")
+@click.option("--baseline", type=click.Choice(["blur", "bicubic"]), default="blur",
+              show_default=True, help="What a deleted LR pixel becomes.")
+@click.option("--lam-fold", type=int, default=50, show_default=True, help="LAM path steps.")
+@click.option("--figure", "figure", default=None, metavar="PNG", help="Write the figure here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--overwrite", is_flag=True, help="Replace the run if it exists.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@_model_options
+@debug_option
+@click.pass_context
+def sanity_(ctx: click.Context, model: str, image: str, archive: str, run: str | None,
+            roi: str | None, window: int, hr: bool, crop: int | None, blocks: int,
+            methods: str, seed: int, baseline: str, lam_fold: int, figure: str | None,
+            as_json: bool, overwrite: bool, device: str, in_channels: str | None,
+            layout: str | None, input_range: str, output: str | None,
+            tolerance: float | None) -> None:
+    """Sanity checks of the maps on MODEL and IMAGE: model randomization, deletion /
+    insertion, indicators (docs/sanity.md)."""
+    from analyzer.runs import default_run_name, parse_roi
+    from analyzer.sanity_checks.runner import SanityOptions, format_summary, run_sanity
+
+    if not Path(image).is_file():
+        raise UserInputError(f"image {image!r} does not exist; pass an image file")
+    from analyzer.archive.hdf5 import check_run_names
+    from analyzer.paths import check_output_file
+
+    name = run or default_run_name(model, image)
+    check_run_names(archive, [name], overwrite=overwrite)
+    _check_outputs(archive=Path(archive))
+    if figure is not None:
+        check_output_file(figure, "--figure")
+    options = SanityOptions(
+        roi=parse_roi(roi), window=window, hr=hr, crop=crop, blocks=blocks or None, seed=seed,
+        methods=tuple(m.strip() for m in methods.split(",") if m.strip()), baseline=baseline,
+        lam_fold=lam_fold, device=device, overwrite=overwrite, command_line=_command_line(ctx))
+    options.validate()
+    m = _load_model(model, in_channels, layout, input_range, output, tolerance)
+    res = run_sanity(m, image, Path(archive), name, options, figure=figure,
+                     progress=None if as_json else (lambda msg: click.echo(msg, err=True)))
+    click.echo(_json_line(res.summary()) if as_json else format_summary(res, name, archive))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point (``glam``).
 

@@ -51,6 +51,7 @@ from analyzer.errors import ArchiveError
 
 if TYPE_CHECKING:
     from analyzer.api import Result
+    from analyzer.archive.sanity import SanityRecord
     from analyzer.engine.glam import LayerRecord
     from importers.model import ImportedModel
 
@@ -559,6 +560,14 @@ class RunWriter:
             self.scratch.unlink()
 
     # -- streaming
+    def add_group(self, name: str) -> h5py.Group:
+        """A new, empty member group of the run (e.g. ``sanity``), committed with it."""
+        if self._file is None:
+            raise ArchiveError("this run writer is closed")
+        if name in self._group:
+            raise ArchiveError(f"the run already has a member {name!r}")
+        return self._group.create_group(name, track_order=True)
+
     def add_layer(self, rec: LayerRecord) -> None:
         """Write one :class:`~analyzer.engine.glam.LayerRecord` (the ``on_layer`` sink of analyze)."""
         if self._file is None:
@@ -1272,6 +1281,12 @@ class Archive:
             warnings=list(attrs.get("warnings", [])),
             engine_parity=_engine_parity(g),
         )
+
+    def sanity(self, name: str) -> SanityRecord | None:
+        """The run's ``glam sanity`` results, or ``None`` when it has none."""
+        from analyzer.archive.sanity import read_sanity
+
+        return read_sanity(self._group(name))
 
     def n_layers(self, name: str) -> int:
         """Number of archived layer records of a run."""

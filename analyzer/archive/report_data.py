@@ -26,6 +26,7 @@ from analyzer.archive.figure_data import FigureData, sample_indices
 
 if TYPE_CHECKING:
     from analyzer.archive.hdf5 import Archive, RunData
+    from analyzer.archive.sanity import SanityRecord
 
 
 @dataclass
@@ -77,6 +78,8 @@ class ReportRun:
         Every participating layer with a record, execution order.
     n_sampled:
         How many of ``layers`` carry native keys (``<= max_keys``).
+    sanity:
+        The run's ``glam sanity`` results, when it has them.
     masks:
         Attributed-pixel masks (``map > mean(map)``, paper section IV-D-2) of
         ``"local"`` (the local Sum) and ``"lam"`` (LAM's map at output size, when present).
@@ -87,6 +90,7 @@ class ReportRun:
     layers: list[LayerView] = field(default_factory=list)
     n_sampled: int = 0
     masks: dict[str, np.ndarray] = field(default_factory=dict)
+    sanity: SanityRecord | None = None
 
 
 def _n(a: np.ndarray) -> np.ndarray:
@@ -153,4 +157,5 @@ def read_report_run(ar: Archive, name: str, *, max_keys: int = 64) -> ReportRun:
     if fig.lam_map_output is not None:
         masks["lam"] = fig.lam_map_output > fig.lam_map_output.mean()
     return ReportRun(data=rd, figure=fig, layers=views,
-                     n_sampled=sum(1 for v in views if v.sampled), masks=masks)
+                     n_sampled=sum(1 for v in views if v.sampled), masks=masks,
+                     sanity=ar.sanity(name))

@@ -32,6 +32,7 @@ import numpy as np
 from analyzer.archive.figure_data import to_rgb_uint8
 from analyzer.archive.hdf5 import open_archive
 from analyzer.archive.report_data import ReportRun, read_report_run
+from analyzer.archive.sanity import SanityRecord
 from analyzer.errors import ArchiveError, MissingDependencyError, UserInputError
 
 __all__ = ["CMAP", "check_output_path", "write_check_report", "write_report"]
@@ -279,12 +280,47 @@ def _run_view(rr: ReportRun, slug: str) -> dict[str, Any]:
                                        for v in rr.layers], n)},
         "provenance": prov, "meta": meta, "conventions": prov.get("conventions", {}),
         "parity": prov.get("parity", {}), "engine_parity": rd.engine_parity,
-        "warnings": rd.warnings, "roi": roi, "window": win,
+        "warnings": rd.warnings, "roi": roi, "window": win, "sanity": _sanity_view(rr.sanity),
         "compare": {"output": images[1], "local": local[3], "global": glob[3],
                     "lam": _fig("LAM over the " + base_name,
                                 _box(_overlay(base, np.clip(fd.lam_map_output, 0, 1)), roi, win),
                                 cbar="LAM attribution") if fd.lam_map_output is not None else None},
     }
+
+
+def _sanity_view(rec: SanityRecord | None) -> dict[str, Any] | None:
+    """The ``glam sanity`` section of a run: its figure and one table row per map."""
+    if rec is None:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from analyzer.report.sanity_figure import LABELS, sanity_figure
+
+    fig = sanity_figure(rec)
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)
+    fig.savefig(buf, dpi=80, facecolor="white", format="png")
+    fig.clear()
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    summary = rec.summary()
+    rows = []
+    for m in [*rec.methods, "random"]:
+        row: dict[str, Any] = {"method": LABELS.get(m, m)}
+        for variant, r in summary["randomization"].items():
+            got = r["methods"].get(m)
+            if got is None:
+                continue
+            for metric in ("spearman", "ssim", "topk"):
+                n = got[metric]["taps_randomized"]
+                row[f"{variant}_{metric}"] = "never" if n is None else f"{n}/{rec.n_taps}"
+            if "blocks_below" in got:
+                row["blocks_below"] = f"{got['blocks_below']}/{r['steps']}"
+        f = summary["faithfulness"].get(m)
+        if f is not None:
+            row["deletion_auc"], row["insertion_auc"] = f["deletion_auc"], f["insertion_auc"]
+        rows.append(row)
+    return {"figure": uri, "rows": rows, "indicators": summary["indicators"],
+            "settings": summary["settings"]}
 
 
 def write_report(archive_path: str | Path, out_path: str | Path,

@@ -1,0 +1,245 @@
+"""``glam sanity`` (issue 18): similarity measures against known values, analytic models
+(ignored input, identity-like deletion curve, randomization), determinism, the archive's
+``sanity`` group, the HTML report section and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import analyzer
+import importers
+from analyzer.archive.hdf5 import open_archive
+from analyzer.errors import AnalysisError
+from analyzer.sanity_checks import faithfulness as faith
+from analyzer.sanity_checks.randomize import conv_parameters, randomized, tap_blocks
+from analyzer.sanity_checks.similarity import average_ranks, spearman, ssim, topk_overlap
+from tests.conftest import TinySR
+
+FAST = {"lam_fold": 4, "n_random": 2, "blocks": 3, "max_fraction": 0.2, "step": 0.05}
+
+
+# ------------------------------------------------------------------------ similarity
+
+
+def test_spearman_average_ranks_known_case() -> None:
+    assert average_ranks(np.array([3.0, 1.0, 2.0, 2.0])).tolist() == [4.0, 1.0, 2.5, 2.5]
+    # by hand: ranks (1, 2.5, 2.5, 4) and (1, 3, 2, 4): r = 4.5 / sqrt(4.5 * 5)
+    assert spearman(np.array([1, 2, 2, 3]), np.array([1, 3, 2, 4])) == pytest.approx(
+        4.5 / np.sqrt(22.5), abs=1e-12)
+    a = np.random.default_rng(0).random((9, 9))
+    assert spearman(a, a**3) == pytest.approx(1.0)  # monotone: rank correlation 1
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    assert spearman(np.zeros((3, 3)), a[:3, :3]) == 0.0  # a constant map has no ranking
+    assert spearman(np.zeros((3, 3)), np.zeros((3, 3))) == 1.0
+    with pytest.raises(AnalysisError, match="same size"):
+        spearman(a, a[:3])
+
+
+def test_ssim_constants_and_identity() -> None:
+    a = np.random.default_rng(1).random((24, 20))
+    assert ssim(a, a) == pytest.approx(1.0)
+    # flat images: the structure term is C2/C2 = 1, SSIM = luminance term (Wang et al. eq. 13)
+    c1 = (0.01 * 1.0) ** 2
+    s = ssim(np.full((16, 16), 0.2), np.full((16, 16), 0.6), scale=False)
+    assert s == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1), rel=1e-9)
+    noisy = a + 0.3 * np.random.default_rng(2).standard_normal(a.shape)
+    assert 0.0 < ssim(a, noisy) < 0.9
+    assert ssim(a, noisy) == pytest.approx(ssim(noisy, a))
+    with pytest.raises(AnalysisError, match="window"):
+        ssim(a[:8, :8], a[:8, :8])
+
+
+def test_topk_overlap() -> None:
+    a = np.arange(100.0).reshape(10, 10)
+    assert topk_overlap(a, a, 0.1) == 1.0
+    assert topk_overlap(a, -a, 0.1) == 0.0
+    b = a.copy()
+    b.ravel()[-5:] = 0  # 5 of the 10 top pixels lost
+    assert topk_overlap(a, b, 0.1) == 0.5
+
+
+# --------------------------------------------------------------------- analytic models
+
+
+class HalfBlind(nn.Module):
+    """Zeroes the input's columns 8.. before two convolutions (no biases) and a x2 shuffle:
+    the output ignores them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.c2 = nn.Conv2d(8, 12, 3, padding=1, bias=False)
+        self.up = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x[..., :8], x[..., 8:] * 0.0], dim=-1)
+        return self.up(self.c2(torch.relu(self.c1(x))))
+
+
+class Nearest2(nn.Module):
+    """Nearest-neighbour x2 upscaling as a 1x1 conv and a pixel shuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 12, 1, bias=False)
+        w = torch.zeros(12, 3, 1, 1)
+        for c in range(3):
+            w[4 * c : 4 * c + 4, c] = 1.0
+        self.c.weight.data.copy_(w)
+        self.up = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.c(x))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> importers.ImportedModel:
+    torch.manual_seed(0)
+    return importers.from_module(TinySR().eval())
+
+
+def test_ignored_input_gets_no_mass() -> None:
+    torch.manual_seed(0)
+    model = importers.from_module(HalfBlind().eval())
+    x = torch.rand(1, 3, 16, 24)
+    res = analyzer.sanity(model, x, roi=(12, 8), window=8, variants=(), **FAST)
+    # LR columns >= 8 are multiplied by 0: input-level maps are exactly 0 there
+    assert res.saliency[:, 8:].max() == 0.0 and res.saliency[:, :8].max() == 1.0
+    assert res.result.lam.map[:, 8:].max() == 0.0
+    # the GL-AM maps at output size: beyond the receptive field of the unmasked pixels
+    # (two 3x3 convs: LR column 10, x2, plus the bicubic resize's 2-pixel reach) they are 0
+    for m in (res.result.local["sum"], res.result.global_["sum"]):
+        assert m[:, 26:].max() <= 1e-6 and m[:, :16].max() > 0.1
+
+
+def test_identity_like_model_deletion_is_linear() -> None:
+    model = importers.from_module(Nearest2().eval())
+    x = torch.zeros(1, 3, 48, 48)
+    x[..., 1::3, 1::3] = 1.0  # 256 isolated spikes: each adds the same texture
+    base = torch.zeros_like(x)
+    roi, window = (0, 0), 95  # T_ROI over the whole output
+    rng = np.random.default_rng(0)
+    dele, ins = [], []
+    for _ in range(5):
+        d, i = faith.curves(model, x, rng.permutation(48 * 48), roi, window, base, batch=16)
+        dele.append(d.values)
+        ins.append(i.values)
+    f = d.fractions
+    assert f[0] == 0.0 and f[-1] == pytest.approx(0.5, abs=1e-3) and len(f) == 51
+    assert np.abs(np.mean(dele, axis=0) - (1 - f)).max() < 0.05
+    assert np.abs(np.mean(ins, axis=0) - f).max() < 0.05
+    assert faith.auc(f, 1 - f) == pytest.approx(0.75)
+    # batching over steps changes nothing
+    order = np.random.default_rng(1).permutation(48 * 48)
+    d5, i5 = faith.curves(model, x, order, roi, window, base, batch=5)
+    d51, i51 = faith.curves(model, x, order, roi, window, base, batch=51)
+    assert np.allclose(d5.values, d51.values, atol=1e-6) and np.allclose(i5.values, i51.values)
+    assert d5.values[0] == pytest.approx(1.0) and i5.values[0] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_randomization_restores_weights_and_blocks(tiny: importers.ImportedModel) -> None:
+    x = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(3))
+    y0 = tiny(x)[0].detach().clone()
+    params = conv_parameters(tiny)
+    assert len(params) == tiny.n_taps and all(params)
+    with pytest.raises(RuntimeError, match="boom"), randomized(tiny, [0, 4], seed=1):
+        assert not torch.allclose(tiny(x)[0], y0)
+        raise RuntimeError("boom")
+    assert torch.equal(tiny(x)[0], y0)  # restored, also after the error
+    assert tap_blocks(5, 2) == [[0, 1, 2], [3, 4]] or tap_blocks(5, 2) == [[0, 1], [2, 3, 4]]
+    assert tap_blocks(5, None) == [[0], [1], [2], [3], [4]]
+    with pytest.raises(AnalysisError):
+        tap_blocks(5, 0)
+
+
+def test_randomized_model_drops_correlation_and_is_deterministic(
+    tiny: importers.ImportedModel,
+) -> None:
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    kw = dict(FAST, methods=("local", "global", "saliency"), blocks=None)
+    a = analyzer.sanity(tiny, x, **kw)
+    b = analyzer.sanity(tiny, x, **kw)
+    ra, rb = a.record.randomization, b.record.randomization
+    for v in ("cascading", "independent"):
+        for m in ("local", "global", "saliency"):
+            for metric in ("spearman", "ssim", "topk"):
+                assert np.array_equal(ra[v].similarity[m][metric], rb[v].similarity[m][metric])
+    assert a.summary()["faithfulness"] == b.summary()["faithfulness"]
+    casc = ra["cascading"]
+    assert casc.taps_randomized.tolist() == [1, 2, 3, 4, 5]
+    assert casc.block_start.tolist() == [4, 3, 2, 1, 0]  # from the output end
+    # with every conv re-initialised, the global map no longer matches the trained one
+    assert casc.similarity["global"]["spearman"][-1] < 0.5
+    assert casc.first_below("global") >= 0
+    # ... and a different seed gives different random weights
+    c = analyzer.sanity(tiny, x, **dict(kw, seed=1, variants=("cascading",)))
+    assert not np.array_equal(c.record.randomization["cascading"].similarity["global"]["spearman"],
+                              casc.similarity["global"]["spearman"])
+    ind = a.record.indicators
+    assert 0 <= ind["erf_r50"] <= ind["erf_r90"]
+    assert 0 < ind["textured_fraction"] < 1
+    assert len(a.record.layers["layer_di_local"]) == sum(t.participating for t in tiny.taps)
+
+
+def test_sanity_rejects_bad_arguments(tiny: importers.ImportedModel) -> None:
+    x = torch.rand(1, 3, 12, 12)
+    with pytest.raises(AnalysisError, match="unknown sanity method"):
+        analyzer.sanity(tiny, x, methods=("local", "gradcam"))
+    with pytest.raises(AnalysisError, match="variant"):
+        analyzer.sanity(tiny, x, variants=("sideways",))
+    with pytest.raises(AnalysisError, match="baseline"):
+        faith.baseline_image(x, "noise")
+
+
+# ------------------------------------------------------------------- archive, report, CLI
+
+
+def test_cli_sanity_archive_report_json(tiny_model: Path, lr_image: Path, tmp_path: Path) -> None:
+    from analyzer.cli import cli
+
+    out, fig = tmp_path / "s.h5", tmp_path / "s.png"
+    args = ["sanity", str(tiny_model), str(lr_image), "-o", str(out), "--blocks", "2",
+            "--lam-fold", "4", "--figure", str(fig), "--run", "r"]
+    res = CliRunner().invoke(cli, [*args, "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert set(summary["faithfulness"]) == {"local", "lam", "saliency", "random"}
+    assert summary["randomization"]["cascading"]["steps"] == 2
+    assert fig.is_file() and fig.stat().st_size > 5000
+    with open_archive(out) as ar:
+        assert ar.runs() == ["r"]
+        rec = ar.sanity("r")
+        assert ar.verify_run("r") > 0
+    assert rec is not None and rec.n_taps == 5
+    assert rec.auc("local", "deletion") == pytest.approx(summary["faithfulness"]["local"]["deletion_auc"])
+    assert len(rec.fractions) == 51
+    # the run exists now: a second run of the same name is refused before the work (exit 2)
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 2 and "already exists" in res.stderr
+    res = CliRunner().invoke(cli, [*args[:-2], "--run", "q", "--methods", "local,nope"],
+                             catch_exceptions=False)
+    assert res.exit_code == 2 and "unknown sanity method" in res.stderr
+    html = tmp_path / "r.html"
+    assert CliRunner().invoke(cli, ["report", str(out), "-o", str(html)]).exit_code == 0
+    page = html.read_text()
+    assert 'data-section="sanity"' in page and "deletion AUC" in page
+
+
+def test_cli_sanity_refuses_bad_options_before_the_model_load(tmp_path: Path,
+                                                              lr_image: Path) -> None:
+    from analyzer.cli import cli
+
+    missing_model = tmp_path / "absent.onnx"  # never loaded: the options fail first
+    for extra, msg in ((["--crop", "1"], "--crop 1"), (["--lam-fold", "0"], "--lam-fold 0"),
+                       (["--methods", "local,gradcam"], "unknown sanity method")):
+        res = CliRunner().invoke(cli, ["sanity", str(missing_model), str(lr_image), "-o",
+                                       str(tmp_path / "s.h5"), *extra], catch_exceptions=False)
+        assert res.exit_code == 2 and msg in res.stderr, (extra, res.stderr)
+    assert not (tmp_path / "s.h5").exists()

@@ -13,13 +13,17 @@ This backend
 3. wraps the module in :class:`PadToMultiple` when spandrel says its input sizes must be a
    multiple of some ``m`` (padding the way spandrel's own call does: reflect on the bottom /
    right, output cropped back), and reports it; architectures that pad to their attention
-   window themselves (SwinIR, HAT, ...) are reported too;
+   window themselves (SwinIR, HAT, OmniSR) are reported with their window;
 4. traces it into an FX graph: ``torch.export`` with dynamic height and width first, then
    ``torch.fx.symbolic_trace``, then ``torch.jit.trace`` + glam's ``ts2fx``, and last a
    ``torch.export`` specialised to the probe size (a fixed-size graph, reported). Each
-   candidate must reproduce the module at the probe size (and at a second size unless it is
-   fixed-size) before it is taken; the reasons the earlier routes failed are kept in
-   ``metadata["route_errors"]``.
+   candidate must reproduce the module at the probe size, at a second size and at an odd
+   size (no multiple of any window) before it is taken; the reasons the earlier routes
+   failed are kept in ``metadata["route_errors"]``. A dynamic export that reproduces the
+   module at the first two sizes but whose shape guards refuse the odd one (SwinIR, HAT:
+   ``torch.export`` specialises the model's pad-to-window to "no padding needed") is kept
+   when no later route is size-generic: its graph accepts input sizes that are multiples
+   of the window, ``metadata["input_multiple"]`` and a warning say so.
 
 The parity reference is the spandrel module itself; tap names are its module qualnames.
 """
@@ -57,6 +61,7 @@ __all__ = [
 
 PROBE_SIZE = (40, 36)
 SECOND_SIZE = (48, 48)
+ODD_SIZE = (43, 37)  # no multiple of any window: a specialising shape guard shows here
 _SELF_CHECK_RTOL = 1e-5
 ROUTES = ("torch.export", "fx.symbolic_trace", "jit.trace+ts2fx", "torch.export (static)")
 
@@ -114,8 +119,16 @@ def load_checkpoint(path: Path, kind: CheckpointKind, *, is_zip: bool) -> RawGra
     c_in = int(metadata["spandrel_channels"][0])
     example = probe_input(c_in, *PROBE_SIZE)
     t0 = time.perf_counter()
-    gm, route, errors, fixed = trace_module(module, example)
+    gm, route, errors, fixed, multiple = trace_module(module, example)
     metadata["route"] = route
+    if multiple is not None:
+        metadata["input_multiple"] = multiple
+        what = f"multiples of {multiple} (the model's window)" if multiple else "some sizes"
+        warnings.append(
+            f"traced with {route}, whose shape guards specialise the model's pad-to-window: the "
+            f"graph accepts only input sizes that are {what}; pad or crop inputs to such a "
+            f"size ({errors.get(route, '')})"
+        )
     metadata["conversion_s"] = round(time.perf_counter() - t0, 3)
     if errors:
         metadata["route_errors"] = errors
@@ -302,7 +315,7 @@ def _window_size(module: nn.Module) -> int | None:
 
 def trace_module(
     module: nn.Module, example: torch.Tensor
-) -> tuple[fx.GraphModule, str, dict[str, str], bool]:
+) -> tuple[fx.GraphModule, str, dict[str, str], bool, int | None]:
     """Trace ``module`` to an untapped FX graph through the first route that reproduces it.
 
     Parameters
@@ -314,10 +327,11 @@ def trace_module(
 
     Returns
     -------
-    tuple[fx.GraphModule, str, dict[str, str], bool]
+    tuple[fx.GraphModule, str, dict[str, str], bool, int | None]
         The graph (conv nodes carry ``glam_name``, the module qualname), the route taken
-        (one of :data:`ROUTES`), why each earlier route failed, and whether the graph is
-        specialised to the probe size.
+        (one of :data:`ROUTES`), why each other route failed, whether the graph is
+        specialised to the probe size, and ``None`` for a size-generic graph, else the
+        multiple its input sizes must be (the model's window; 0 when unknown).
 
     Raises
     ------
@@ -328,29 +342,129 @@ def trace_module(
         ref1 = module(example)
         second = probe_input(example.shape[1], *SECOND_SIZE)
         ref2 = module(second)
+        odd = probe_input(example.shape[1], *ODD_SIZE)
+        ref3 = module(odd)
     errors: dict[str, str] = {}
+    partial: tuple[fx.GraphModule, str] | None = None
+    window = _window_size(_inner(module))
+    aligned = example
+    if window and (example.shape[-2] % window or example.shape[-1] % window):
+        h, w = (-(-int(d) // window) * window for d in example.shape[-2:])
+        aligned = probe_input(example.shape[1], h, w)
     builders = (
-        (ROUTES[0], lambda: _export(module, example, dynamic=True), False),
+        (ROUTES[0], lambda: _export(module, aligned, dynamic=True), False),
         (ROUTES[1], lambda: _symbolic(module), False),
         (ROUTES[2], lambda: _jit_ts2fx(module, example), False),
         (ROUTES[3], lambda: _export(module, example, dynamic=False), True),
     )
+    strip = "model." if isinstance(module, PadToMultiple) else ""
     for route, build, fixed in builders:
+        if fixed and partial is not None:
+            break
         try:
             with pywarnings.catch_warnings():
                 pywarnings.simplefilter("ignore")
                 gm = build()
+                if gm is not None and aligned is not example and route == ROUTES[0]:
+                    with torch.no_grad():
+                        _self_check(gm, aligned, module(aligned), "the aligned probe size")
+                    raise _Partial()
                 _self_check(gm, example, ref1, "the probe size")
                 if not fixed:
                     _self_check(gm, second, ref2, "a second input size")
+        except _Partial:
+            errors[route] = f"shape guards hold only for multiples of the window {window}"
+            partial = partial or (gm, route)
+            continue
         except Exception as exc:  # noqa: BLE001 - each route fails in its own way
             errors[route] = _one_line(exc)
             continue
-        _name_convs(gm, "model." if isinstance(module, PadToMultiple) else "")
-        return gm, route, errors, fixed
+        try:
+            if not fixed:
+                with pywarnings.catch_warnings():
+                    pywarnings.simplefilter("ignore")
+                    _self_check(gm, odd, ref3, f"the odd size {ODD_SIZE[0]}x{ODD_SIZE[1]}")
+        except Exception as exc:  # noqa: BLE001 - a shape guard refusing the odd size
+            errors[route] = _one_line(exc)
+            if partial is None:
+                partial = (gm, route)
+            continue
+        _name_convs(gm, strip)
+        return gm, route, errors, fixed, None
+    if partial is not None and window:
+        # the graph holds for multiples of the window: pad outside it exactly as the model
+        # pads itself (reflect, bottom/right) and crop, which makes it size-generic
+        gm, route = partial
+        scale = int(ref1.shape[-2]) // int(example.shape[-2])
+        try:
+            with pywarnings.catch_warnings():
+                pywarnings.simplefilter("ignore")
+                wrapped = _pad_wrapped(gm, window, scale)
+                for xi, ri, where in ((example, ref1, "the probe size"),
+                                      (second, ref2, "a second size"), (odd, ref3, "an odd size")):
+                    _self_check(wrapped, xi, ri, where)
+            _name_convs(wrapped, strip)
+            return wrapped, f"{route} + pad-to-window", errors, False, None
+        except Exception as exc:  # noqa: BLE001 - fall back to the window-multiple graph
+            errors[f"{route} + pad-to-window"] = _one_line(exc)
+    if partial is not None:
+        gm, route = partial
+        _name_convs(gm, strip)
+        return gm, route, errors, False, window or 0
     raise ConversionError(
         "cannot trace the spandrel module: " + "; ".join(f"{k}: {v}" for k, v in errors.items())
     )
+
+
+class _Partial(Exception):
+    """A dynamic export whose shape guards hold only for multiples of the model's window."""
+
+
+def _pad_wrapped(gm: fx.GraphModule, window: int, scale: int) -> fx.GraphModule:
+    """One flat FX graph: reflect-pad to a multiple of ``window``, the exported graph, crop.
+
+    Built by graph surgery (the exported graph's nodes are copied after the padding nodes);
+    its ``_guards_fn`` call is dropped, the padding guarantees the sizes it checks. The conv
+    nodes keep their ``nn_module_stack`` metadata and hence their names.
+    """
+    import operator
+
+    inner = copy.deepcopy(gm)
+    for node in list(inner.graph.nodes):
+        if node.op == "call_module" and str(node.target) == "_guards_fn":
+            inner.graph.erase_node(node)
+    g = fx.Graph()
+    x = g.placeholder("x")
+    h = g.call_function(torch.ops.aten.sym_size.int, (x, 2))
+    w = g.call_function(torch.ops.aten.sym_size.int, (x, 3))
+
+    def pad_of(d: fx.Node) -> fx.Node:
+        r = g.call_function(operator.mod, (d, window))
+        return g.call_function(operator.mod, (g.call_function(operator.sub, (window, r)), window))
+
+    padded = g.call_function(
+        torch.nn.functional.pad, (x, (0, pad_of(w), 0, pad_of(h))), {"mode": "reflect"}
+    )
+    placeholders = [n for n in inner.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise ConversionError(f"the exported graph has {len(placeholders)} inputs, not 1")
+    out = g.graph_copy(inner.graph, {placeholders[0]: padded})
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    y = g.call_function(
+        operator.getitem,
+        (out, (Ellipsis, slice(None, g.call_function(operator.mul, (h, scale))),
+               slice(None, g.call_function(operator.mul, (w, scale))))),
+    )
+    g.output(y)
+    outer = fx.GraphModule(inner, g)
+    for name in ("train", "eval"):
+        outer.__dict__.pop(name, None)
+    return outer
+
+
+def _inner(module: nn.Module) -> nn.Module:
+    return module.model if isinstance(module, PadToMultiple) else module
 
 
 def _export(module: nn.Module, example: torch.Tensor, *, dynamic: bool) -> fx.GraphModule:

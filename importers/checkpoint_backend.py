@@ -62,6 +62,7 @@ __all__ = [
 PROBE_SIZE = (40, 36)
 SECOND_SIZE = (48, 48)
 ODD_SIZE = (43, 37)  # no multiple of any window: a specialising shape guard shows here
+SMALL_SIZE = (21, 19)  # small and odd: guards specialised to the probe's size range show here
 _SELF_CHECK_RTOL = 1e-5
 ROUTES = ("torch.export", "fx.symbolic_trace", "jit.trace+ts2fx", "torch.export (static)")
 
@@ -344,6 +345,8 @@ def trace_module(
         ref2 = module(second)
         odd = probe_input(example.shape[1], *ODD_SIZE)
         ref3 = module(odd)
+        small = probe_input(example.shape[1], *SMALL_SIZE)
+        ref4 = module(small)
     errors: dict[str, str] = {}
     partial: tuple[fx.GraphModule, str] | None = None
     window = _window_size(_inner(module))
@@ -384,6 +387,7 @@ def trace_module(
                 with pywarnings.catch_warnings():
                     pywarnings.simplefilter("ignore")
                     _self_check(gm, odd, ref3, f"the odd size {ODD_SIZE[0]}x{ODD_SIZE[1]}")
+                    _self_check(gm, small, ref4, f"the small size {SMALL_SIZE[0]}x{SMALL_SIZE[1]}")
         except Exception as exc:  # noqa: BLE001 - a shape guard refusing the odd size
             errors[route] = _one_line(exc)
             if partial is None:
@@ -401,7 +405,8 @@ def trace_module(
                 pywarnings.simplefilter("ignore")
                 wrapped = _pad_wrapped(gm, window, scale)
                 for xi, ri, where in ((example, ref1, "the probe size"),
-                                      (second, ref2, "a second size"), (odd, ref3, "an odd size")):
+                                      (second, ref2, "a second size"), (odd, ref3, "an odd size"),
+                                      (small, ref4, "a small size")):
                     _self_check(wrapped, xi, ri, where)
             _name_convs(wrapped, strip)
             return wrapped, f"{route} + pad-to-window", errors, False, None

@@ -414,6 +414,11 @@ def inspect(
         f", {k} {meta[k]}" for k in ("opset", "producer_name", "producer_version", "ir_version")
         if k in meta))
     click.echo(f"sha256     {s['sha256']}")
+    if "architecture" in meta:  # a checkpoint: what spandrel detected
+        c_in, c_out = meta["spandrel_channels"]
+        click.echo(f"arch       {meta['architecture']} (spandrel {meta['spandrel_version']}): "
+                   f"x{meta['spandrel_scale']}, {c_in}->{c_out} channels, {meta['purpose']}, "
+                   f"tags {', '.join(meta['tags']) or '-'}; traced with {meta['route']}")
     click.echo(
         f"input      {', '.join(inp['names']) or '-'}: {inp['channels']} channel(s) "
         f"{'(Y of YCbCr)' if inp['channels'] == 1 else '(RGB)'}, {inp['layout']}, range "

@@ -2,7 +2,8 @@
 
 For each paper-size architecture (CARN, RRDBNet, RCAN, RNAN, SAN; x4, 64x64 LR input
 unless ``--sizes``, e.g. ``--sizes 64,256``; 2 CPU threads unless ``--threads``; CPU unless
-``--device cuda``), measured side by side in one process per model and size:
+``--device cuda``; ``--archs swinir`` adds a SwinIR-light-sized SwinIR imported from a
+``.pth`` checkpoint through spandrel), measured side by side in one process per model and size:
 
 * ``fb``: one forward pass and one backward pass of ``T_ROI`` to the input — the unit;
 * ``glam``: GL-AM, local + global maps (GLAM.md), the engine the CLI uses;
@@ -43,6 +44,33 @@ import warnings
 from pathlib import Path
 
 ARCHS = ("carn", "rrdbnet", "rcan", "rnan", "san")
+#: Community checkpoints benchmarked through the checkpoint route (``--archs swinir``): a
+#: SwinIR-light-sized SwinIR (the paper's lightweight x4 config: embed 60, four stages of six
+#: blocks, 6 heads, window 8, pixelshuffledirect), saved as a .pth and imported with
+#: ``importers.load`` (spandrel + torch.export), as a user's checkpoint would be.
+COMMUNITY = {
+    "swinir": dict(
+        img_size=64, embed_dim=60, depths=[6, 6, 6, 6], num_heads=[6, 6, 6, 6], window_size=8,
+        mlp_ratio=2.0, upscale=4, upsampler="pixelshuffledirect", drop_path_rate=0.0,
+    ),
+}
+
+
+def _community(arch: str):  # type: ignore[no-untyped-def]
+    """``(module, imported model)`` of a :data:`COMMUNITY` architecture via a temporary .pth."""
+    import tempfile
+
+    import torch
+    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
+
+    import importers
+
+    net = SwinIR(**COMMUNITY[arch]).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{arch}.pth"
+        torch.save(net.state_dict(), path)
+        model = importers.load(path, input_range=1)
+    return net, model
 
 
 def _rss_kib() -> int:
@@ -79,9 +107,12 @@ def _work(arch: str, workload: str, args: argparse.Namespace) -> dict:
     dev = analyzer.resolve_device(args.device)
     if dev.type == "cpu":
         keep_freed_memory()  # what the engine does on CPU; applied before fb too (fair unit)
-    net = build(arch, args.preset).eval()
     t_import = time.perf_counter()
-    model = importers.from_module(net, input_range=1)
+    if arch in COMMUNITY:
+        net, model = _community(arch)
+    else:
+        net = build(arch, args.preset).eval()
+        model = importers.from_module(net, input_range=1)
     t_import = time.perf_counter() - t_import
     model.to(dev)
     x = torch.rand(1, 3, args.sizes, args.sizes, device=dev)

@@ -6,15 +6,32 @@ import zipfile
 from pathlib import Path
 
 from analyzer.errors import ModelFileError
+from importers.checkpoint_safety import CheckpointKind, checkpoint_kind
 from importers.model import ModelFormat
 
 
+def checkpoint_details(path: str | Path) -> tuple[CheckpointKind, bool]:
+    """``(kind, is_zip)`` of a file :func:`detect_format` called a ``"checkpoint"``."""
+    p = Path(path)
+    with p.open("rb") as fh:
+        head = fh.read(16)
+    if head.startswith(b"PK"):
+        return "pickle", True
+    kind = checkpoint_kind(p, head)
+    if kind is None:
+        raise ModelFileError(f"{str(p)!r} is not a state-dict checkpoint")
+    return kind, False
+
+
 def detect_format(path: str | Path) -> ModelFormat:
-    """Return ``"onnx"``, ``"torchscript"`` or ``"export"`` for the model file at ``path``.
+    """Return ``"onnx"``, ``"torchscript"``, ``"export"`` or ``"checkpoint"`` for ``path``.
 
     TorchScript and ``torch.export`` files are zip archives (TorchScript holds
     ``*/code/`` and ``*/constants.pkl``; ``.pt2`` holds ``*/archive_format`` or
-    ``*/models/``); ONNX files are protobuf ``ModelProto`` messages.
+    ``*/models/``); a state-dict checkpoint is a zip with ``*/data.pkl`` and nothing else
+    of those, a bare pickle stream (torch < 1.6) or a safetensors file (little-endian header
+    length, then a JSON header); ONNX files are protobuf ``ModelProto`` messages. Use
+    :func:`checkpoint_details` for a checkpoint's kind.
 
     Raises
     ------
@@ -23,14 +40,14 @@ def detect_format(path: str | Path) -> ModelFormat:
     """
     p = Path(path)
     if not p.exists():
-        raise ModelFileError(f"model file {str(p)!r} does not exist; pass the path of an .onnx/.pt/.pt2 file")
+        raise ModelFileError(f"model file {str(p)!r} does not exist; pass the path of an .onnx/.pt/.pt2/.pth/.safetensors file")
     if p.is_dir():
         raise ModelFileError(f"model path {str(p)!r} is a directory; pass a model file")
     size = p.stat().st_size
     if size == 0:
         raise ModelFileError(f"model file {str(p)!r} is empty; re-export or re-download it")
     with p.open("rb") as fh:
-        head = fh.read(4)
+        head = fh.read(16)
     if head.startswith(b"PK"):
         try:
             with zipfile.ZipFile(p) as zf:
@@ -45,15 +62,15 @@ def detect_format(path: str | Path) -> ModelFormat:
         if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
             return "torchscript"
         if any(n.endswith("data.pkl") for n in names):
-            raise ModelFileError(
-                f"{str(p)!r} is a plain torch.save checkpoint (weights, no graph); export the model "
-                "with torch.jit.trace/script, torch.export or torch.onnx.export first"
-            )
+            return "checkpoint"
         raise ModelFileError(f"{str(p)!r} is a zip archive but neither TorchScript nor torch.export")
+    if checkpoint_kind(p, head) is not None:
+        return "checkpoint"
     if _looks_like_onnx(p):
         return "onnx"
     raise ModelFileError(
-        f"{str(p)!r} is not an ONNX, TorchScript or torch.export model (unrecognised content); "
+        f"{str(p)!r} is not an ONNX, TorchScript, torch.export or checkpoint model (unrecognised "
+        "content); "
         "pass a model file"
     )
 

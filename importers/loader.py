@@ -62,6 +62,12 @@ def _raw_graph(path: Path, fmt: str, channels: int | None, trust_model: bool = F
         from importers.torchscript_backend import load_torchscript
 
         return load_torchscript(path, channels=channels, trust_model=trust_model)
+    if fmt == "checkpoint":
+        from importers.checkpoint_backend import load_checkpoint
+        from importers.detect import checkpoint_details
+
+        kind, is_zip = checkpoint_details(path)
+        return load_checkpoint(path, kind, is_zip=is_zip)
     from importers.export_backend import load_exported
 
     return load_exported(path, trust_model=trust_model)
@@ -86,7 +92,9 @@ def load(
     Parameters
     ----------
     path:
-        ONNX (optionally with external data beside it), TorchScript or ``.pt2`` file.
+        ONNX (optionally with external data beside it), TorchScript, ``.pt2`` file, or a
+        ``.pth`` / ``.safetensors`` state-dict checkpoint of an architecture spandrel knows
+        (the ``community`` extra; read with ``weights_only=True`` / safetensors).
     in_channels:
         Force 1 (Y of YCbCr) or 3 (RGB) input channels.
     layout:
@@ -122,7 +130,7 @@ def load(
     p = Path(path)
     fmt = detect_format(p)
     raw = _raw_graph(p, fmt, in_channels, trust_model)
-    return finish_import(
+    imported = finish_import(
         raw,
         path=str(p),
         sha256=sha256_of(p),
@@ -133,6 +141,14 @@ def load(
         tolerance=tolerance,
         probe_size=probe_size,
     )
+    if fmt == "checkpoint":
+        from importers.checkpoint_backend import reconcile_metadata
+
+        c = imported.conventions
+        imported.warnings.extend(
+            reconcile_metadata(imported.metadata, c.scale, (c.in_channels, c.out_channels))
+        )
+    return imported
 
 
 def from_module(

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-ModelFormat = Literal["onnx", "torchscript", "export", "module"]
+ModelFormat = Literal["onnx", "torchscript", "export", "checkpoint", "module"]
 
 
 @dataclass
@@ -31,7 +31,7 @@ class RawGraph:
         model's native conventions. Conv nodes may carry ``node.meta["glam_name"]`` (a stable
         human-readable tap name, e.g. the ONNX weight name or the module path).
     format:
-        ``"onnx"``, ``"torchscript"`` or ``"export"``.
+        ``"onnx"``, ``"torchscript"``, ``"export"`` or ``"checkpoint"`` (spandrel).
     reference:
         Runs the *original* model (onnxruntime session, ScriptModule, exported program) on
         native numpy inputs and returns every output as numpy.

@@ -213,6 +213,37 @@ def _reshape(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     return _result(GlamReshape(node.attributes.get("allowzero", 0)), node)
 
 
+# =================================================================== LayerNormalization
+class GlamLayerNorm(nn.Module, OnnxToTorchModule):
+    """ONNX ``LayerNormalization`` over ``x.shape[axis:]``, read from the input at run time.
+
+    onnx2torch 1.5.15 builds ``nn.LayerNorm(value_info_shape[axis:])``, and a dynamic
+    dimension there reads as 0 (``normalized_shape = [0]``), which fails on every
+    dynamic-size transformer export (SwinIR, HAT: the token axis is dynamic).
+    """
+
+    def __init__(self, axis: int, epsilon: float) -> None:
+        super().__init__()
+        self.axis = int(axis)
+        self.epsilon = float(epsilon)
+
+    def forward(
+        self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        shape = tuple(x.shape[self.axis :])
+        weight = scale.expand(shape) if tuple(scale.shape) != shape else scale
+        if bias is not None and tuple(bias.shape) != shape:
+            bias = bias.expand(shape)
+        return F.layer_norm(x, shape, weight, bias, self.epsilon)
+
+
+@register("LayerNormalization", 17)
+def _layer_norm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    del graph
+    attrs = node.attributes
+    return _result(GlamLayerNorm(attrs.get("axis", -1), attrs.get("epsilon", 1e-5)), node)
+
+
 # ========================================================================= DepthToSpace
 class GlamDepthToSpace(nn.Module, OnnxToTorchModule):
     """``DepthToSpace`` in ``DCR`` (TF, the ONNX default) or ``CRD`` (PixelShuffle) mode."""

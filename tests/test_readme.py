@@ -31,6 +31,7 @@ def workdir(tmp_path: Path) -> Path:
         "model_fp16.onnx": fixtures.fixture_path("rcan", "dynamo.onnx"),
         "a.onnx": fixtures.fixture_path("rcan", "legacy.onnx"),
         "b.pt": fixtures.fixture_path("rcan", "trace.pt"),
+        "model.safetensors": fixtures.MODELS_DIR / "spandrel_compact_x2.safetensors",
     }
     for name, src in models.items():
         shutil.copy(src, tmp_path / name)

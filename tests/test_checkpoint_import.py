@@ -1,0 +1,316 @@
+"""State-dict checkpoints (``.pth`` / ``.safetensors``) through spandrel: detection by content,
+safe loading (a planted malicious pickle runs nothing), refusal of unknown / non-SR
+architectures, and the imported graphs of the community fixtures (parity, every conv tapped
+under its module qualname, GL-AM equal to the literal reference, checkpoint route equal to the
+ONNX route). The default run covers Real-ESRGAN compact and SwinIR (windowed attention); the
+other six fixture architectures run under ``-m slow``."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import zipfile
+from pathlib import Path
+
+import glam_fixtures as fixtures
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import analyzer
+import importers
+from analyzer.cli import cli
+from analyzer.errors import (
+    MissingDependencyError,
+    ModelFileError,
+    NotSuperResolutionError,
+    UnsafeModelError,
+)
+from importers.checkpoint_backend import PadToMultiple, reconcile_metadata
+from importers.detect import checkpoint_details
+
+spandrel = pytest.importorskip("spandrel")
+pytest.importorskip("safetensors")
+
+MODELS = fixtures.MODELS_DIR
+ALL_ARCHS = ("compact", "swinir", "esrgan", "hat", "dat", "omnisr", "span", "safmn")
+FAST_ARCHS = ("compact", "swinir")
+# multiples of 4: the legacy ONNX exports of the windowed fixtures have SwinIR's
+# pad-to-window traced as a constant 0 (valid only for multiples of the window); the
+# checkpoint route itself runs at any size (test_swinir_reports_its_window_and_route)
+X = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(0))
+MAP_KEYS = ("consensus", "variation", "sum")
+
+
+def _fixture(arch: str, ext: str) -> Path:
+    return MODELS / f"spandrel_{arch}_x2.{ext}"
+
+
+def _eager(arch: str) -> nn.Module:
+    from glam_fixtures.make_spandrel_fixtures import build
+
+    return build(arch)
+
+
+def _invoke(*args: object):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+# ------------------------------------------------------------------ detection and safety
+
+
+def test_checkpoints_are_detected_by_content(tmp_path: Path) -> None:
+    pth = tmp_path / "weights.bin"
+    shutil.copy(_fixture("compact", "pth"), pth)
+    st = tmp_path / "model.dat"
+    shutil.copy(_fixture("compact", "safetensors"), st)
+    legacy = tmp_path / "old.model"
+    torch.save({"w": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert [importers.detect_format(p) for p in (pth, st, legacy)] == ["checkpoint"] * 3
+    assert checkpoint_details(pth) == ("pickle", True)
+    assert checkpoint_details(st) == ("safetensors", False)
+    assert checkpoint_details(legacy) == ("pickle", False)
+    # other formats are unaffected
+    assert importers.detect_format(_fixture("compact", "onnx")) == "onnx"
+
+
+class _Payload:
+    """Unpickling this calls ``open(marker, "w")``: it creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy-pickle"])
+def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path: Path, zipped: bool) -> None:
+    # the payload is live: plain unpickling does create a marker
+    probe = tmp_path / "proof"
+    pickle.loads(pickle.dumps(_Payload(probe))).close()
+    assert probe.exists()
+    marker = tmp_path / "pwned"
+    sd = dict(_eager("compact").state_dict())
+    sd["evil"] = _Payload(marker)
+    path = tmp_path / "model.pth"
+    torch.save(sd, path, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(UnsafeModelError, match=r"needs full unpickling.*global (io|builtins)\.open"):
+        importers.load(path)
+    res = _invoke("inspect", path)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "state_dict" in lines[0]
+    assert not marker.exists()
+
+
+def test_unsafe_zip_member_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    shutil.copy(_fixture("compact", "pth"), path)
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("../escape.so", b"\x7fELF")
+    with pytest.raises(UnsafeModelError):
+        importers.load(path)
+
+
+def test_unrecognised_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "mystery.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"encoder.proj.weight": torch.zeros(4, 4)}, str(path))
+    with pytest.raises(ModelFileError, match="spandrel .* does not recognise.*encoder.proj.weight"):
+        importers.load(path)
+    res = _invoke("inspect", path)
+    assert res.exit_code == 2 and "does not recognise" in res.stderr
+
+
+def test_wrapped_training_checkpoint_is_unwrapped(tmp_path: Path) -> None:
+    path = tmp_path / "net_g.pth"
+    torch.save({"params_ema": _eager("compact").state_dict(), "iter": 5}, path)
+    m = importers.load(path)
+    assert m.metadata["architecture"] == "RealESRGAN Compact" and m.parity.max_abs_error == 0
+
+
+def test_restoration_model_at_scale_1_is_imported_with_a_warning(tmp_path: Path) -> None:
+    from spandrel.architectures.DnCNN.__arch.network_dncnn import DnCNN
+
+    torch.manual_seed(0)
+    path = tmp_path / "dncnn.pth"
+    torch.save(DnCNN(in_nc=3, out_nc=3, nc=4, nb=8, act_mode="R").state_dict(), path)
+    m = importers.load(path, input_range=1)
+    assert m.conventions.scale == 1 and m.metadata["purpose"] == "Restoration"
+    assert any("restoration model at scale 1" in w for w in m.warnings), m.warnings
+
+
+@pytest.mark.parametrize(("purpose", "words"), [("FaceSR", "face-restoration"),
+                                                ("Inpainting", "inpainting")])
+def test_face_restoration_and_inpainting_are_refused(
+    monkeypatch: pytest.MonkeyPatch, purpose: str, words: str
+) -> None:
+    """spandrel's real descriptors with those purposes (tiny stand-in modules: the real
+    GFPGAN / LaMa networks are far too big for a unit test)."""
+    arch = spandrel.MAIN_REGISTRY.get("GFPGAN" if purpose == "FaceSR" else "LaMa").architecture
+    net = nn.Conv2d(3, 3, 3, padding=1)
+    if purpose == "FaceSR":
+        desc = spandrel.ImageModelDescriptor(
+            net, net.state_dict(), arch, purpose="FaceSR", tags=[], supports_half=True,
+            supports_bfloat16=True, scale=1, input_channels=3, output_channels=3,
+        )
+    else:
+        desc = spandrel.MaskedImageModelDescriptor(
+            net, net.state_dict(), arch, purpose="Inpainting", tags=[], supports_half=True,
+            supports_bfloat16=True, input_channels=3, output_channels=3,
+        )
+    monkeypatch.setattr(spandrel.ModelLoader, "load_from_state_dict", lambda self, sd: desc)
+    with pytest.raises(NotSuperResolutionError, match=words):
+        importers.load(_fixture("compact", "pth"))
+
+
+def test_missing_spandrel_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "spandrel", None)
+    with pytest.raises(MissingDependencyError, match=r"glam\[community\]"):
+        importers.load(_fixture("compact", "pth"))
+
+
+def test_scale_disagreement_with_spandrel_is_reported() -> None:
+    meta = {"architecture": "SwinIR", "spandrel_scale": 4, "spandrel_channels": [3, 3]}
+    assert reconcile_metadata(meta, 4, (3, 3)) == []
+    (w,) = reconcile_metadata(meta, 2, (3, 3))
+    assert "spandrel reports scale x4" in w and "measured x2" in w and "glam uses x2" in w
+
+
+def test_pad_to_multiple_pads_like_spandrel() -> None:
+    """The wrapper reproduces spandrel's own call (reflect pad, crop) on a size off the multiple."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.PixelShuffle(2)).eval()
+    arch = spandrel.MAIN_REGISTRY.get("SAFMN").architecture
+    desc = spandrel.ImageModelDescriptor(
+        net, net.state_dict(), arch, purpose="SR", tags=[], supports_half=True,
+        supports_bfloat16=True, scale=2, input_channels=3, output_channels=3,
+        size_requirements=spandrel.SizeRequirements(multiple_of=8),
+    )
+    x = torch.rand(1, 3, 21, 18, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = PadToMultiple(net, 8, 2)(x)
+    assert ours.shape == (1, 3, 42, 36)
+    torch.testing.assert_close(ours.clamp(0, 1), desc(x), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ imported fixture graphs
+
+
+@pytest.fixture(scope="module")
+def imported() -> dict[tuple[str, str], importers.ImportedModel]:
+    """Each fast architecture once per route (the SwinIR torch.export trace is the slow part)."""
+    out = {}
+    for arch in FAST_ARCHS:
+        for ext in ("pth", "onnx"):
+            out[(arch, ext)] = importers.load(_fixture(arch, ext))
+    out[("compact", "safetensors")] = importers.load(_fixture("compact", "safetensors"))
+    return out
+
+
+def _check_checkpoint_model(m: importers.ImportedModel, arch: str) -> None:
+    eager = _eager(arch)
+    multiple = m.metadata["size_requirements"]["multiple_of"]
+    # what glam analyses: spandrel's call semantics (padded to the multiple, cropped back)
+    reference = PadToMultiple(eager, multiple, 2) if multiple > 1 else eager
+    assert m.format == "checkpoint"
+    assert m.parity.passed and m.parity.max_abs_error <= 1e-4
+    assert m.parity.reference.startswith("spandrel ")
+    assert m.conventions.scale == 2 and m.metadata["spandrel_scale"] == 2
+    assert m.metadata["spandrel_channels"] == [3, 3] and m.metadata["tags"]
+    # every conv that runs is tapped, under its module qualname
+    ran: list[str] = []
+    hooks = [mod.register_forward_hook(lambda *_a, n=name: ran.append(n))
+             for name, mod in eager.named_modules() if isinstance(mod, nn.Conv2d)]
+    r = m.conventions.input_range  # random weights: "auto" may pick either range
+    with torch.no_grad():
+        y_eager = reference(X * r) / r
+    for h in hooks:
+        h.remove()
+    assert [t.name for t in m.taps] == ran, ([t.name for t in m.taps], ran)
+    y, taps = m(X)
+    assert len(taps) == len(ran)
+    torch.testing.assert_close(y, y_eager, rtol=0, atol=1e-5)
+
+
+def _check_glam(m: importers.ImportedModel, onnx: importers.ImportedModel | None) -> None:
+    res = analyzer.analyze(m, X, verify=True, keep_layers=False)
+    assert res.engine_parity is not None and res.engine_parity.passed, res.engine_parity
+    assert res.engine_parity.max_error <= 1e-4
+    if onnx is not None:
+        assert onnx.parity.passed and [t.shape for t in onnx.taps] == [t.shape for t in m.taps]
+        other = analyzer.analyze(onnx, X, keep_layers=False)
+        for fam in ("local", "global_"):
+            for k in MAP_KEYS:
+                a, b = getattr(res, fam)[k], getattr(other, fam)[k]
+                assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) <= 1e-4, (fam, k)
+
+
+@pytest.mark.parametrize("arch", FAST_ARCHS)
+def test_fixture_checkpoint_imports_and_matches_reference_and_onnx(imported, arch: str) -> None:  # type: ignore[no-untyped-def]
+    m = imported[(arch, "pth")]
+    _check_checkpoint_model(m, arch)
+    _check_glam(m, imported[(arch, "onnx")])
+
+
+def test_safetensors_and_pth_give_the_same_graph(imported) -> None:  # type: ignore[no-untyped-def]
+    a, b = imported[("compact", "pth")], imported[("compact", "safetensors")]
+    assert b.metadata["checkpoint"] == "safetensors" and a.metadata["checkpoint"] == "pickle"
+    assert [t.name for t in a.taps] == [t.name for t in b.taps]
+    torch.testing.assert_close(a(X)[0], b(X)[0], rtol=0, atol=0)
+
+
+def test_swinir_reports_its_window_and_route(imported) -> None:  # type: ignore[no-untyped-def]
+    m = imported[("swinir", "pth")]
+    # torch.export alone specialises SwinIR's pad-to-window (its guards hold only for
+    # multiples of 4): glam pads outside the exported graph exactly as the model does
+    assert m.metadata["route"] == "torch.export + pad-to-window", m.metadata
+    assert "Guard failed" in m.metadata["route_errors"]["torch.export"]
+    assert m.metadata["window_size"] == 4 and "input_multiple" not in m.metadata
+    assert any("windows of 4x4" in w and "multiple of 4" in w for w in m.warnings)
+    names = [t.name for t in m.taps]
+    assert names[0] == "conv_first" and "layers.0.conv" in names and "conv_after_body" in names
+    # a size off the window multiple runs (the model pads itself), same as the eager module
+    x = torch.rand(1, 3, 19, 22, generator=torch.Generator().manual_seed(3))
+    r = m.conventions.input_range
+    with torch.no_grad():
+        torch.testing.assert_close(m(x)[0], _eager("swinir")(x * r) / r, rtol=0, atol=1e-5)
+
+
+def test_cli_inspect_shows_what_spandrel_detected(tmp_path: Path) -> None:
+    path = _fixture("compact", "safetensors")
+    res = _invoke("inspect", path)
+    assert res.exit_code == 0, res.output
+    assert "format     checkpoint" in res.stdout
+    assert "RealESRGAN Compact (spandrel" in res.stdout and "x2" in res.stdout and "8nf" in res.stdout
+    res = _invoke("inspect", path, "--json")
+    assert res.exit_code == 0, res.output
+    meta = json.loads(res.stdout.strip().splitlines()[-1])["metadata"]
+    assert meta["architecture"] == "RealESRGAN Compact" and meta["spandrel_scale"] == 2
+    out = tmp_path / "runs.h5"
+    res = _invoke("analyze", path, fixtures.IMAGES_DIR / "astronaut_lr_x4.png", "-o", out,
+                  "--roi", "8,8")
+    assert res.exit_code == 0, res.output
+    assert out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [a for a in ALL_ARCHS if a not in FAST_ARCHS])
+def test_every_fixture_architecture(request: pytest.FixtureRequest, arch: str) -> None:
+    """All eight architectures: import parity, every conv tapped, GL-AM equal to the literal
+    reference, and equal to the ONNX route where the exporter could export it (each import
+    traces with torch.export: 20-200 s on 2 cores, hence ``-m slow`` / GLAM_SLOW_TESTS=1)."""
+    if "slow" not in (request.config.getoption("-m") or "") and os.environ.get(
+        "GLAM_SLOW_TESTS"
+    ) != "1":
+        pytest.skip("slow; run with -m slow or GLAM_SLOW_TESTS=1")
+    m = importers.load(_fixture(arch, "pth"))
+    _check_checkpoint_model(m, arch)
+    onnx = importers.load(_fixture(arch, "onnx")) if _fixture(arch, "onnx").exists() else None
+    _check_glam(m, onnx)

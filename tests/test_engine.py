@@ -360,3 +360,25 @@ def test_texture_gradient_weights_vanish(fused: bool) -> None:
     key, vanished = key_of(g)
     assert vanished and not key.any()
     assert not key_of(torch.rand(3, 12, 12))[1]
+
+
+def test_segment_cache_is_keyed_by_the_graph_not_its_id() -> None:
+    """A freed graph's ``id`` can be reused by the next graph; the segment cache must then not
+    hand the new graph the old graph's segments (test_nan_output_is_a_typed_error failed in
+    the full suite that way). Entries are keyed weakly by the graph object itself."""
+    import gc
+
+    from analyzer.engine.glam import _SEGMENTS
+    from importers.tap import tap_graph
+
+    torch.manual_seed(8)
+    model = importers.from_module(ConstNet())
+    compute_glam(model, torch.rand(1, 3, 8, 8), 0, 0, 4)
+    assert model.graph in _SEGMENTS._cache  # the object, not a number that can be reused
+    n = len(_SEGMENTS._cache)
+    model.graph, _, _ = tap_graph(torch.fx.symbolic_trace(NanNet()))
+    with pytest.raises(NumericalError, match="NaN"):
+        compute_glam(model, torch.rand(1, 3, 8, 8), 0, 0, 4)
+    del model
+    gc.collect()
+    assert len(_SEGMENTS._cache) < n + 1  # entries of freed graphs go with them

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings as pywarnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast
@@ -178,25 +179,37 @@ def layer_keys(maps: Sequence[torch.Tensor], size: Sequence[int]) -> list[torch.
 
 class _SegmentCache:
     """Segmented graphs and ``parent(j)`` per participation pattern (participation depends
-    on the input size)."""
+    on the input size), per graph.
+
+    Keyed by the graph module itself through weak references, never by ``id()``: a graph
+    that is freed can leave its ``id`` to a new graph, which would then be analysed with the
+    old graph's segments (seen when a test swapped ``model.graph``). An entry goes when its
+    graph does.
+    """
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[int, tuple[bool, ...]], SegmentedGraph] = {}
-        self._parents: dict[tuple[int, tuple[bool, ...]], list[int]] = {}
+        self._cache: weakref.WeakKeyDictionary[
+            torch.nn.Module, dict[tuple[bool, ...], SegmentedGraph]
+        ] = weakref.WeakKeyDictionary()
+        self._parents: weakref.WeakKeyDictionary[
+            torch.nn.Module, dict[tuple[bool, ...], list[int]]
+        ] = weakref.WeakKeyDictionary()
 
     def get(
         self, model: ImportedModel, flags: Sequence[bool], example: torch.Tensor
     ) -> SegmentedGraph:
-        key = (id(model.graph), tuple(flags))
-        if key not in self._cache:
-            self._cache[key] = build_segmented(model.graph, flags, example)
-        return self._cache[key]
+        per_graph = self._cache.setdefault(model.graph, {})
+        key = tuple(flags)
+        if key not in per_graph:
+            per_graph[key] = build_segmented(model.graph, flags, example)
+        return per_graph[key]
 
     def parents(self, model: ImportedModel, flags: Sequence[bool]) -> list[int]:
-        key = (id(model.graph), tuple(flags))
-        if key not in self._parents:
-            self._parents[key] = model.parents(flags)
-        return self._parents[key]
+        per_graph = self._parents.setdefault(model.graph, {})
+        key = tuple(flags)
+        if key not in per_graph:
+            per_graph[key] = model.parents(flags)
+        return per_graph[key]
 
 
 _SEGMENTS = _SegmentCache()

@@ -871,6 +871,23 @@ class RunWriter:
                        {k: float(ep.bound(k)) for k in ep.errors})
 
 
+
+def _commit_copy(
+    f: h5py.File, src: h5py.Group, run: h5py.Group, runs: h5py.Group, name: str, tmp_name: str
+) -> None:
+    """The commit step every writer shares: copy ``run`` (from ``src``'s file) into ``runs``
+    under the hidden, incomplete name ``tmp_name``, then replace ``runs/name`` with it and
+    mark it complete, flushing around the swap so a crash leaves the old run or the new one,
+    never half of either."""
+    src.copy(run, runs, name=tmp_name)
+    runs[tmp_name].attrs["complete"] = np.bool_(False)
+    f.flush()
+    if name in runs:
+        del runs[name]
+    runs.move(tmp_name, name)
+    runs[name].attrs["complete"] = np.bool_(True)
+    f.flush()
+
 def commit_run(archive: str | Path, scratch: str | Path, name: str, *, overwrite: bool) -> None:
     """Copy the finished run in ``scratch`` (group ``/run``) into ``archive`` atomically.
 
@@ -906,13 +923,7 @@ def commit_run(archive: str | Path, scratch: str | Path, name: str, *, overwrite
                         f"run {name!r} already exists in {str(archive)!r}; pass --overwrite to "
                         "replace it or --run NAME to choose another name"
                     )
-                src.copy(src["run"], runs, name=tmp_name)
-                f.flush()
-                if name in runs:
-                    del runs[name]
-                runs.move(tmp_name, name)
-                runs[name].attrs["complete"] = np.bool_(True)
-                f.flush()
+                _commit_copy(f, src, src["run"], runs, name, tmp_name)
             return
         new = archive.parent / f".{archive.name}.{os.getpid()}.new.h5"
         try:
@@ -997,14 +1008,7 @@ def adopt_runs(
                     runs[name] = h5py.ExternalLink(rel, f"/runs/{name}")
                     continue
                 ensure_space(archive, _group_bytes(g))
-                src.copy(g, runs, name=tmp_name)
-                runs[tmp_name].attrs["complete"] = np.bool_(False)
-                f.flush()
-                if name in runs:
-                    del runs[name]
-                runs.move(tmp_name, name)
-                runs[name].attrs["complete"] = np.bool_(True)
-                f.flush()
+                _commit_copy(f, src, g, runs, name, tmp_name)
         if on_open is not None:
             on_open(f)
         f.flush()

@@ -82,7 +82,6 @@ def blur_path(
     return images.to(x.device), derivs.to(x.device)
 
 
-@input_in_full_precision
 def _mixes_batch(model: ImportedModel, z: torch.Tensor, y: torch.Tensor) -> bool:
     """Whether the batched output's last image differs from that image run alone.
 
@@ -98,6 +97,7 @@ def _mixes_batch(model: ImportedModel, z: torch.Tensor, y: torch.Tensor) -> bool
     return not float((alone - batched).abs().max()) <= tol
 
 
+@input_in_full_precision
 def compute_lam(
     model: ImportedModel,
     x: torch.Tensor,

@@ -42,6 +42,7 @@ from analyzer.images import crop_reference, downscale_psnr, hr_to_lr, read_image
 from analyzer.progress import PhaseLog
 from importers.loader import sha256_of
 from importers.model import ImportedModel, TapInfo
+from importers.size_rule import check_input_size
 
 
 @dataclass
@@ -276,7 +277,8 @@ def analyze(
     Raises
     ------
     AnalysisError
-        ROI outside the output, window < 2, image smaller than a fixed-size input.
+        ROI outside the output, window < 2, image smaller than a fixed-size input, or a size
+        the graph cannot run (not a multiple of ``metadata["input_multiple"]``).
     NumericalError
         NaN/Inf in the output or gradients.
     """
@@ -293,6 +295,7 @@ def analyze(
     lr = lr.float()
     lr_full = lr
     lr, roi, crop, warnings = _fit_fixed_size(model, lr, roi, window)
+    check_input_size(model.metadata.get("input_multiple"), int(lr.shape[-2]), int(lr.shape[-1]))
     H, W = c.output_size(int(lr.shape[-2]), int(lr.shape[-1]))
     if roi is None:
         roi = default_roi((H, W), window)

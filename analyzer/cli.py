@@ -424,6 +424,7 @@ def inspect(
         f"{'(Y of YCbCr)' if inp['channels'] == 1 else '(RGB)'}, {inp['layout']}, range "
         f"[0, {inp['range']}] ({inp['range_source']}), "
         f"{'fixed ' + 'x'.join(map(str, inp['fixed_size'])) if inp['fixed_size'] else 'any size'}"
+        + (f" that is a multiple of {meta['input_multiple']}" if meta.get("input_multiple") else "")
     )
     click.echo(
         f"output     {out['name']} (index {out['index']} of {len(out['names']) or 1}), "

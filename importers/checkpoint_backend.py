@@ -21,9 +21,12 @@ This backend
    size (no multiple of any window) before it is taken; the reasons the earlier routes
    failed are kept in ``metadata["route_errors"]``. A dynamic export that reproduces the
    module at the first two sizes but whose shape guards refuse the odd one (SwinIR, HAT:
-   ``torch.export`` specialises the model's pad-to-window to "no padding needed") is kept
-   when no later route is size-generic: its graph accepts input sizes that are multiples
-   of the window, ``metadata["input_multiple"]`` and a warning say so.
+   ``torch.export`` specialises the model's pad-to-window to "no padding needed") is
+   wrapped: the input is padded outside the graph to a multiple of the window with the
+   model's own mode (reflect for SwinIR / HAT, zeros for OmniSR: the first of
+   :data:`PAD_MODES` that passes the four self-checks) and the output cropped. When no mode
+   passes, that graph is kept when no later route is size-generic: it accepts input sizes
+   that are multiples of the window, ``metadata["input_multiple"]`` and a warning say so.
 
 The parity reference is the spandrel module itself; tap names are its module qualnames.
 """
@@ -64,6 +67,8 @@ SECOND_SIZE = (48, 48)
 ODD_SIZE = (43, 37)  # no multiple of any window: a specialising shape guard shows here
 SMALL_SIZE = (21, 19)  # small and odd: guards specialised to the probe's size range show here
 _SELF_CHECK_RTOL = 1e-5
+#: padding modes tried, in order, for the pad-to-window wrapper (the model's own mode wins)
+PAD_MODES = ("reflect", "constant", "replicate")
 ROUTES = ("torch.export", "fx.symbolic_trace", "jit.trace+ts2fx", "torch.export (static)")
 
 
@@ -400,18 +405,20 @@ def trace_module(
         # pads itself (reflect, bottom/right) and crop, which makes it size-generic
         gm, route = partial
         scale = int(ref1.shape[-2]) // int(example.shape[-2])
-        try:
-            with pywarnings.catch_warnings():
-                pywarnings.simplefilter("ignore")
-                wrapped = _pad_wrapped(gm, window, scale)
-                for xi, ri, where in ((example, ref1, "the probe size"),
-                                      (second, ref2, "a second size"), (odd, ref3, "an odd size"),
-                                      (small, ref4, "a small size")):
-                    _self_check(wrapped, xi, ri, where)
-            _name_convs(wrapped, strip)
-            return wrapped, f"{route} + pad-to-window", errors, False, None
-        except Exception as exc:  # noqa: BLE001 - fall back to the window-multiple graph
-            errors[f"{route} + pad-to-window"] = _one_line(exc)
+        # the padding mode is the model's own: SwinIR and HAT reflect, OmniSR pads zeros
+        for mode in PAD_MODES:
+            try:
+                with pywarnings.catch_warnings():
+                    pywarnings.simplefilter("ignore")
+                    wrapped = _pad_wrapped(gm, window, scale, mode)
+                    for xi, ri, where in ((example, ref1, "the probe size"),
+                                          (second, ref2, "a second size"),
+                                          (odd, ref3, "an odd size"), (small, ref4, "a small size")):
+                        _self_check(wrapped, xi, ri, where)
+                _name_convs(wrapped, strip)
+                return wrapped, f"{route} + pad-to-window ({mode})", errors, False, None
+            except Exception as exc:  # noqa: BLE001 - the next mode, else the window-multiple graph
+                errors[f"{route} + pad-to-window ({mode})"] = _one_line(exc)
     if partial is not None:
         gm, route = partial
         _name_convs(gm, strip)
@@ -425,8 +432,8 @@ class _Partial(Exception):
     """A dynamic export whose shape guards hold only for multiples of the model's window."""
 
 
-def _pad_wrapped(gm: fx.GraphModule, window: int, scale: int) -> fx.GraphModule:
-    """One flat FX graph: reflect-pad to a multiple of ``window``, the exported graph, crop.
+def _pad_wrapped(gm: fx.GraphModule, window: int, scale: int, mode: str) -> fx.GraphModule:
+    """One flat FX graph: pad (``mode``) to a multiple of ``window``, the exported graph, crop.
 
     Built by graph surgery (the exported graph's nodes are copied after the padding nodes);
     its ``_guards_fn`` call is dropped, the padding guarantees the sizes it checks. The conv
@@ -448,7 +455,7 @@ def _pad_wrapped(gm: fx.GraphModule, window: int, scale: int) -> fx.GraphModule:
         return g.call_function(operator.mod, (g.call_function(operator.sub, (window, r)), window))
 
     padded = g.call_function(
-        torch.nn.functional.pad, (x, (0, pad_of(w), 0, pad_of(h))), {"mode": "reflect"}
+        torch.nn.functional.pad, (x, (0, pad_of(w), 0, pad_of(h))), {"mode": mode}
     )
     placeholders = [n for n in inner.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:

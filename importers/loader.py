@@ -21,6 +21,7 @@ from analyzer.errors import (
 )
 from importers.conventions import (
     DEFAULT_PROBE_SIZE,
+    SECOND_PROBE_DELTA,
     detect_input_range,
     forced_range_warning,
     infer_input_layout,
@@ -30,6 +31,7 @@ from importers.conventions import (
     to_native,
 )
 from importers.detect import detect_format
+from importers.device_pass import follow_input_device
 from importers.model import (
     Conventions,
     ImportedModel,
@@ -39,6 +41,7 @@ from importers.model import (
     parents_from_ancestors,
 )
 from importers.probe import probe_input
+from importers.size_rule import ODD_OFFSET, probe_size_rule
 from importers.tap import participating, tap_ancestry, tap_graph
 
 DEFAULT_TOLERANCE = 1e-4
@@ -218,6 +221,9 @@ def finish_import(
 ) -> ImportedModel:
     """Common pipeline after a backend: conventions, parity, tapping, tap table."""
     gm = raw.gm
+    rewritten = follow_input_device(gm)
+    if rewritten:
+        raw.metadata["device_args_rewritten"] = rewritten
     gm.eval()
     for prm in gm.parameters():
         prm.requires_grad_(False)
@@ -273,6 +279,23 @@ def finish_import(
         offset=meas.offset,
         scale_source=meas.source,
     )
+    metadata = dict(raw.metadata)
+    size_warnings: list[str] = []
+    if lay.fixed_size is None and meas.source == "two sizes":
+        size2 = (size[0] + SECOND_PROBE_DELTA[0], size[1] + SECOND_PROBE_DELTA[1])
+        rule = probe_size_rule(run, lay.layout, channels, out_idx, (size, size2), conv.output_size)
+        if rule is not None and metadata.get("input_multiple") is None:
+            metadata["input_multiple"] = rule
+            size_warnings.append(
+                f"the graph accepts only input sizes that are a multiple of {rule} (it runs at "
+                f"{size[0]}x{size[1]} and {size2[0]}x{size2[1]}, not at "
+                f"{size[0] + ODD_OFFSET[0]}x{size[1] + ODD_OFFSET[1]}; e.g. a pad to an attention "
+                "window frozen at export); glam refuses other sizes"
+                if rule else
+                f"the graph runs at {size[0]}x{size[1]} and {size2[0]}x{size2[1]} but not at "
+                f"{size[0] + ODD_OFFSET[0]}x{size[1] + ODD_OFFSET[1]}; which input sizes it "
+                "accepts is unknown"
+            )
     x = probe_input(channels, *size)
     t_parity = time.perf_counter()
     parity = check_parity(raw, gm, x, conv, tolerance)
@@ -311,8 +334,8 @@ def finish_import(
         tap_ancestors=ancestors,
         conventions=conv,
         parity=parity,
-        metadata=dict(raw.metadata),
-        warnings=list(raw.warnings) + range_warnings + tap_warnings,
+        metadata=metadata,
+        warnings=list(raw.warnings) + range_warnings + size_warnings + tap_warnings,
         input_names=list(raw.input_names),
         output_names=list(raw.output_names),
         timings={"parity": t_parity},

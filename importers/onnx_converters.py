@@ -113,6 +113,7 @@ from onnx2torch.utils.common import (  # noqa: E402
     OnnxMapping,
     OnnxToTorchModule,
     OperationConverterResult,
+    get_const_value,
     onnx_mapping_from_node,
 )
 
@@ -242,6 +243,56 @@ def _layer_norm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     del graph
     attrs = node.attributes
     return _result(GlamLayerNorm(attrs.get("axis", -1), attrs.get("epsilon", 1e-5)), node)
+
+
+# ================================================================================= Clip
+class GlamClip(nn.Module, OnnxToTorchModule):
+    """ONNX ``Clip`` (11+) whose bounds are constants, absent or computed at run time.
+
+    onnx2torch 1.5.15 reads an absent optional bound (the empty input name ``""``, as the
+    legacy exporter writes ``clamp(min=eps)``: OmniSR's normalisation) as a missing constant
+    and refuses the node ("Dynamic value of min/max is not implemented").
+    """
+
+    def __init__(self, min_val: float | None, max_val: float | None, dynamic: tuple[bool, bool]) -> None:
+        super().__init__()
+        self.min_val, self.max_val = min_val, max_val
+        self.dynamic = dynamic
+
+    def forward(self, x: torch.Tensor, *bounds: torch.Tensor) -> torch.Tensor:
+        it = iter(bounds)
+        lo: Any = next(it) if self.dynamic[0] else self.min_val
+        hi: Any = next(it) if self.dynamic[1] else self.max_val
+        if lo is None and hi is None:
+            return x
+        if isinstance(lo, torch.Tensor) or isinstance(hi, torch.Tensor):
+            lo, hi = (None if v is None else torch.as_tensor(v, dtype=x.dtype, device=x.device)
+                      for v in (lo, hi))
+        return torch.clamp(x, lo, hi)
+
+
+@register("Clip", 11, 12, 13)
+def _clip(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    names = list(node.input_values) + ["", ""]
+    inputs = [names[0]]
+    consts: list[float | None] = [None, None]
+    dynamic = [False, False]
+    for i, name in enumerate(names[1:3]):
+        if not name:
+            continue
+        try:
+            consts[i] = float(get_const_value(name, graph))
+        except KeyError:
+            dynamic[i] = True
+            inputs.append(name)
+    if not any(dynamic):  # the modules onnx2torch builds for constant bounds
+        if consts == [None, None]:
+            return _result(nn.Identity(), node, inputs)
+        if consts == [0.0, None]:
+            return _result(nn.ReLU(), node, inputs)
+        if consts == [0.0, 6.0]:
+            return _result(nn.ReLU6(), node, inputs)
+    return _result(GlamClip(consts[0], consts[1], (dynamic[0], dynamic[1])), node, inputs)
 
 
 # ========================================================================= DepthToSpace

@@ -13,7 +13,9 @@ TorchScript op, calling the exact aten ``OpOverload`` resolved from the node's s
   branch on the input's *shape* is fixed to the example's branch behind a runtime
   :func:`shape_guard` (and a warning in ``gm.meta["ts2fx_warnings"]``);
 * in-place ops are functionalised (``aten::relu_`` -> ``aten.relu``, ``add_`` -> ``add``...)
-  and later uses rebound; an in-place op on a tensor that still has a live alias (a view,
+  and later uses rebound; a write into a slice / select view (slice assignment, as in
+  SwinIR's attention mask) is written back into its base with ``slice_scatter`` /
+  ``select_scatter``; an in-place op on a tensor that still has another live alias (a view,
   a slice, a module attribute) is refused rather than translated wrongly.
 
 Module attributes are resolved against the live module: parameters become ``nn.Parameter``
@@ -107,6 +109,10 @@ class _V:
         True for module attributes and tensor constants (never mutated in place).
     source:
         For ``prim::NumToTensor`` results: the number they were made from.
+    view_of:
+        For ``aten::slice`` / ``aten::select`` results: ``(base, scatter_op, fx_args,
+        concrete_args)``, how to write a functional update of this view back into its base
+        (slice assignment: ``mask[:, a:b] = v`` becomes ``slice_scatter``).
     """
 
     value: Any
@@ -115,6 +121,7 @@ class _V:
     module: str | None = None
     attr: bool = False
     source: _V | None = None
+    view_of: tuple[Any, ...] | None = None
 
 
 @dataclass(eq=False)
@@ -772,6 +779,10 @@ class _Translator:
             self._bind_outputs(node, list(self._wrap(fx_node, tuple(value), dyn)))
         else:
             self._set(outs[0], self._wrap(fx_node, value, dyn, module))
+            scatter = _SCATTER_OPS.get((schema.name, schema.overload_name))
+            res = self._get(outs[0])
+            if scatter is not None and isinstance(ins[0], _V) and isinstance(res, _V):
+                res.view_of = (ins[0], scatter, tuple(fx_args[1:]), tuple(cargs[1:n_args]))
         if inplace_old is not None:
             self._functionalised(node, inplace_old, self._get(outs[0]))
 
@@ -796,6 +807,7 @@ class _Translator:
                 f"({_where(node)}); glam cannot translate models that change their own state"
             )
         here = self.live.def_idx.get(node.outputsAt(0).unique(), 0)
+        self._scatter_back(old, new)  # the views' bases are rebound: no longer live aliases
         if ptr is not None:
             for v in self._by_storage.get(ptr, ()):
                 if v is old or v is new:
@@ -815,6 +827,30 @@ class _Translator:
             if any(w is new for w in _iter_vs(sym)):
                 self._bind(uid, sym)
         self._holders.pop(old, None)
+
+    def _scatter_back(self, old: _V, new: _V) -> None:
+        """Write an in-place update of a slice / select view back into its bases.
+
+        ``mask[:, a:b, c:d] = v`` traces as a chain of ``aten::slice`` views and an in-place
+        ``fill_`` / ``copy_`` on the last one. Each base of the chain is replaced by
+        ``slice_scatter`` / ``select_scatter`` of the updated view, and every live use of the
+        base is rebound to it; another live view of the same storage is still refused.
+        """
+        cur, cur_new = old, new
+        while cur.view_of is not None:
+            base, scatter, fx_args, cargs = cur.view_of
+            if base.attr or not isinstance(base.value, torch.Tensor) or base.node is None:
+                break
+            value = scatter(base.value, cur_new.value, *cargs)
+            fx_node = self.graph.call_function(scatter, (base.node, cur_new.node, *fx_args))
+            base_new = _V(value, fx_node, max(base.dyn, cur_new.dyn))
+            base_new.view_of = base.view_of
+            for uid in list(self._holders.get(base, ())):
+                sym = self.env.get(uid)
+                if self._held_by(uid, base):
+                    self._bind(uid, _substitute(sym, base, base_new))
+            self._holders.pop(base, None)
+            cur, cur_new = base, base_new
 
     # ------------------------------------------------------------------ containers
     def _list_construct(self, node: torch._C.Node) -> None:
@@ -1015,6 +1051,12 @@ _LIST_OPS: dict[str, Any] = {
     "sum": lambda c: _cmp_result(sum(_concrete(c)), c),
 }
 
+
+#: view op (schema name, overload) -> the op writing an updated view back into its base
+_SCATTER_OPS: dict[tuple[str, str], Any] = {
+    ("aten::slice", "Tensor"): torch.ops.aten.slice_scatter.default,
+    ("aten::select", "int"): torch.ops.aten.select_scatter.default,
+}
 
 _PRIM_HANDLERS: dict[str, Any] = {
     "prim::Constant": _Translator._constant,

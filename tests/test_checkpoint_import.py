@@ -2,8 +2,9 @@
 safe loading (a planted malicious pickle runs nothing), refusal of unknown / non-SR
 architectures, and the imported graphs of the community fixtures (parity, every conv tapped
 under its module qualname, GL-AM equal to the literal reference, checkpoint route equal to the
-ONNX route). The default run covers Real-ESRGAN compact and SwinIR (windowed attention); the
-other six fixture architectures run under ``-m slow``."""
+ONNX route). The default run covers Real-ESRGAN compact and SwinIR (windowed attention:
+also its LAM on both routes, its TorchScript and ``.pt2`` routes, the ONNX export's size rule
+and the device pass); the other six fixture architectures run under ``-m slow``."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from torch import nn
 import analyzer
 import importers
 from analyzer.cli import cli
+from analyzer.engine.lam import compute_lam
 from analyzer.errors import (
+    AnalysisError,
     MissingDependencyError,
     ModelFileError,
     NotSuperResolutionError,
@@ -32,6 +35,7 @@ from analyzer.errors import (
 )
 from importers.checkpoint_backend import PadToMultiple, reconcile_metadata
 from importers.detect import checkpoint_details
+from importers.device_pass import constant_devices
 
 spandrel = pytest.importorskip("spandrel")
 pytest.importorskip("safetensors")
@@ -40,8 +44,9 @@ MODELS = fixtures.MODELS_DIR
 ALL_ARCHS = ("compact", "swinir", "esrgan", "hat", "dat", "omnisr", "span", "safmn")
 FAST_ARCHS = ("compact", "swinir")
 # multiples of 4: the legacy ONNX exports of the windowed fixtures have SwinIR's
-# pad-to-window traced as a constant 0 (valid only for multiples of the window); the
-# checkpoint route itself runs at any size (test_swinir_reports_its_window_and_route)
+# pad-to-window traced as a constant 0 (valid only for multiples of the window, which glam
+# detects: test_onnx_export_with_a_frozen_window_pad_reports_its_size_rule); the checkpoint
+# route itself runs at any size (test_swinir_reports_its_window_and_route)
 X = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(0))
 MAP_KEYS = ("consensus", "variation", "sum")
 
@@ -270,7 +275,7 @@ def test_swinir_reports_its_window_and_route(imported) -> None:  # type: ignore[
     m = imported[("swinir", "pth")]
     # torch.export alone specialises SwinIR's pad-to-window (its guards hold only for
     # multiples of 4): glam pads outside the exported graph exactly as the model does
-    assert m.metadata["route"] == "torch.export + pad-to-window", m.metadata
+    assert m.metadata["route"] == "torch.export + pad-to-window (reflect)", m.metadata
     assert "Guard failed" in m.metadata["route_errors"]["torch.export"]
     assert m.metadata["window_size"] == 4 and "input_multiple" not in m.metadata
     assert any("windows of 4x4" in w and "multiple of 4" in w for w in m.warnings)
@@ -281,6 +286,72 @@ def test_swinir_reports_its_window_and_route(imported) -> None:  # type: ignore[
     r = m.conventions.input_range
     with torch.no_grad():
         torch.testing.assert_close(m(x)[0], _eager("swinir")(x * r) / r, rtol=0, atol=1e-5)
+
+
+def test_onnx_export_with_a_frozen_window_pad_reports_its_size_rule(imported) -> None:  # type: ignore[no-untyped-def]
+    """The legacy exporter froze SwinIR's pad-to-window at "no padding": glam finds at import
+    that the graph runs only at multiples of 4, says so, and refuses other sizes by name."""
+    m = imported[("swinir", "onnx")]
+    assert m.metadata["input_multiple"] == 4
+    assert any("only input sizes that are a multiple of 4" in w for w in m.warnings), m.warnings
+    x = torch.rand(1, 3, 19, 22, generator=torch.Generator().manual_seed(4))
+    with pytest.raises(AnalysisError, match=r"multiple of 4.*19x22.*crop it to 16x20 or pad it to 20x24"):
+        analyzer.analyze(m, x, keep_layers=False)
+    # size-generic graphs have no rule
+    assert "input_multiple" not in imported[("compact", "onnx")].metadata
+    assert "input_multiple" not in imported[("swinir", "pth")].metadata
+
+
+def test_swinir_lam_checkpoint_route_equals_onnx_route(imported) -> None:  # type: ignore[no-untyped-def]
+    a, b = imported[("swinir", "pth")], imported[("swinir", "onnx")]
+    assert a.conventions.input_range == b.conventions.input_range
+    la = compute_lam(a, X, 12, 16, 16, fold=4, lam_batch=2)
+    lb = compute_lam(b, X, 12, 16, 16, fold=4, lam_batch=2)
+    assert float(np.abs(la.attribution).max()) > 0
+    # the ONNX graph (batch size 1 baked in) runs on a batch but mixes its images: LAM notices
+    assert any("differ from one image at a time" in w for w in lb.warnings), lb.warnings
+    for k in ("attribution", "map", "map_output"):
+        assert float(np.abs(getattr(la, k) - getattr(lb, k)).max()) <= 1e-4, k
+
+
+def test_swinir_has_no_hard_coded_device_after_import(imported) -> None:  # type: ignore[no-untyped-def]
+    """torch.export creates SwinIR's attention mask with ``aten.zeros(..., device=cpu)``; the
+    import rewrites such arguments to follow the input (CUDA analysis would fail otherwise)."""
+    m = imported[("swinir", "pth")]
+    assert m.metadata["device_args_rewritten"] >= 1
+    assert constant_devices(m.graph) == []
+
+
+def test_swinir_torchscript_and_pt2_routes_match_the_checkpoint_route(imported, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``torch.jit.trace`` and ``torch.export`` of the spandrel module at 20x24, saved: both
+    import with parity, every conv tapped under the same names, and give the checkpoint
+    route's GL-AM maps; the exported graph also runs on another device ('meta')."""
+    import warnings
+
+    eager = _eager("swinir")
+    ck = imported[("swinir", "pth")]
+    ref = analyzer.analyze(ck, X, keep_layers=False)
+    ts, pt2 = tmp_path / "swinir.pt", tmp_path / "swinir.pt2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(eager, (X,), check_trace=False).save(str(ts))
+        torch.export.save(torch.export.export(eager, (X,), strict=False), str(pt2))
+    for path, fmt in ((ts, "torchscript"), (pt2, "export")):
+        m = importers.load(path, input_range=ck.conventions.input_range)
+        assert m.format == fmt and m.parity.passed and m.parity.max_abs_error <= 1e-4
+        assert [t.name for t in m.taps] == [t.name for t in ck.taps]
+        assert constant_devices(m.graph) == []
+        if fmt == "torchscript":  # the traced pad-to-window is frozen: multiples of 4 only
+            assert m.metadata["input_multiple"] == 4
+        else:  # a static export: one input size
+            assert m.conventions.fixed_size == (20, 24)
+        res = analyzer.analyze(m, X, keep_layers=False)
+        for fam in ("local", "global_"):
+            for k in MAP_KEYS:
+                a, b = getattr(res, fam)[k], getattr(ref, fam)[k]
+                assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) <= 1e-4, (fmt, fam, k)
+    y, taps = m.to("meta")(X.to("meta"))  # the fixed-size .pt2 graph, moved off the CPU
+    assert y.device.type == "meta" and y.shape == (1, 3, 40, 48) and len(taps) == len(ck.taps)
 
 
 def test_cli_inspect_shows_what_spandrel_detected(tmp_path: Path) -> None:

@@ -101,6 +101,27 @@ def test_lam_batch_size_does_not_change_the_result(smooth: importers.ImportedMod
         np.testing.assert_allclose(r.map, results[0].map, atol=1e-5)
 
 
+class BatchMixingSR(SmoothSR):
+    """Right on one image, wrong on a batch (every image sees the batch mean), as a graph
+    exported at batch size 1 whose reshapes then mix a larger batch's images."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.mean(0, keepdim=True).expand_as(x))
+
+
+def test_lam_does_not_batch_a_model_that_mixes_the_batch() -> None:
+    torch.manual_seed(0)
+    mixing = importers.from_module(BatchMixingSR())
+    torch.manual_seed(0)
+    plain = importers.from_module(SmoothSR())
+    x = torch.rand(1, 3, 12, 14, generator=torch.Generator().manual_seed(3))
+    ref = compute_lam(plain, x, 4, 4, 8, fold=6, lam_batch=1)
+    res = compute_lam(mixing, x, 4, 4, 8, fold=6, lam_batch=3)
+    assert res.batch == 1 and any("differ from one image at a time" in w for w in res.warnings)
+    np.testing.assert_allclose(res.attribution, ref.attribution, atol=1e-6)
+    assert compute_lam(plain, x, 4, 4, 8, fold=6, lam_batch=3).warnings == []
+
+
 def test_lam_completeness(smooth: importers.ImportedModel) -> None:
     """sum(attr) ~= T_ROI(F(x)) - T_ROI(F(gamma_0)) within 2 % at fold = 50."""
     torch.manual_seed(4)

@@ -185,7 +185,7 @@ class DataDep(nn.Module):
 
 
 class SliceWrite(nn.Module):
-    """An in-place write into a slice (a view): ts2fx must refuse it."""
+    """An in-place write into a slice (a view): ts2fx writes it back with ``slice_scatter``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -196,6 +196,21 @@ class SliceWrite(nn.Module):
         y = self.c1(x)
         y[:, :3] = y[:, :3] * 2.0
         return self.shuffle(y)
+
+
+class LiveViewWrite(nn.Module):
+    """A write into a slice while another view of the same tensor is still used: refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 12, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1(x)
+        v = y[:, :3]
+        y[:, 3:6] = 0.5
+        return self.shuffle(torch.cat([y[:, 3:], v * 2.0], 1))
 
 
 class GrayOrRGB(nn.Module):
@@ -270,6 +285,7 @@ def make_net(name: str) -> nn.Module:
     extra = {
         "datadep": DataDep,
         "slicewrite": SliceWrite,
+        "liveview": LiveViewWrite,
         "gray": GrayOrRGB,
         "aliases": Aliases,
         "defaults": DefaultArgs,
@@ -514,11 +530,23 @@ def test_data_dependent_branch_raises_ts2fx_error(ts_dir: Path) -> None:
     assert issubclass(TS2FXError, ConversionError)
 
 
-def test_inplace_write_into_slice_is_refused(ts_dir: Path) -> None:
-    """``y[:, :3] = ...`` (``copy_`` into a view): ts2fx refuses; the fallback is exact."""
+def test_inplace_write_into_slice_is_written_back(ts_dir: Path) -> None:
+    """``y[:, :3] = ...`` (``copy_`` into a view) becomes ``slice_scatter`` into ``y``: exact."""
     model = make_net("slicewrite")
     for how in ("trace", "script"):
-        path = save_torchscript(model, how, ts_dir / f"slice_{how}.pt")
+        sm = jit_load(save_torchscript(model, how, ts_dir / f"slice_{how}.pt"))
+        gm, _ = translate(sm, (example(),))
+        assert any(n.target is torch.ops.aten.slice_scatter.default for n in gm.graph.nodes)
+        x = example(*SECOND_SIZE)
+        with torch.no_grad():
+            assert torch.equal(gm(x.clone()), model(x.clone()))
+
+
+def test_inplace_write_into_slice_with_a_live_view_is_refused(ts_dir: Path) -> None:
+    """Another view of the written tensor is used later: ts2fx refuses; the fallback is exact."""
+    model = make_net("liveview")
+    for how in ("trace", "script"):
+        path = save_torchscript(model, how, ts_dir / f"liveview_{how}.pt")
         with pytest.raises(TS2FXError, match="views"):
             translate(jit_load(path), (example(),))
         raw = load_torchscript(path)
@@ -529,6 +557,7 @@ def test_inplace_write_into_slice_is_refused(ts_dir: Path) -> None:
             ref = raw.reference([x.numpy()])[0]
             out = first(raw.gm(x.clone())).numpy()
         assert abs(out - ref).max() <= TOL
+        torch.testing.assert_close(torch.from_numpy(ref), model(x), rtol=0, atol=TOL)
 
 
 def test_inplace_on_aliases_is_exact(ts_dir: Path) -> None:

@@ -82,6 +82,21 @@ def blur_path(
     return images.to(x.device), derivs.to(x.device)
 
 
+def _mixes_batch(model: ImportedModel, z: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether the batched output's last image differs from that image run alone.
+
+    A graph exported at batch size 1 can run on a larger batch and silently mix its images
+    (SwinIR's window reshapes in a legacy ONNX export); LAM must not batch such a model.
+    """
+    with torch.no_grad():
+        alone = model.graph(z[-1:].detach())[0]
+        batched = y[-1:].detach()
+    if alone.shape != batched.shape:
+        return True
+    tol = 1e-5 * max(1.0, float(alone.abs().max()))
+    return not float((alone - batched).abs().max()) <= tol
+
+
 @input_in_full_precision
 def compute_lam(
     model: ImportedModel,
@@ -136,6 +151,7 @@ def compute_lam(
         bar = tqdm(total=fold, desc="LAM path", unit="step", disable=not progress, leave=False)
     start = 0
     out_hw: tuple[int, int] | None = None
+    batch_checked = False
     while start < fold:
         stop = min(fold, start + batch)
         z = images[start:stop].clone().requires_grad_(True)
@@ -151,6 +167,16 @@ def compute_lam(
             )
             batch = 1
             continue
+        if stop - start > 1 and not batch_checked:
+            batch_checked = True
+            if _mixes_batch(model, z, y):
+                warnings.append(
+                    f"the model runs on a batch of {stop - start} but its outputs differ from "
+                    "one image at a time (a batch size of 1 baked into its reshapes?); LAM fell "
+                    "back to lam_batch=1"
+                )
+                batch = 1
+                continue
         out_hw = (int(y.shape[-2]), int(y.shape[-1]))
         obj = texture_roi(y, top, left, window).sum()
         (g,) = torch.autograd.grad(obj, [z])

@@ -106,3 +106,11 @@ class MissingDependencyError(GlamError):
         super().__init__(
             f"{module} is not installed; install it with `pip install 'glam[{extra}]'`"
         )
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``exc``'s message, at most ``limit`` characters (its type's name
+    when the message is empty): how glam quotes a library's error inside its own one-line
+    message."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -48,6 +48,7 @@ from analyzer.errors import (
     MissingDependencyError,
     ModelFileError,
     NotSuperResolutionError,
+    first_line,
 )
 from importers.checkpoint_safety import CheckpointKind, read_state_dict
 from importers.model import RawGraph
@@ -213,7 +214,7 @@ def module_from_state_dict(
         ) from None
     except (RuntimeError, KeyError, ValueError, IndexError, AssertionError, TypeError) as exc:
         raise ModelFileError(
-            f"spandrel recognised {path!r} but could not build its module ({_one_line(exc)}); "
+            f"spandrel recognised {path!r} but could not build its module ({first_line(exc, 200)}); "
             "the checkpoint may be incomplete"
         ) from None
     meta = describe(desc)
@@ -385,7 +386,7 @@ def trace_module(
             partial = partial or (gm, route)
             continue
         except Exception as exc:  # noqa: BLE001 - each route fails in its own way
-            errors[route] = _one_line(exc)
+            errors[route] = first_line(exc, 200)
             continue
         try:
             if not fixed:
@@ -394,7 +395,7 @@ def trace_module(
                     _self_check(gm, odd, ref3, f"the odd size {ODD_SIZE[0]}x{ODD_SIZE[1]}")
                     _self_check(gm, small, ref4, f"the small size {SMALL_SIZE[0]}x{SMALL_SIZE[1]}")
         except Exception as exc:  # noqa: BLE001 - a shape guard refusing the odd size
-            errors[route] = _one_line(exc)
+            errors[route] = first_line(exc, 200)
             if partial is None:
                 partial = (gm, route)
             continue
@@ -418,7 +419,7 @@ def trace_module(
                 _name_convs(wrapped, strip)
                 return wrapped, f"{route} + pad-to-window ({mode})", errors, False, None
             except Exception as exc:  # noqa: BLE001 - the next mode, else the window-multiple graph
-                errors[f"{route} + pad-to-window ({mode})"] = _one_line(exc)
+                errors[f"{route} + pad-to-window ({mode})"] = first_line(exc, 200)
     if partial is not None:
         gm, route = partial
         _name_convs(gm, strip)
@@ -538,7 +539,3 @@ def _version(dist: str) -> str:
     except PackageNotFoundError:
         return "unknown"
 
-
-def _one_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return lines[0][:200] if lines else type(exc).__name__

@@ -24,7 +24,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from analyzer.errors import GlamError, MissingDependencyError, ModelFileError, UnsafeModelError
+from analyzer.errors import (
+    GlamError,
+    MissingDependencyError,
+    ModelFileError,
+    UnsafeModelError,
+    first_line,
+)
 
 __all__ = ["CheckpointKind", "checkpoint_kind", "read_state_dict"]
 
@@ -112,7 +118,7 @@ def read_state_dict(path: Path, kind: CheckpointKind, *, is_zip: bool) -> dict[s
             obj: Any = load_file(str(p), device="cpu")
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
             raise ModelFileError(
-                f"cannot read safetensors file {str(p)!r} ({_one_line(exc)}); it may be truncated "
+                f"cannot read safetensors file {str(p)!r} ({first_line(exc, 200)}); it may be truncated "
                 "— re-download it"
             ) from None
     else:
@@ -134,7 +140,7 @@ def read_state_dict(path: Path, kind: CheckpointKind, *, is_zip: bool) -> dict[s
             raise
         except Exception as exc:  # noqa: BLE001 - damaged archives raise assorted errors
             raise ModelFileError(
-                f"cannot read checkpoint {str(p)!r} ({_one_line(exc)}); it may be truncated or "
+                f"cannot read checkpoint {str(p)!r} ({first_line(exc, 200)}); it may be truncated or "
                 "damaged — re-download it"
             ) from None
     return _unwrap(obj, str(p))
@@ -175,9 +181,5 @@ def _global_named(exc: BaseException) -> str:
     )
     if m:
         return f"it references the Python global {m.group(1)}"
-    return f"torch.load(weights_only=True) refused it: {_one_line(exc)}"
+    return f"torch.load(weights_only=True) refused it: {first_line(exc, 200)}"
 
-
-def _one_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return lines[0][:200] if lines else type(exc).__name__

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from analyzer.errors import ConversionError, GlamError, ModelFileError
+from analyzer.errors import ConversionError, GlamError, ModelFileError, first_line
 from importers.model import RawGraph
 
 __all__ = ["load_exported", "module_path_of", "name_convs", "unlifted_module"]
@@ -64,7 +64,7 @@ def load_exported(path: Path, *, trust_model: bool = False) -> RawGraph:
         raise
     except Exception as exc:  # noqa: BLE001 - the deserialiser raises assorted errors
         raise ModelFileError(
-            f"cannot load torch.export file {str(p)!r} ({_one_line(exc)}); it may be truncated, "
+            f"cannot load torch.export file {str(p)!r} ({first_line(exc)}); it may be truncated, "
             "corrupt or saved by an incompatible torch version — re-save it with torch.export.save"
         ) from None
     if not trust_model:
@@ -76,7 +76,7 @@ def load_exported(path: Path, *, trust_model: bool = False) -> RawGraph:
             gm = unlifted_module(ep.run_decompositions({}))
     except Exception as exc:  # noqa: BLE001 - decomposition / unlifting failures
         raise ConversionError(
-            f"cannot functionalise torch.export program {str(p)!r}: {_one_line(exc)}"
+            f"cannot functionalise torch.export program {str(p)!r}: {first_line(exc)}"
         ) from None
     name_convs(gm)
     signature = ep.graph_signature
@@ -140,7 +140,7 @@ class _GuardsAsRuntimeError(nn.Module):
             return self.inner(*args, **kwargs)
         except AssertionError as exc:
             raise RuntimeError(
-                f"the input violates the exported program's shape constraints ({_one_line(exc)})"
+                f"the input violates the exported program's shape constraints ({first_line(exc)})"
             ) from None
 
 
@@ -209,7 +209,3 @@ def _tensor_leaves(out: Any) -> list[torch.Tensor]:
         return [t for o in out.values() for t in _tensor_leaves(o)]
     return []
 
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

@@ -18,6 +18,7 @@ from analyzer.errors import (
     ModelError,
     ParityError,
     UserInputError,
+    first_line,
 )
 from importers.conventions import (
     DEFAULT_PROBE_SIZE,
@@ -240,7 +241,7 @@ def finish_import(
     except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as exc:
         raise ModelError(
             f"the converted model failed to run on a {channels}-channel {lay.layout} input: "
-            f"{_one_line(exc)}"
+            f"{first_line(exc)}"
         ) from None
     if meas.out_channels not in (1, 3):
         others = [n for i, n in enumerate(raw.output_names) if i != out_idx]
@@ -351,17 +352,13 @@ def _guess_channels(run, lay) -> int:
                 run(to_native(probe_input(c, *size), lay.layout, 1))
             return c
         except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
-            errors.append(f"{c} channels: {_one_line(exc)}")
+            errors.append(f"{c} channels: {first_line(exc)}")
     raise ConventionError(
         "could not find the number of input channels (tried 3 and 1): "
         + "; ".join(errors)
         + "; pass --in-channels"
     )
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 def check_parity(
@@ -386,7 +383,7 @@ def check_parity(
     except GlamError:
         raise
     except Exception as exc:  # noqa: BLE001 - any runtime failure of the original model
-        raise ModelError(f"the original model failed to run ({raw.reference_name}): {_one_line(exc)}") from None
+        raise ModelError(f"the original model failed to run ({raw.reference_name}): {first_line(exc)}") from None
     if len(ref) != len(outs):
         raise ParityError(
             f"the converted graph returns {len(outs)} outputs, the original {len(ref)}",

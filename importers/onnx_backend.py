@@ -37,6 +37,7 @@ from analyzer.errors import (
     MissingDependencyError,
     ModelError,
     UnsupportedOpsError,
+    first_line,
 )
 from importers.model import RawGraph
 from importers.onnx_converters import o2t_has_converter, patched_onnx2torch
@@ -55,10 +56,6 @@ FALLBACK_OPSET = 17
 
 __all__ = ["FALLBACK_OPSET", "load_onnx", "unsupported_ops"]
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 # ------------------------------------------------------------------------ support check
@@ -159,11 +156,11 @@ def _convert(model: onnx.ModelProto) -> tuple[fx.GraphModule, list[str]]:
             raise
         except NotImplementedError as exc:
             raise ConversionError(
-                f"onnx2torch cannot convert the model: {_one_line(exc)}"
+                f"onnx2torch cannot convert the model: {first_line(exc)}"
             ) from None
         except Exception as exc:  # noqa: BLE001 - onnx2torch raises assorted errors
             raise ConversionError(
-                f"onnx2torch failed to convert the model: {type(exc).__name__}: {_one_line(exc)}"
+                f"onnx2torch failed to convert the model: {type(exc).__name__}: {first_line(exc)}"
             ) from None
     messages: list[str] = []
     for w in caught:
@@ -345,7 +342,7 @@ class OnnxRuntimeReference:
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise ModelError(
                 f"onnxruntime cannot load {str(path)!r}, so parity cannot be checked: "
-                f"{_one_line(exc)}"
+                f"{first_line(exc)}"
             ) from None
         self.provider = self.session.get_providers()[0]
         self.name = f"onnxruntime {ort.__version__} [{self.provider}]"

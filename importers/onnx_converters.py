@@ -45,6 +45,7 @@ from analyzer.errors import (
     GlamError,
     MissingDependencyError,
     UnsupportedOpsError,
+    first_line,
 )
 from importers.onnx_registry import entries, qualified_op, register
 
@@ -1291,10 +1292,6 @@ _PATCH_LOCK = threading.RLock()
 _MISSING = object()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
-
 
 def _wrap_converter(op_label: str, converter: Any) -> Any:
     """Turn a converter's exceptions into glam's typed errors naming the node."""
@@ -1307,12 +1304,12 @@ def _wrap_converter(op_label: str, converter: Any) -> Any:
         except NotImplementedError as exc:
             op, _, ver = op_label.rpartition("-")
             raise UnsupportedOpsError(
-                [(op, int(ver))], f"node {node.name or node.unique_name!r}: {_one_line(exc)}"
+                [(op, int(ver))], f"node {node.name or node.unique_name!r}: {first_line(exc)}"
             ) from None
         except (KeyError, ValueError, RuntimeError, TypeError, IndexError, AttributeError) as exc:
             raise ConversionError(
                 f"cannot convert {op_label} node {node.name or node.unique_name!r}: "
-                f"{type(exc).__name__}: {_one_line(exc)}"
+                f"{type(exc).__name__}: {first_line(exc)}"
             ) from None
 
     return wrapped

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from analyzer.errors import ConventionError, ConversionError, ModelFileError
+from analyzer.errors import ConventionError, ConversionError, ModelFileError, first_line
 from importers.export_backend import unlifted_module
 from importers.model import RawGraph
 from importers.probe import probe_input
@@ -93,7 +93,7 @@ def load_torchscript(
         except Exception as exc2:  # noqa: BLE001 - private API; any failure means "no route"
             raise ConversionError(
                 f"cannot convert TorchScript {str(p)!r}: ts2fx: {reason}; TS2EPConverter: "
-                f"{_one_line(exc2)}"
+                f"{first_line(exc2)}"
             ) from None
         metadata["route"] = ROUTE_TS2EP
         metadata["ts2fx_error"] = reason
@@ -135,7 +135,7 @@ def _jit_load(path: Path) -> torch.jit.ScriptModule:
             sm = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - torch.jit.load raises assorted errors on bad files
         raise ModelFileError(
-            f"cannot load TorchScript file {str(path)!r} ({_one_line(exc)}); it may be truncated "
+            f"cannot load TorchScript file {str(path)!r} ({first_line(exc)}); it may be truncated "
             "or corrupt — re-save it with torch.jit.save"
         ) from None
     sm.eval()
@@ -154,7 +154,7 @@ def _example_input(
                 pywarnings.simplefilter("ignore")
                 out = sm(x.clone())
         except Exception as exc:  # noqa: BLE001 - the module's own failure on this input
-            errors.append(f"{c} channels: {_one_line(exc)}")
+            errors.append(f"{c} channels: {first_line(exc)}")
             continue
         leaves = list(_tensor_leaves(out))
         if not leaves:
@@ -267,7 +267,3 @@ def _input_name(value: torch._C.Value, index: int) -> str:
 def _is_cond(node: fx.Node) -> bool:
     return node.op == "call_function" and "cond" in getattr(node.target, "__name__", "")
 
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from analyzer.errors import ConversionError
+from analyzer.errors import ConversionError, first_line
 
 __all__ = ["TS2FXError", "shape_guard", "translate"]
 
@@ -745,7 +745,7 @@ class _Translator:
             value = op(*cargs, **ckwargs)
         except Exception as exc:  # noqa: BLE001 - any operator failure during shadow execution
             raise TS2FXError(
-                f"{_where(node)} failed on the example input: {_one_line(exc)}"
+                f"{_where(node)} failed on the example input: {first_line(exc)}"
             ) from None
         fx_args: list[Any] = []
         fx_kwargs: dict[str, Any] = {}
@@ -934,10 +934,6 @@ except ImportError:  # pragma: no cover - older torch: guards may be eliminated
 def _only_raises(block: torch._C.Block) -> bool:
     return any(n.kind() == "prim::RaiseException" for n in block.nodes())
 
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 def _is_generic_container_op(schema: torch._C.FunctionSchema) -> bool:

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from cli_output import message_lines
 from click.testing import CliRunner
 from conftest import TinySR, export_onnx
 from torch import nn
@@ -49,7 +50,7 @@ def glam(*args: object, code: int | None = 0):  # type: ignore[no-untyped-def]
 
 def _error_line(res) -> str:  # type: ignore[no-untyped-def]
     # the phase log ("glam: ...") may precede the one error line
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("glam: ")]
+    lines = message_lines(res.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     return lines[0]
 

@@ -19,6 +19,7 @@ import glam_fixtures as fixtures
 import numpy as np
 import pytest
 import torch
+from cli_output import message_lines
 from click.testing import CliRunner
 from torch import nn
 
@@ -108,7 +109,7 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path: Path, zipped: bo
         importers.load(path)
     res = _invoke("inspect", path)
     assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("glam: ")]
+    lines = message_lines(res.stderr)
     assert len(lines) == 1 and lines[0].startswith("error:") and "state_dict" in lines[0]
     assert not marker.exists()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from cli_output import message_lines
 from click.testing import CliRunner
 from PIL import Image
 
@@ -35,7 +36,7 @@ def glam(*args: object, code: int = 0) -> object:
 
 def _error_line(res) -> str:  # type: ignore[no-untyped-def]
     # the phase log ("glam: ...") may precede the one error line
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("glam: ")]
+    lines = message_lines(res.stderr)
     assert lines and lines[0].startswith("error: "), res.stderr
     assert "Traceback" not in res.stderr
     return lines[0]

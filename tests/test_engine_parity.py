@@ -10,6 +10,7 @@ import glam_fixtures as fixtures
 import h5py
 import pytest
 import torch
+from cli_output import message_lines
 from click.testing import CliRunner
 
 import analyzer
@@ -76,7 +77,7 @@ def test_cli_verify_fails_on_a_broken_engine(tmp_path: Path) -> None:
     ar = tmp_path / "broken.h5"
     res = _invoke("analyze", MODEL, IMAGE, "-o", ar, "--verify")
     assert res.exit_code == 3, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("glam: ")]
+    lines = message_lines(res.stderr)
     assert len(lines) == 1 and "Traceback" not in res.stderr
     assert lines[0].startswith("error: engine parity failed for run ")
     assert "at layer #" in lines[0] and "differs by" in lines[0]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_output import message_lines
 from click.testing import CliRunner
 from conftest import export_onnx
 from torch import nn
@@ -92,7 +93,7 @@ def test_bad_model_files(bad_models: Path, name: str, error: type, words: str) -
     res = CliRunner().invoke(cli, ["inspect", str(bad_models / name)])
     assert res.exit_code == 2, res.output
     # a phase-log note ("glam: note: the machine is busy ...") may precede the error
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("glam: ")]
+    lines = message_lines(res.stderr)
     assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
     assert "Traceback" not in res.output + res.stderr
 

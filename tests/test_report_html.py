@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_output import message_lines
 from click.testing import CliRunner
 
 import importers
@@ -200,7 +201,7 @@ def test_report_cli(archive: Path, tmp_path: Path) -> None:
                  ["report", str(archive), "--max-keys", "0"]):
         res = r.invoke(cli, args)
         assert res.exit_code == 2, (args, res.output)
-        lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("glam: ")]
+        lines = message_lines(res.stderr)
         assert len(lines) >= 1 and "Traceback" not in res.stderr
     assert not (tmp_path / "x.html").exists()
 

@@ -17,6 +17,7 @@ import h5py
 import make_corpus as mc
 import numpy as np
 import pytest
+from cli_output import message_lines
 from click.testing import CliRunner
 
 from analyzer.archive import open_archive
@@ -32,7 +33,7 @@ def glam(*args: object):  # type: ignore[no-untyped-def]
 
 def one_error_line(res, code: int) -> str:  # type: ignore[no-untyped-def]
     assert res.exit_code == code, (res.exit_code, res.stdout, res.stderr)
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("glam: ")]
+    lines = message_lines(res.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     assert "Traceback" not in res.stderr + res.stdout
     return lines[0]
@@ -85,7 +86,7 @@ def test_file_size_limit_keeps_archive_and_cleans_temp(two_runs: Path, tiny_mode
                             "--store", "tensors", "--window", 8],
                            tmp_path, fsize=ar.stat().st_size + 64 * 1024)
     assert res.returncode == 3, res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("glam: ")]
+    lines = message_lines(res.stderr)
     assert len(lines) == 1 and "file too large" in lines[0] and "Traceback" not in res.stderr
     assert md5(ar) == before
     assert leftovers(tmp_path) == []
@@ -139,7 +140,7 @@ def test_real_full_filesystem_keeps_archive(two_runs: Path, tiny_model: Path, lr
     cmd = [sys.executable, "-m", "analyzer", "analyze", str(tiny_model), str(lr_image), "-o",
            str(ar), "--run", "r3", "--window", "8", "--store", "tensors"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    lines = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith("glam: ")]
+    lines = message_lines(done.stderr)
     assert done.returncode in (2, 3), (done.returncode, done.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr
     assert "no space left" in lines[0], lines[0]

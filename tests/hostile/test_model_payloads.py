@@ -14,6 +14,7 @@ from pathlib import Path
 
 import make_corpus as mc
 import pytest
+from cli_output import message_lines
 from click.testing import CliRunner
 
 import importers
@@ -28,7 +29,7 @@ def glam(*args: object):  # type: ignore[no-untyped-def]
 
 
 def one_error_line(res) -> str:  # type: ignore[no-untyped-def]
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("glam: ")]
+    lines = message_lines(res.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
     return lines[0]

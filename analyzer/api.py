@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from analyzer.engine.device import full_precision, resolve_device
+from analyzer.engine.device import resolve_device
 from analyzer.engine.glam import (
     LayerRecord,
     PerLayerMode,
@@ -305,8 +305,7 @@ def analyze(
     meter = None
     if verify:
         t0 = time.perf_counter()
-        with full_precision(dev):  # as compute_glam runs: IEEE float32 on CUDA, not TF32
-            ref = reference_glam(model.graph, x, roi[0], roi[1], window)
+        ref = reference_glam(model.graph, x, roi[0], roi[1], window)
         meter = ParityMeter(ref, time.perf_counter() - t0)
         on_layer = _metered(meter, on_layer)
         if log is not None:

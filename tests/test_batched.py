@@ -279,12 +279,14 @@ def test_gpu_check_script_refuses_bad_arguments(tmp_path: Path) -> None:
 
 
 def test_engine_entry_points_run_in_full_precision(monkeypatch: pytest.MonkeyPatch) -> None:
-    """GL-AM and LAM enter :func:`full_precision` for their input's device (on CUDA that
-    turns TF32 off; without it CUDA maps are ~1e-3 from CPU)."""
+    """GL-AM, LAM and the literal reference (``--verify``) enter :func:`full_precision` for
+    their input's device (on CUDA that turns TF32 off; without it CUDA maps are ~1e-3 from
+    CPU)."""
     import contextlib
 
     from analyzer.engine import device
     from analyzer.engine.lam import compute_lam
+    from analyzer.engine.reference import reference_glam
 
     entered: list[str] = []
 
@@ -297,7 +299,8 @@ def test_engine_entry_points_run_in_full_precision(monkeypatch: pytest.MonkeyPat
     model, x = _model("carn"), _x()
     compute_glam(model, x, 8, 6, 8)
     compute_lam(model, x, 8, 6, 8, fold=2)
-    assert entered == ["cpu", "cpu"]
+    reference_glam(model.graph, x, 8, 6, 8)
+    assert entered == ["cpu", "cpu", "cpu"]
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from analyzer.engine.device import input_in_full_precision
 from analyzer.errors import AnalysisError
 
 VANISHING = 1e-4  # GLAM.md "Vanishing weights"
@@ -193,6 +194,7 @@ class ReferenceMaps:
     raw_maxima: dict[str, float] = field(default_factory=dict)
 
 
+@input_in_full_precision
 def reference_glam(
     graph: fx.GraphModule, x: torch.Tensor, top: int, left: int, l: int = 16
 ) -> ReferenceMaps:

@@ -33,6 +33,7 @@ from importers.conventions import (
 )
 from importers.detect import detect_format
 from importers.device_pass import follow_input_device
+from importers.jit_builtin_ids import keep_retired_ops_alive
 from importers.model import (
     Conventions,
     ImportedModel,
@@ -44,6 +45,9 @@ from importers.model import (
 from importers.probe import probe_input
 from importers.size_rule import ODD_OFFSET, probe_size_rule
 from importers.tap import participating, tap_ancestry, tap_graph
+
+# torch.export and torch.jit share this process: see importers.jit_builtin_ids.
+keep_retired_ops_alive()
 
 DEFAULT_TOLERANCE = 1e-4
 

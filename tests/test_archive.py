@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from analyzer.archive import hdf5
 from analyzer.archive.figure_data import FigureData
 from analyzer.archive.hdf5 import (
     SCHEMA_VERSION,
@@ -208,3 +211,62 @@ def test_run_names(tmp_path: Path) -> None:
         check_run_names(tmp_path / "none.h5", ["a", "a"])
     with pytest.raises(ArchiveError, match="does not exist; create it first"):
         check_run_names(Path(os.devnull) / "none.h5", ["a"])
+
+
+def _scratch(path: Path, value: float) -> Path:
+    with h5py.File(path, "w") as f:
+        f.create_group("run").create_dataset("x", data=np.full(3, value))
+    return path
+
+
+def _commit_in_another_process(archive: Path, scratch: Path, name: str) -> None:
+    code = ("import sys; from analyzer.archive.hdf5 import commit_run; "
+            "commit_run(sys.argv[1], sys.argv[2], sys.argv[3], overwrite=False)")
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code, str(archive), str(scratch), name], check=True,
+                   env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+
+
+def test_two_processes_creating_one_archive_keep_both_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Process A finds no archive and builds one; before it publishes, process B creates the
+    archive with its own run. A must append to B's archive, not replace it (the lost-run
+    race the two-writer crash test found)."""
+    ar = tmp_path / "shared.h5"
+    a, b = _scratch(tmp_path / "a.h5", 1.0), _scratch(tmp_path / "b.h5", 2.0)
+    real_init = hdf5._init_root
+    raced: list[bool] = []
+
+    def init_then_race(f: h5py.File) -> None:
+        real_init(f)
+        if not raced:
+            raced.append(True)
+            _commit_in_another_process(ar, b, "run_b")  # B wins the creation
+
+    monkeypatch.setattr(hdf5, "_init_root", init_then_race)
+    hdf5.commit_run(ar, a, "run_a", overwrite=False)
+    with h5py.File(ar, "r") as f:
+        assert sorted(f["runs"]) == ["run_a", "run_b"]
+        assert all(bool(f["runs"][n].attrs["complete"]) for n in ("run_a", "run_b"))
+        assert f["runs/run_a/x"][0] == 1.0 and f["runs/run_b/x"][0] == 2.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.h5", "b.h5", "shared.h5"]
+
+
+def test_init_archive_keeps_an_archive_created_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ar = tmp_path / "zoo.h5"
+    real_init = hdf5._init_root
+    raced: list[bool] = []
+
+    def init_then_race(f: h5py.File) -> None:
+        real_init(f)
+        if not raced:
+            raced.append(True)
+            _commit_in_another_process(ar, _scratch(tmp_path / "b.h5", 2.0), "run_b")
+
+    monkeypatch.setattr(hdf5, "_init_root", init_then_race)
+    hdf5.init_archive(ar)
+    with h5py.File(ar, "r") as f:
+        assert list(f["runs"]) == ["run_b"]

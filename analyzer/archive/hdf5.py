@@ -8,8 +8,9 @@ One archive holds many runs (models x images). Writing is crash-safe:
 * a finished run is copied into the archive under a temporary name
   (``/runs/.tmp-<run>-<pid>``), renamed with ``move`` and only then marked
   ``complete=True``; the file is flushed and closed after each run;
-* a *new* archive is first written to a temporary file in the same directory and renamed into
-  place (``os.replace``) once its first run is complete;
+* a *new* archive is first written to a temporary file in the same directory and published
+  (a hard link, which fails if another process created the archive meanwhile; the run is
+  then appended to that archive) once its first run is complete;
 * on every open for writing, leftover temporary groups (and scratch files of dead processes)
   are deleted, so a crash or Ctrl-C mid-run leaves the earlier runs intact and readable.
 
@@ -30,6 +31,7 @@ commit protocol; a split would export those helpers between files.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import math
 import os
@@ -888,12 +890,75 @@ def _commit_copy(
     runs[name].attrs["complete"] = np.bool_(True)
     f.flush()
 
+def _publish_new(new: Path, target: Path) -> bool:
+    """Put the finished file ``new`` at ``target`` unless ``target`` exists by now.
+
+    Two glam processes can both see no archive and both build one; ``os.replace`` would let
+    the second silently drop the first one's run. A hard link is created atomically and
+    fails when the name is taken, so exactly one file wins and the loser learns it (and
+    appends to the winner instead). ``new`` is removed either way. On a filesystem without
+    hard links the rename is used, as before.
+    """
+    try:
+        os.link(new, target)
+    except FileExistsError:
+        new.unlink()
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK,
+                             errno.EXDEV, errno.ENOSYS):
+            raise
+        os.replace(new, target)
+        return True
+    new.unlink()
+    return True
+
+
+def _append_run(archive: Path, src: h5py.Group, name: str, *, overwrite: bool) -> None:
+    if not _is_hdf5(archive):
+        raise ArchiveError(
+            f"{str(archive)!r} exists and is not an HDF5 file; refusing to overwrite it "
+            "— choose another archive with -o"
+        )
+    with _open_h5(archive, "r+") as f:
+        _check_root(f, archive)
+        clean_temporary_groups(f)
+        runs = f.require_group("runs")
+        if name in runs and not overwrite:
+            raise ArchiveError(
+                f"run {name!r} already exists in {str(archive)!r}; pass --overwrite to "
+                "replace it or --run NAME to choose another name"
+            )
+        _commit_copy(f, src, src["run"], runs, name, f"{TMP_PREFIX}{name}-{os.getpid()}")
+
+
+def _create_with_run(archive: Path, src: h5py.Group, name: str) -> bool:
+    """Build a new archive holding the run beside ``archive`` and publish it; False when
+    another process created ``archive`` meanwhile (nothing was written then)."""
+    new = archive.parent / f".{archive.name}.{os.getpid()}.new.h5"
+    try:
+        with h5py.File(new, "w", track_order=True) as f:
+            _init_root(f)
+            runs = f["runs"]
+            tmp_name = f"{TMP_PREFIX}{name}-{os.getpid()}"
+            src.copy(src["run"], runs, name=tmp_name)
+            runs.move(tmp_name, name)
+            runs[name].attrs["complete"] = np.bool_(True)
+            f.flush()
+        return _publish_new(new, archive)
+    except BaseException:
+        with suppress(OSError):
+            new.unlink()
+        raise
+
+
 def commit_run(archive: str | Path, scratch: str | Path, name: str, *, overwrite: bool) -> None:
     """Copy the finished run in ``scratch`` (group ``/run``) into ``archive`` atomically.
 
     The run is copied to ``/runs/.tmp-<name>-<pid>``, renamed to ``/runs/<name>`` and marked
     ``complete=True`` last; the archive is flushed and closed. A new archive is built in a
-    temporary file beside it and renamed into place.
+    temporary file beside it and published without replacing an archive another process
+    created in the meantime (the run is then appended to that one).
 
     Raises
     ------
@@ -906,44 +971,16 @@ def commit_run(archive: str | Path, scratch: str | Path, name: str, *, overwrite
     # could leave it damaged). A new archive is written to a temporary file beside it.
     ensure_space(archive, scratch.stat().st_size,
                  current=archive.stat().st_size if archive.exists() else 0)
-    tmp_name = f"{TMP_PREFIX}{name}-{os.getpid()}"
     with h5py.File(scratch, "r") as src:
-        if archive.exists():
-            if not _is_hdf5(archive):
-                raise ArchiveError(
-                    f"{str(archive)!r} exists and is not an HDF5 file; refusing to overwrite it "
-                    "— choose another archive with -o"
-                )
-            with _open_h5(archive, "r+") as f:
-                _check_root(f, archive)
-                clean_temporary_groups(f)
-                runs = f.require_group("runs")
-                if name in runs and not overwrite:
-                    raise ArchiveError(
-                        f"run {name!r} already exists in {str(archive)!r}; pass --overwrite to "
-                        "replace it or --run NAME to choose another name"
-                    )
-                _commit_copy(f, src, src["run"], runs, name, tmp_name)
+        if not archive.exists() and _create_with_run(archive, src, name):
             return
-        new = archive.parent / f".{archive.name}.{os.getpid()}.new.h5"
-        try:
-            with h5py.File(new, "w", track_order=True) as f:
-                _init_root(f)
-                runs = f["runs"]
-                src.copy(src["run"], runs, name=tmp_name)
-                runs.move(tmp_name, name)
-                runs[name].attrs["complete"] = np.bool_(True)
-                f.flush()
-            os.replace(new, archive)
-        except BaseException:
-            with suppress(OSError):
-                new.unlink()
-            raise
+        _append_run(archive, src, name, overwrite=overwrite)
 
 
 def init_archive(path: str | Path) -> None:
-    """Create an empty glam archive at ``path`` (atomically: a temporary file renamed into
-    place); an existing archive is only checked.
+    """Create an empty glam archive at ``path`` (atomically: a temporary file published
+    without replacing one another process created meanwhile); an existing archive is only
+    checked.
 
     Raises
     ------
@@ -958,7 +995,8 @@ def init_archive(path: str | Path) -> None:
     try:
         with h5py.File(new, "w", track_order=True) as f:
             _init_root(f)
-        os.replace(new, p)
+        if not _publish_new(new, p):  # another process created it meanwhile
+            check_archive_target(p)
     except BaseException:
         with suppress(OSError):
             new.unlink()

@@ -1,4 +1,4 @@
-"""Crash consistency: SIGKILL at random moments, a kill around ``os.replace``, two writers.
+"""Crash consistency: SIGKILL at random moments, a kill around the publish of a new archive, two writers.
 
 After each event: every run reported complete earlier is still in the archive and reads
 back (every dataset, Fletcher32 checksums), and no half-written run is visible.
@@ -105,27 +105,30 @@ def test_random_kills_campaign(tiny_model: Path, hr_image: Path, tmp_path: Path)
     _kill_campaign(30, tiny_model, hr_image, tmp_path, seed=2026)
 
 
-_KILL_AT_REPLACE = """
+# A new archive is published with a hard link (atomic, and it never replaces an archive
+# another process created meanwhile): kill just before it, or just after it, before the
+# temporary file is unlinked.
+_KILL_AT_PUBLISH = """
 import os, signal, sys
-real = os.replace
-def replace(src, dst):
+real = os.link
+def link(src, dst, *args, **kwargs):
     if {before}:
         os.kill(os.getpid(), signal.SIGKILL)
-    real(src, dst)
+    real(src, dst, *args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
-os.replace = replace
+os.link = link
 from analyzer.cli import main
 main(sys.argv[1:])
 """
 
 
 @pytest.mark.parametrize("before", [True, pytest.param(False, marks=pytest.mark.slow)])
-def test_kill_at_os_replace(before: bool, tiny_model: Path, lr_image: Path,
+def test_kill_at_publish(before: bool, tiny_model: Path, lr_image: Path,
                             tmp_path: Path) -> None:
     ar = tmp_path / "new.h5"
     args = ["analyze", str(tiny_model), str(lr_image), "-o", str(ar), "--run", "first",
             "--window", "8"]
-    res = subprocess.run([sys.executable, "-c", _KILL_AT_REPLACE.format(before=before), *args],
+    res = subprocess.run([sys.executable, "-c", _KILL_AT_PUBLISH.format(before=before), *args],
                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300)
     assert res.returncode == -signal.SIGKILL
     if before:

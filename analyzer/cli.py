@@ -1091,6 +1091,10 @@ def demo(ctx: click.Context, out: str, model: str | None, image: str | None,
         click.echo(line)
 
 
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
 @cli.command(name="sanity")
 @click.argument("model")
 @click.argument("image")
@@ -1106,10 +1110,24 @@ def demo(ctx: click.Context, out: str, model: str | None, image: str | None,
               help="Randomization steps (contiguous tap blocks); 0: one tap per step.")
 @click.option("--methods", default="local,global,lam,saliency", show_default=True,
               help="Maps to test (comma-separated).")
+@click.option("--variants", default="cascading,independent", show_default=True,
+              help="Randomization variants (comma-separated).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of weights/orders.")
+@click.option("--topk", type=float, default=0.05, show_default=True,
+              help="Fraction of pixels in the top-k overlap.")
 @click.option("--baseline", type=click.Choice(["blur", "bicubic"]), default="blur",
               show_default=True, help="What a deleted LR pixel becomes.")
+@click.option("--step", type=float, default=0.01, show_default=True,
+              help="Deletion / insertion step (fraction of LR pixels).")
+@click.option("--max-fraction", type=float, default=0.5, show_default=True,
+              help="Deletion / insertion up to this fraction.")
+@click.option("--n-random", type=int, default=5, show_default=True,
+              help="Random orderings averaged for the random baseline.")
+@click.option("--curve-batch", type=int, default=8, show_default=True,
+              help="Deletion / insertion steps per model evaluation.")
 @click.option("--lam-fold", type=int, default=50, show_default=True, help="LAM path steps.")
+@click.option("--lam-batch", type=int, default=8, show_default=True,
+              help="LAM path images per model evaluation.")
 @click.option("--figure", "figure", default=None, metavar="PNG", help="Write the figure here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--overwrite", is_flag=True, help="Replace the run if it exists.")
@@ -1119,7 +1137,9 @@ def demo(ctx: click.Context, out: str, model: str | None, image: str | None,
 @click.pass_context
 def sanity_(ctx: click.Context, model: str, image: str, archive: str, run: str | None,
             roi: str | None, window: int, hr: bool, crop: int | None, blocks: int,
-            methods: str, seed: int, baseline: str, lam_fold: int, figure: str | None,
+            methods: str, variants: str, seed: int, topk: float, baseline: str, step: float,
+            max_fraction: float, n_random: int, curve_batch: int, lam_fold: int,
+            lam_batch: int, figure: str | None,
             as_json: bool, overwrite: bool, device: str, in_channels: str | None,
             layout: str | None, input_range: str, output: str | None,
             tolerance: float | None) -> None:
@@ -1140,8 +1160,10 @@ def sanity_(ctx: click.Context, model: str, image: str, archive: str, run: str |
         check_output_file(figure, "--figure")
     options = SanityOptions(
         roi=parse_roi(roi), window=window, hr=hr, crop=crop, blocks=blocks or None, seed=seed,
-        methods=tuple(m.strip() for m in methods.split(",") if m.strip()), baseline=baseline,
-        lam_fold=lam_fold, device=device, overwrite=overwrite, command_line=_command_line(ctx))
+        methods=_comma_list(methods), variants=_comma_list(variants), topk=topk,
+        baseline=baseline, max_fraction=max_fraction, step=step, n_random=n_random,
+        batch=curve_batch, lam_fold=lam_fold, lam_batch=lam_batch, device=device,
+        overwrite=overwrite, command_line=_command_line(ctx))
     options.validate()
     m = _load_model(model, in_channels, layout, input_range, output, tolerance)
     res = run_sanity(m, image, Path(archive), name, options, figure=figure,

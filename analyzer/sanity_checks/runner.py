@@ -14,7 +14,8 @@ from analyzer.archive.hdf5 import RunWriter, check_run_names
 from analyzer.archive.sanity import METHODS, write_sanity
 from analyzer.errors import AnalysisError
 from analyzer.report.sanity_figure import write_sanity_figure
-from analyzer.sanity_checks.workflow import SanityResult, sanity
+from analyzer.sanity_checks.faithfulness import step_counts
+from analyzer.sanity_checks.workflow import VARIANTS, SanityResult, sanity
 from importers.model import ImportedModel
 
 
@@ -32,6 +33,9 @@ class SanityOptions:
     methods: tuple[str, ...] = ("local", "global", "lam", "saliency")
     variants: tuple[str, ...] = ("cascading", "independent")
     baseline: str = "blur"
+    topk: float = 0.05
+    max_fraction: float = 0.5
+    step: float = 0.01
     n_random: int = 5
     batch: int = 8
     lam_fold: int = 50
@@ -53,6 +57,17 @@ class SanityOptions:
             raise AnalysisError(f"--lam-fold {self.lam_fold} must be at least 1")
         if self.crop is not None and self.crop < 2:
             raise AnalysisError(f"--crop {self.crop} must be at least 2 LR pixels")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad or not self.variants:
+            raise AnalysisError(f"unknown randomization variant(s) {bad or list(self.variants)}; "
+                                f"choose from {', '.join(VARIANTS)}")
+        if not 0.0 < self.topk <= 1.0:
+            raise AnalysisError(f"--topk {self.topk} must be a fraction in (0, 1], e.g. 0.05")
+        step_counts(100, self.max_fraction, self.step)  # raises with the valid range
+        for flag, value in (("--n-random", self.n_random), ("--curve-batch", self.batch),
+                            ("--lam-batch", self.lam_batch)):
+            if value < 1:
+                raise AnalysisError(f"{flag} {value} must be at least 1")
 
 
 def center_crop(lr: torch.Tensor, reference: torch.Tensor | None, size: int, scale: int,
@@ -87,7 +102,8 @@ def run_sanity(model: ImportedModel, image: str | Path, archive: str | Path, nam
         res = sanity(
             model, lr, options.roi, options.window, reference=ref, methods=options.methods,
             variants=options.variants, blocks=options.blocks, seed=options.seed,
-            baseline=options.baseline, n_random=options.n_random, batch=options.batch,
+            topk=options.topk, baseline=options.baseline, max_fraction=options.max_fraction,
+            step=options.step, n_random=options.n_random, batch=options.batch,
             lam_fold=options.lam_fold, lam_batch=options.lam_batch, device=options.device,
             on_layer=writer.add_layer, progress=progress,
         )

@@ -882,8 +882,19 @@ def report(archive: str, runs: str | None, out: str, max_keys: int) -> None:
 @click.option("--roi-grid", default=None, metavar="ROWS,COLS", help="A grid of ROIs per output.")
 @click.option("--window", type=int, default=16, show_default=True, help="ROI window size.")
 @click.option("--hr", is_flag=True, help="The images are HR references (LR = bicubic /s).")
+@click.option("--reference-dir", "reference_dir", default=None, metavar="DIR",
+              help="HR references for LR images, as for analyze (without it, *_LR/*_HR pairs "
+                   "among the images are paired).")
 @click.option("--lam", is_flag=True, help="Also compute LAM.")
+@click.option("--lam-fold", type=int, default=50, show_default=True, help="LAM path steps.")
+@click.option("--lam-batch", type=int, default=8, show_default=True,
+              help="LAM path steps per model evaluation.")
 @click.option("--store", type=click.Choice(["maps", "tensors"]), default="maps", show_default=True)
+@click.option("--store-dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Float type of per-layer datasets.")
+@click.option("--verify", is_flag=True,
+              help="Also run the literal GLAM.md reference per task; a task whose maps differ "
+                   "by more than 1e-4 fails.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
 @click.option("--address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT",
               help="Join this Ray cluster (default: start a local one for the batch).")
@@ -902,7 +913,8 @@ def report(archive: str, runs: str | None, out: str, max_keys: int) -> None:
 @click.pass_context
 def batch(ctx: click.Context, plan_file: str | None, archive: str, models: str | None,
           images: Sequence[str], rois: str | None, roi_grid: str | None, window: int, hr: bool,
-          lam: bool, store: str, device: str, address: str | None, workers: int | None,
+          reference_dir: str | None, lam: bool, lam_fold: int, lam_batch: int, store: str,
+          store_dtype: str, verify: bool, device: str, address: str | None, workers: int | None,
           cpus_per_worker: float, gpu_fraction: float, num_cpus: int | None, links: bool,
           dashboard: bool, ray_logs: bool, as_json: bool) -> None:
     """Run models x images (a PLAN.toml, or --models/--images) on Ray into one archive."""
@@ -910,8 +922,10 @@ def batch(ctx: click.Context, plan_file: str | None, archive: str, models: str |
 
     summary = batch_command(
         plan_file, archive, models=models, images=images, rois=rois, roi_grid=roi_grid,
-        options={k: v for k, v in {"window": window, "hr": hr, "lam": lam, "store": store,
-                 "device": device}.items()
+        options={k: v for k, v in {
+            "window": window, "hr": hr, "reference_dir": reference_dir, "lam": lam,
+            "lam_fold": lam_fold, "lam_batch": lam_batch, "store": store,
+            "store_dtype": store_dtype, "verify": verify, "device": device}.items()
                  if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE},
         batch={"address": address, "workers": workers, "cpus_per_worker": cpus_per_worker,
                "gpu_fraction": gpu_fraction, "num_cpus": num_cpus, "links": links,

@@ -123,6 +123,44 @@ def test_plan_file_expands_to_named_tasks(tmp_path: Path, images: Path) -> None:
         (0, 0), (32, 48), (0, 24)]
 
 
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A benchmark-style folder: ``a_LR``/``a_HR`` and ``b_LR``/``b_HR`` (x2) pairs."""
+    d = tmp_path_factory.mktemp("paired")
+    for k, stem in enumerate(("a", "b")):
+        with Image.open(IMAGES / "astronaut_lr_x4.png") as im:
+            lr = im.convert("RGB").crop((8 * k, 0, 8 * k + 24, 24))
+        lr.save(d / f"{stem}_LR.png")
+        lr.resize((48, 48), Image.Resampling.BICUBIC).save(d / f"{stem}_HR.png")
+    return d
+
+
+def test_plan_pairs_lr_and_hr_images_like_analyze(tmp_path: Path, paired: Path) -> None:
+    """*_LR/*_HR pairs in an image folder: one task per LR image, against its HR partner
+    (not one per file, HR images analysed as LR inputs); --hr the other way round;
+    reference_dir relative to the plan file."""
+    one = {"models": [{"path": str(CARN)}], "images": [str(paired)]}
+    tasks = expand_tasks(plan_from_dict(one))
+    assert [(t.run, Path(t.image).name, Path(t.reference or "").name) for t in tasks] == [
+        ("carn_small_x2.legacy__a_LR", "a_LR.png", "a_HR.png"),
+        ("carn_small_x2.legacy__b_LR", "b_LR.png", "b_HR.png")]
+    hr = expand_tasks(plan_from_dict({**one, "hr": True}))
+    assert [(Path(t.image).name, t.reference) for t in hr] == [("a_HR.png", None),
+                                                              ("b_HR.png", None)]
+    lr_only = tmp_path / "lr"
+    lr_only.mkdir()
+    for stem in ("a", "b"):
+        (lr_only / f"{stem}_LR.png").write_bytes((paired / f"{stem}_LR.png").read_bytes())
+    (tmp_path / "plan.toml").write_text(
+        f'images = ["lr"]\nreference_dir = "{paired.name}"\n[[models]]\npath = "{CARN}"\n')
+    (tmp_path / paired.name).symlink_to(paired)
+    tasks = expand_tasks(load_plan(tmp_path / "plan.toml"))
+    assert [Path(t.reference or "").name for t in tasks] == ["a_HR.png", "b_HR.png"]
+    with pytest.raises(UserInputError, match="no HR reference for 'c_LR.png'"):
+        (lr_only / "c_LR.png").write_bytes((paired / "a_LR.png").read_bytes())
+        expand_tasks(load_plan(tmp_path / "plan.toml"))
+
+
 @pytest.mark.parametrize(("data", "needle"), [
     ({"images": ["x"]}, "no models"),
     ({"models": [{"path": "a.onnx"}]}, "no images"),
@@ -239,6 +277,34 @@ def test_batch_equals_serial_reports_a_broken_model_and_resumes(
     rec = read_batch(zoo)
     assert rec["tasks"]["broken__img0"]["attempts"] == 2
     assert len(rec["sessions"]) == 2
+
+
+def test_batch_pairs_references_and_passes_analysis_options(
+    ray_cluster: str, tmp_path: Path, paired: Path
+) -> None:
+    """`glam batch --images DIR` pairs *_LR/*_HR like `glam analyze DIR` (PSNR against the
+    HR partner, bit for bit the serial runs); --lam-fold/--store-dtype reach the tasks."""
+    zoo, serial = tmp_path / "zoo.h5", tmp_path / "serial.h5"
+    opts = ["--lam", "--lam-fold", "3", "--store-dtype", "float16"]
+    r = CliRunner().invoke(cli, ["batch", "--models", str(CARN), "--images", str(paired),
+                                 "-o", str(zoo), "--json", *opts])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (summary["tasks"], summary["done"]) == (2, 2)
+    # one torch thread, as each 1-CPU worker: LAM's float sums depend on the thread count
+    r = CliRunner().invoke(cli, ["analyze", str(CARN), str(paired), "-o", str(serial), *opts,
+                                 "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    runs = ["carn_small_x2.legacy__a_LR", "carn_small_x2.legacy__b_LR"]
+    assert sorted(existing_runs(zoo)) == sorted(existing_runs(serial)) == runs
+    with h5py.File(zoo, "r") as a, h5py.File(serial, "r") as b:
+        for run in runs:
+            assert diff_groups(a["runs"][run], b["runs"][run]) == []
+    with open_archive(zoo) as ar:
+        assert np.isfinite(ar.run(runs[0]).metrics["psnr"])
+        g = ar.group(runs[0])
+        assert str(g.attrs["reference_path"]).endswith("a_HR.png")
+        assert (int(g["lam"].attrs["fold"]), str(g.attrs["store_dtype"])) == (3, "float16")
 
 
 def test_resume_after_sigkill_of_the_driver(ray_cluster: str, tmp_path: Path,

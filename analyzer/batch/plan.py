@@ -9,8 +9,9 @@ A plan comes from a TOML file (:func:`load_plan`) or from command-line options
 
 A plan file::
 
-    images = ["data/urban100/"]       # files and/or directories
+    images = ["data/urban100/"]       # files and/or directories; *_LR/*_HR pairs are paired
     hr = true                         # images are HR references (LR = bicubic /s)
+    # reference_dir = "data/hr/"      # or: HR references for LR images, as glam analyze
     lam = false
     store = "maps"                    # or "tensors"
     rois = [[40, 64], [0, 0]]         # TOP,LEFT in output pixels; or roi_grid = [2, 2]
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from analyzer.errors import UserInputError
-from analyzer.runs import AnalyzeOptions, expand_images, sanitize_name
+from analyzer.runs import AnalyzeOptions, pair_images, sanitize_name
 
 #: Analysis options a plan may set (top level, or per model), with their types.
 _OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -49,6 +50,7 @@ _OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
     "device": str,
     "verify": bool,
     "max_pixels": int,
+    "reference_dir": str,
 }
 #: Import (conventions) overrides of one model.
 _MODEL_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -167,6 +169,9 @@ class Task:
         ``(top, left)``, or ``None`` for the output centre.
     grid:
         ``(i, j, rows, cols)`` of a ``roi_grid`` cell (resolved once the output size is known).
+    reference:
+        The image's HR reference (``*_LR``/``*_HR`` pairs among the images, or
+        ``reference_dir``), as ``glam analyze`` pairs them; ``None``: no reference.
     """
 
     run: str
@@ -174,6 +179,7 @@ class Task:
     image: str
     roi: tuple[int, int] | None = None
     grid: tuple[int, int, int, int] | None = None
+    reference: str | None = None
 
 
 def _bad(where: str, key: str, value: Any, want: str) -> UserInputError:
@@ -237,6 +243,8 @@ def plan_from_dict(data: dict[str, Any], *, base: Path | None = None, source: st
                 kw[k] = _check_type(where, k, v, _MODEL_KEYS[k])
             elif k in _OPTION_TYPES:
                 opts[k] = _check_type(where, k, v, _OPTION_TYPES[k])
+                if k == "reference_dir":
+                    opts[k] = rel(opts[k])
             else:
                 raise UserInputError(
                     f"plan {where}: unknown key {k!r}; a model takes "
@@ -256,6 +264,8 @@ def plan_from_dict(data: dict[str, Any], *, base: Path | None = None, source: st
         )
     options = {k: _check_type("options", k, data[k], t) for k, t in _OPTION_TYPES.items()
                if k in data}
+    if "reference_dir" in options:
+        options["reference_dir"] = rel(options["reference_dir"])
     rois = [_roi_pair("options", r) for r in data.get("rois", [])]
     grid = data.get("roi_grid")
     if grid is not None:
@@ -387,23 +397,30 @@ def expand_tasks(plan: Plan) -> list[Task]:
         For missing images, or two tasks with the same run name (two models with the same
         file stem: give one a ``name``).
     """
-    files = expand_images(plan.images)
     tasks: list[Task] = []
+    pairings: dict[tuple[bool, str | None], tuple[list[Path], list[Path | None]]] = {}
     for mi, m in enumerate(plan.models):
         prefix = sanitize_name(m.name or Path(m.path).stem)
-        for f in files:
+        opts = plan.analyze_options(m)
+        how = (bool(opts.hr), None if opts.reference_dir is None else str(opts.reference_dir))
+        if how not in pairings:  # the same pairing as glam analyze of these images
+            paired = pair_images(plan.images, opts)
+            pairings[how] = (paired.files, paired.references)
+        for f, ref in zip(*pairings[how], strict=True):
             base = f"{prefix}__{sanitize_name(Path(f).stem)}"
+            kw: dict[str, Any] = {"reference": None if ref is None else str(ref)}
             if plan.roi_grid is not None:
                 rows, cols = plan.roi_grid
                 for i in range(rows):
                     for j in range(cols):
                         name = base if rows * cols == 1 else f"{base}__g{i}_{j}"
-                        tasks.append(Task(name, mi, str(f), grid=(i, j, rows, cols)))
+                        tasks.append(Task(name, mi, str(f), grid=(i, j, rows, cols), **kw))
             elif len(plan.rois) > 1:
                 for r in plan.rois:
-                    tasks.append(Task(f"{base}__r{r[0]}_{r[1]}", mi, str(f), roi=r))
+                    tasks.append(Task(f"{base}__r{r[0]}_{r[1]}", mi, str(f), roi=r, **kw))
             else:
-                tasks.append(Task(base, mi, str(f), roi=plan.rois[0] if plan.rois else None))
+                tasks.append(Task(base, mi, str(f), roi=plan.rois[0] if plan.rois else None,
+                                  **kw))
     seen: dict[str, Task] = {}
     for t in tasks:
         if t.run in seen:

@@ -155,7 +155,9 @@ class BatchWorker:
             opts.roi = grid_roi(task.grid, out_hw, opts.window)
         else:
             opts.roi = task.roi
-        summary = analyze_one(model, task.image, self.shard, task.run, opts)
+        # the reference was paired at plan time, as glam analyze pairs (*_LR/*_HR, reference_dir)
+        summary = analyze_one(model, task.image, self.shard, task.run, opts,
+                              reference=task.reference)
         try:
             check_engine_parity([summary])
         except GlamError:

@@ -11,6 +11,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from importers.jit_builtin_ids import keep_retired_ops_alive
+
+# Before any test module is collected: torch.export and torch.jit.script share this process
+# (importers.jit_builtin_ids explains the reused-id failure this prevents).
+keep_retired_ops_alive()
+
 ROOT = Path(__file__).resolve().parent.parent
 ASTRONAUT = ROOT / "fixtures" / "images" / "astronaut_hr.png"
 

@@ -11,11 +11,11 @@ import torch
 
 from analyzer.api import prepare_image
 from analyzer.archive.hdf5 import RunWriter, check_run_names
-from analyzer.archive.sanity import METHODS, write_sanity
+from analyzer.archive.sanity import write_sanity
 from analyzer.errors import AnalysisError
 from analyzer.report.sanity_figure import write_sanity_figure
 from analyzer.sanity_checks.faithfulness import step_counts
-from analyzer.sanity_checks.workflow import VARIANTS, SanityResult, sanity
+from analyzer.sanity_checks.workflow import VARIANTS, SanityResult, check_choices, sanity
 from importers.model import ImportedModel
 
 
@@ -47,20 +47,16 @@ class SanityOptions:
 
     def validate(self) -> None:
         """Refuse bad options before the model is loaded (:class:`AnalysisError`)."""
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise AnalysisError(f"unknown sanity method(s) {bad or list(self.methods)}; choose "
-                                f"from {', '.join(METHODS)}")
+        check_choices(self.methods, self.variants)
+        if not self.variants:  # the CLI always randomizes
+            raise AnalysisError(f"unknown randomization variant(s) []; choose from "
+                                f"{', '.join(VARIANTS)}")
         if self.blocks is not None and self.blocks < 1:
             raise AnalysisError(f"--blocks {self.blocks} must be at least 1 (0: one tap per step)")
         if self.lam_fold < 1:
             raise AnalysisError(f"--lam-fold {self.lam_fold} must be at least 1")
         if self.crop is not None and self.crop < 2:
             raise AnalysisError(f"--crop {self.crop} must be at least 2 LR pixels")
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if bad or not self.variants:
-            raise AnalysisError(f"unknown randomization variant(s) {bad or list(self.variants)}; "
-                                f"choose from {', '.join(VARIANTS)}")
         if not 0.0 < self.topk <= 1.0:
             raise AnalysisError(f"--topk {self.topk} must be a fraction in (0, 1], e.g. 0.05")
         step_counts(100, self.max_fraction, self.step)  # raises with the valid range

@@ -107,6 +107,20 @@ def _lr_map(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return F.adaptive_avg_pool2d(t, hw)[0, 0].numpy()
 
 
+def check_choices(methods: Sequence[str], variants: Sequence[str]) -> None:
+    """Refuse unknown (or no) methods and unknown randomization variants
+    (:class:`AnalysisError`); shared by :func:`sanity` and ``glam sanity``'s option check.
+    No variant is allowed here: the API may skip randomization."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise AnalysisError(f"unknown sanity method(s) {bad or list(methods)}; choose from "
+                            f"{', '.join(METHODS)}")
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        raise AnalysisError(f"unknown randomization variant(s) {bad}; choose from "
+                            f"{', '.join(VARIANTS)}")
+
+
 def sanity(
     model: ImportedModel,
     lr: torch.Tensor,
@@ -178,14 +192,7 @@ def sanity(
         Unknown method or variant, bad steps, a flat ROI.
     """
     t_start = time.perf_counter()
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise AnalysisError(f"unknown sanity method(s) {bad or list(methods)}; choose from "
-                            f"{', '.join(METHODS)}")
-    bad = [v for v in variants if v not in VARIANTS]
-    if bad:
-        raise AnalysisError(f"unknown randomization variant(s) {bad}; choose from "
-                            f"{', '.join(VARIANTS)}")
+    check_choices(methods, variants)
     if n_random < 1:
         raise AnalysisError(f"n_random {n_random} must be at least 1")
     say = progress or (lambda _msg: None)

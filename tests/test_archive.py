@@ -227,6 +227,22 @@ def _commit_in_another_process(archive: Path, scratch: Path, name: str) -> None:
                    env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
 
 
+def _lose_the_creation_race(monkeypatch: pytest.MonkeyPatch, archive: Path,
+                            scratch: Path) -> None:
+    """Once this process has started building a new ``archive``, another process creates it
+    first, with ``scratch``'s run as ``run_b``."""
+    real_init = hdf5._init_root
+    raced: list[bool] = []
+
+    def init_then_race(f: h5py.File) -> None:
+        real_init(f)
+        if not raced:
+            raced.append(True)
+            _commit_in_another_process(archive, scratch, "run_b")
+
+    monkeypatch.setattr(hdf5, "_init_root", init_then_race)
+
+
 def test_two_processes_creating_one_archive_keep_both_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -235,16 +251,7 @@ def test_two_processes_creating_one_archive_keep_both_runs(
     race the two-writer crash test found)."""
     ar = tmp_path / "shared.h5"
     a, b = _scratch(tmp_path / "a.h5", 1.0), _scratch(tmp_path / "b.h5", 2.0)
-    real_init = hdf5._init_root
-    raced: list[bool] = []
-
-    def init_then_race(f: h5py.File) -> None:
-        real_init(f)
-        if not raced:
-            raced.append(True)
-            _commit_in_another_process(ar, b, "run_b")  # B wins the creation
-
-    monkeypatch.setattr(hdf5, "_init_root", init_then_race)
+    _lose_the_creation_race(monkeypatch, ar, b)
     hdf5.commit_run(ar, a, "run_a", overwrite=False)
     with h5py.File(ar, "r") as f:
         assert sorted(f["runs"]) == ["run_a", "run_b"]
@@ -257,16 +264,7 @@ def test_init_archive_keeps_an_archive_created_meanwhile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ar = tmp_path / "zoo.h5"
-    real_init = hdf5._init_root
-    raced: list[bool] = []
-
-    def init_then_race(f: h5py.File) -> None:
-        real_init(f)
-        if not raced:
-            raced.append(True)
-            _commit_in_another_process(ar, _scratch(tmp_path / "b.h5", 2.0), "run_b")
-
-    monkeypatch.setattr(hdf5, "_init_root", init_then_race)
+    _lose_the_creation_race(monkeypatch, ar, _scratch(tmp_path / "b.h5", 2.0))
     hdf5.init_archive(ar)
     with h5py.File(ar, "r") as f:
         assert list(f["runs"]) == ["run_b"]

@@ -939,12 +939,7 @@ def _create_with_run(archive: Path, src: h5py.Group, name: str) -> bool:
     try:
         with h5py.File(new, "w", track_order=True) as f:
             _init_root(f)
-            runs = f["runs"]
-            tmp_name = f"{TMP_PREFIX}{name}-{os.getpid()}"
-            src.copy(src["run"], runs, name=tmp_name)
-            runs.move(tmp_name, name)
-            runs[name].attrs["complete"] = np.bool_(True)
-            f.flush()
+            _commit_copy(f, src, src["run"], f["runs"], name, f"{TMP_PREFIX}{name}-{os.getpid()}")
         return _publish_new(new, archive)
     except BaseException:
         with suppress(OSError):

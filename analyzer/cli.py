@@ -179,6 +179,11 @@ def _existing_model(_ctx: click.Context, _param: click.Parameter, value: str) ->
     return value
 
 
+def _comma_list(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]`` (comma-separated option values)."""
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
 def _command_line(ctx: click.Context) -> str:
     root = ctx.find_root()
     argv = root.meta.get(_ARGV, sys.argv[1:])
@@ -828,7 +833,7 @@ def compare(archive: str, runs: str | None, image: str | None, by_model: bool, t
         from analyzer.batch.summary import runs_for_image
 
         runs = ",".join(runs_for_image(archive, image))
-    names = [r.strip() for r in str(runs).split(",") if r.strip()]
+    names = _comma_list(str(runs))
     if len(names) < 2:
         raise UserInputError(f"--runs {runs!r} names {len(names)} run(s); compare at least 2 "
                              "(e.g. --runs A,B; see `glam ls`)")
@@ -865,7 +870,7 @@ def report(archive: str, runs: str | None, out: str, max_keys: int) -> None:
     """One self-contained HTML page of ARCHIVE's runs: maps, layers, comparison, provenance."""
     from analyzer.report.html import write_report
 
-    names = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
+    names = _comma_list(runs) if runs else None
     click.echo(f"report: {write_report(archive, out, names, max_keys=max_keys)}")
 
 
@@ -1046,7 +1051,7 @@ def check(
     from analyzer.archive.hdf5 import open_archive
 
     open_archive(baseline_path, what="baseline", writer="glam baseline MODEL IMAGES").close()
-    names = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
+    names = _comma_list(runs) if runs else None
     rng = None if input_range == "baseline" else input_range
     if html_path:
         from analyzer.report.html import check_output_path
@@ -1103,10 +1108,6 @@ def demo(ctx: click.Context, out: str, model: str | None, image: str | None,
     log.summary()
     for line in demo_report(res):
         click.echo(line)
-
-
-def _comma_list(text: str) -> tuple[str, ...]:
-    return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
 @cli.command(name="sanity")
@@ -1174,7 +1175,7 @@ def sanity_(ctx: click.Context, model: str, image: str, archive: str, run: str |
         check_output_file(figure, "--figure")
     options = SanityOptions(
         roi=parse_roi(roi), window=window, hr=hr, crop=crop, blocks=blocks or None, seed=seed,
-        methods=_comma_list(methods), variants=_comma_list(variants), topk=topk,
+        methods=tuple(_comma_list(methods)), variants=tuple(_comma_list(variants)), topk=topk,
         baseline=baseline, max_fraction=max_fraction, step=step, n_random=n_random,
         batch=curve_batch, lam_fold=lam_fold, lam_batch=lam_batch, device=device,
         overwrite=overwrite, command_line=_command_line(ctx))

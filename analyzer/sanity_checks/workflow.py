@@ -110,7 +110,7 @@ def _lr_map(m: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 def check_choices(methods: Sequence[str], variants: Sequence[str]) -> None:
     """Refuse unknown (or no) methods and unknown randomization variants
     (:class:`AnalysisError`); shared by :func:`sanity` and ``glam sanity``'s option check.
-    No variant is allowed here: the API may skip randomization."""
+    An empty list of variants passes: the API may skip randomization."""
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise AnalysisError(f"unknown sanity method(s) {bad or list(methods)}; choose from "

@@ -2,15 +2,17 @@
 
 Public API::
 
-    import importers, analyzer
-    model = importers.load("model.onnx")                # tapped, parity-checked FX graph
-    inputs = analyzer.prepare_image(model, "hr.png", hr=True)
-    result = analyzer.analyze(model, inputs.lr, reference=inputs.reference, lam=True)
+    import glam
+    model = glam.load("model.onnx")                     # tapped, parity-checked FX graph
+    inputs = glam.prepare_image(model, "hr.png", hr=True)
+    result = glam.analyze(model, inputs.lr, reference=inputs.reference, lam=True)
+
+What is computed, step by step, is ``docs/method.md``.
 """
 
 from __future__ import annotations
 
-from analyzer.errors import (
+from glam.errors import (
     AnalysisError,
     ArchiveError,
     ConventionError,
@@ -28,34 +30,40 @@ from analyzer.errors import (
 
 __version__ = "0.1.0"
 
-# The engine modules import ``importers`` (which imports ``analyzer.errors``); loading them
-# lazily keeps ``import importers`` and ``import analyzer`` free of import cycles.
+# The engine modules import ``glam.importers`` (which imports ``glam.errors``); loading them
+# lazily keeps ``import glam.importers`` and ``import glam`` free of import cycles, and
+# ``import glam`` light (no torch until a name that needs it is used).
 _LAZY = {
-    "PreparedImage": "analyzer.api",
-    "Result": "analyzer.api",
-    "analyze": "analyzer.api",
-    "default_roi": "analyzer.api",
-    "prepare_image": "analyzer.api",
-    "resolve_device": "analyzer.engine.device",
-    "GlamMaps": "analyzer.engine.glam",
-    "LayerRecord": "analyzer.engine.glam",
-    "compute_glam": "analyzer.engine.glam",
-    "layer_keys": "analyzer.engine.glam",
-    "LamResult": "analyzer.engine.lam",
-    "compute_lam": "analyzer.engine.lam",
-    "EngineParity": "analyzer.engine.reference",
-    "reference_glam": "analyzer.engine.reference",
-    "attributed_fraction": "analyzer.engine.metrics",
-    "diffusion_index": "analyzer.engine.metrics",
-    "gini": "analyzer.engine.metrics",
-    "mse_psnr": "analyzer.engine.metrics",
-    "psnr_y": "analyzer.engine.metrics",
-    "read_image": "analyzer.images",
-    "BatchOptions": "analyzer.batch.driver",
-    "run_batch": "analyzer.batch.driver",
-    "load_plan": "analyzer.batch.plan",
-    "SanityResult": "analyzer.sanity_checks.workflow",
-    "sanity": "analyzer.sanity_checks.workflow",
+    "load": "glam.importers.loader",
+    "from_module": "glam.importers.loader",
+    "detect_format": "glam.importers.detect",
+    "ImportedModel": "glam.importers.model",
+    "TapInfo": "glam.importers.model",
+    "PreparedImage": "glam.api",
+    "Result": "glam.api",
+    "analyze": "glam.api",
+    "default_roi": "glam.api",
+    "prepare_image": "glam.api",
+    "resolve_device": "glam.engine.device",
+    "GlamMaps": "glam.engine.glam",
+    "LayerRecord": "glam.engine.glam",
+    "compute_glam": "glam.engine.glam",
+    "layer_keys": "glam.engine.glam",
+    "LamResult": "glam.engine.lam",
+    "compute_lam": "glam.engine.lam",
+    "EngineParity": "glam.engine.reference",
+    "reference_glam": "glam.engine.reference",
+    "attributed_fraction": "glam.engine.metrics",
+    "diffusion_index": "glam.engine.metrics",
+    "gini": "glam.engine.metrics",
+    "mse_psnr": "glam.engine.metrics",
+    "psnr_y": "glam.engine.metrics",
+    "read_image": "glam.images",
+    "BatchOptions": "glam.batch.driver",
+    "run_batch": "glam.batch.driver",
+    "load_plan": "glam.batch.plan",
+    "SanityResult": "glam.sanity_checks.workflow",
+    "sanity": "glam.sanity_checks.workflow",
 }
 
 
@@ -64,11 +72,16 @@ def __getattr__(name: str) -> object:
         import importlib
 
         module = importlib.import_module(_LAZY[name])
-        return module if _LAZY[name] == f"analyzer.{name}" else getattr(module, name)
-    raise AttributeError(f"module 'analyzer' has no attribute {name!r}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'glam' has no attribute {name!r}")
 
 
 __all__ = [
+    "ImportedModel",
+    "TapInfo",
+    "detect_format",
+    "from_module",
+    "load",
     "AnalysisError",
     "BatchOptions",
     "ArchiveError",

@@ -1,8 +1,8 @@
-"""``python -m analyzer`` works like the ``glam`` command."""
+"""``python -m glam`` works like the ``glam`` command."""
 
 from __future__ import annotations
 
-from analyzer.cli import main
+from glam.cli import main
 
 if __name__ == "__main__":
     main()

@@ -2,10 +2,10 @@
 
 Example
 -------
->>> import analyzer, importers
->>> model = importers.load("fixtures/models/rcan_small_x2.legacy.onnx")      # doctest: +SKIP
->>> inputs = analyzer.prepare_image(model, "fixtures/images/astronaut_hr.png", hr=True)  # doctest: +SKIP
->>> result = analyzer.analyze(model, inputs.lr, reference=inputs.reference)   # doctest: +SKIP
+>>> import glam, glam.importers
+>>> model = glam.importers.load("fixtures/models/rcan_small_x2.legacy.onnx")      # doctest: +SKIP
+>>> inputs = glam.prepare_image(model, "fixtures/images/astronaut_hr.png", hr=True)  # doctest: +SKIP
+>>> result = glam.analyze(model, inputs.lr, reference=inputs.reference)   # doctest: +SKIP
 >>> result.metrics["di_local"]                                                # doctest: +SKIP
 """
 
@@ -19,30 +19,29 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from analyzer.engine.device import resolve_device
-from analyzer.engine.glam import (
+from glam.engine.device import resolve_device
+from glam.engine.glam import (
     LayerRecord,
     PerLayerMode,
     StoreMode,
     compute_glam,
     validate_roi,
 )
-from analyzer.engine.lam import LamResult, compute_lam
-from analyzer.engine.metrics import (
+from glam.engine.lam import LamResult, compute_lam
+from glam.engine.metrics import (
     attributed_fraction,
     diffusion_index,
     map_metrics,
     mse_psnr,
     psnr_y,
 )
-from analyzer.engine.reference import EngineParity, ParityMeter, reference_glam
-from analyzer.errors import AnalysisError, UserInputError
-from analyzer.images import crop_reference, downscale_psnr, hr_to_lr, read_image, to_tensor
-from analyzer.progress import PhaseLog
-from importers.loader import sha256_of
-from importers.model import ImportedModel, TapInfo
-from importers.size_rule import check_input_size
+from glam.engine.reference import EngineParity, ParityMeter, reference_glam
+from glam.errors import AnalysisError, UserInputError
+from glam.images import crop_reference, downscale_psnr, hr_to_lr, read_image, to_tensor
+from glam.importers.loader import sha256_of
+from glam.importers.model import ImportedModel, TapInfo
+from glam.importers.size_rule import check_input_size
+from glam.progress import PhaseLog
 
 
 @dataclass
@@ -238,7 +237,7 @@ def analyze(
     Parameters
     ----------
     model:
-        From :func:`importers.load`.
+        From :func:`glam.importers.load`.
     lr:
         Canonical LR input, ``1 x C_in x h x w`` (or ``C_in x h x w``) in [0, 1].
     roi:
@@ -258,15 +257,15 @@ def analyze(
     keep_layers:
         Keep per-layer records in the result.
     verify:
-        Also run the literal implementation of GLAM.md (:mod:`analyzer.engine.reference`) on the
+        Also run the literal implementation of GLAM.md (:mod:`glam.engine.reference`) on the
         same model and input and record the engine's largest error per map and per-layer
         map in ``Result.engine_parity`` (GLAM.md allows 1e-4; check
         ``result.engine_parity.passed``). Costs one reference run, several times GL-AM.
     log:
-        A :class:`~analyzer.progress.PhaseLog`: writes the GL-AM, verify and LAM phases
+        A :class:`~glam.progress.PhaseLog`: writes the GL-AM, verify and LAM phases
         with their times as they finish, and LAM's progress bar (instead of ``progress``).
     per_layer:
-        How GL-AM's per-layer work runs (:func:`analyzer.engine.glam.compute_glam`):
+        How GL-AM's per-layer work runs (:func:`glam.engine.glam.compute_glam`):
         ``"auto"`` batches it across same-shape layers on CUDA and uses the fused kernels
         on CPU; ``"per-layer"``, ``"batched"``, ``"compiled"`` choose one.
 

@@ -1,5 +1,5 @@
-"""The ``glam`` command line: a thin layer over :mod:`importers`, :mod:`analyzer.runs`,
-:mod:`analyzer.archive.hdf5` and :mod:`analyzer.report.figures`.
+"""The ``glam`` command line: a thin layer over :mod:`glam.importers`, :mod:`glam.runs`,
+:mod:`glam.archive.hdf5` and :mod:`glam.report.figures`.
 
 Exit codes: 0 success; 2 user errors (bad paths, ROI outside the output, corrupt model file,
 missing run, not an archive, click usage errors); 3 model or runtime failures (unsupported
@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-
-from analyzer.cli_options import (
+from glam.cli_options import (
     figure_options,
     figure_settings,
     phase_log,
     run_options,
     use_threads,
 )
-from analyzer.errors import GlamError, UserInputError
+from glam.errors import GlamError, UserInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,7 +73,7 @@ class GlamGroup(click.Group):
             _silence_stdout()
             ctx.exit(0)
         except OSError as exc:
-            from analyzer.paths import describe_os_error
+            from glam.paths import describe_os_error
 
             msg = describe_os_error(exc)
             if msg is None and not isinstance(exc, PermissionError):
@@ -270,7 +269,7 @@ def _load_model(
 ) -> Any:
     import time
 
-    import importers
+    import glam.importers
 
     threads = use_threads()
     t0 = time.perf_counter()
@@ -287,7 +286,7 @@ def _load_model(
                 "parity error; default 1e-4)"
             )
         kwargs["tolerance"] = tolerance
-    model = importers.load(
+    model = glam.importers.load(
         path,
         in_channels=int(in_channels) if in_channels else None,
         layout=layout.upper() if layout else None,
@@ -297,7 +296,7 @@ def _load_model(
         **kwargs,
     )
     if log is not None:
-        from analyzer.runs import log_import
+        from glam.runs import log_import
 
         log_import(log, model, time.perf_counter() - t0, threads=threads)
     return model
@@ -312,7 +311,7 @@ def _check_outputs(
     out_dir: str | None = None,
 ) -> None:
     """Every output path is writable, checked before the slow work (exit 2 naming it)."""
-    from analyzer.paths import check_output_dir, check_output_file
+    from glam.paths import check_output_dir, check_output_file
 
     if archive is not None:
         check_output_file(archive, "archive")
@@ -402,7 +401,7 @@ def inspect(
     s = m.summary()
     parity = None
     if verify:
-        from analyzer.runs import verify_default_input
+        from glam.runs import verify_default_input
 
         parity = verify_default_input(m)
         s["engine_parity"] = parity
@@ -410,7 +409,7 @@ def inspect(
         click.echo(_json_line({"schema_version": 1, **s}))
         _fail_on_engine_parity(parity)
         return
-    from analyzer.runs import format_table
+    from glam.runs import format_table
 
     meta = s.get("metadata") or {}
     inp, out, par = s["input"], s["output"], s["parity"]
@@ -459,7 +458,7 @@ def inspect(
 def _fail_on_engine_parity(parity: dict[str, Any] | None) -> None:
     """Exit 3 (one line) when ``inspect --verify`` found the engine off the reference."""
     if parity is not None and not parity["passed"]:
-        from analyzer.errors import EngineParityError
+        from glam.errors import EngineParityError
 
         raise EngineParityError(
             f"engine parity failed: {parity['description']}, above its bound "
@@ -522,8 +521,8 @@ def analyze(
     verify: bool,
 ) -> None:
     """Compute GL-AM for MODEL on each IMAGE (file or directory) into an HDF5 archive."""
-    from analyzer.archive.hdf5 import check_run_names
-    from analyzer.runs import (
+    from glam.archive.hdf5 import check_run_names
+    from glam.runs import (
         DEFAULT_ARCHIVE,
         AnalyzeOptions,
         RunSummary,
@@ -636,8 +635,8 @@ def _parity_line(ep: dict[str, Any]) -> str:
 @click.pass_context
 def ls_(ctx: click.Context, archive: str, as_json: bool, verify: bool) -> None:
     """List the runs of ARCHIVE with model, image, DI local/global and PSNR."""
-    from analyzer.archive.hdf5 import open_archive
-    from analyzer.runs import _fmt, format_table
+    from glam.archive.hdf5 import open_archive
+    from glam.runs import _fmt, format_table
 
     rows = [("run", "model", "image", "DI local", "DI global", "PSNR", "Y-PSNR", "DI LAM")]
     damaged: list[str] = []
@@ -696,8 +695,8 @@ def _f(v: Any) -> float | None:
 @debug_option
 def show(archive: str, run: str, as_json: bool) -> None:
     """Show RUN of ARCHIVE: metrics, provenance and a tap summary."""
-    from analyzer.archive.hdf5 import open_archive
-    from analyzer.runs import _fmt, format_table
+    from glam.archive.hdf5 import open_archive
+    from glam.runs import _fmt, format_table
 
     with open_archive(archive) as ar:
         rd = ar.run(run)
@@ -760,21 +759,20 @@ def show(archive: str, run: str, as_json: bool) -> None:
 def export(archive: str, run: str, to: str) -> None:
     """Write RUN's figures (PNG, PDF or SVG) and maps (.npy) into DIR."""
     import numpy as np
-
-    from analyzer.archive.hdf5 import open_archive
-    from analyzer.report import figures
+    from glam.archive.hdf5 import open_archive
+    from glam.report import figures
 
     d = Path(to)
     if d.exists() and not d.is_dir():
         raise UserInputError(f"--to {to!r} is a file; pass a directory")
-    from analyzer.paths import check_output_dir
+    from glam.paths import check_output_dir
 
     check_output_dir(d, "--to")
     d.mkdir(parents=True, exist_ok=True)
     with open_archive(archive) as ar:
         rd = ar.run(run)
         data = ar.figure_data(rd)
-    from analyzer.report.views import Display
+    from glam.report.views import Display
 
     fs = figure_settings()
     written: list[Path] = list(figures.write_all(
@@ -819,18 +817,18 @@ def export(archive: str, run: str, to: str) -> None:
 @debug_option
 def compare(archive: str, runs: str | None, image: str | None, by_model: bool, to: str) -> None:
     """One figure and one table comparing RUNS of ARCHIVE."""
-    from analyzer.archive.hdf5 import open_archive
-    from analyzer.report import figures
+    from glam.archive.hdf5 import open_archive
+    from glam.report import figures
 
     if by_model:
-        from analyzer.batch.summary import model_summary
+        from glam.batch.summary import model_summary
 
         click.echo(model_summary(archive))
         return
     if (runs is None) == (image is None):
         raise UserInputError("pass --runs A,B or --image IMG (or --by-model); see `glam ls`")
     if image is not None:
-        from analyzer.batch.summary import runs_for_image
+        from glam.batch.summary import runs_for_image
 
         runs = ",".join(runs_for_image(archive, image))
     names = _comma_list(str(runs))
@@ -843,7 +841,7 @@ def compare(archive: str, runs: str | None, image: str | None, by_model: bool, t
     with open_archive(archive) as ar:
         data = [ar.figure_data(n) for n in names]
     d.mkdir(parents=True, exist_ok=True)
-    from analyzer.report.views import Display
+    from glam.report.views import Display
 
     fs = figure_settings()
     fig = figures.compare_figure(data, d / f"compare.{fs['figure_format']}",
@@ -868,7 +866,7 @@ def compare(archive: str, runs: str | None, image: str | None, by_model: bool, t
 @debug_option
 def report(archive: str, runs: str | None, out: str, max_keys: int) -> None:
     """One self-contained HTML page of ARCHIVE's runs: maps, layers, comparison, provenance."""
-    from analyzer.report.html import write_report
+    from glam.report.html import write_report
 
     names = _comma_list(runs) if runs else None
     click.echo(f"report: {write_report(archive, out, names, max_keys=max_keys)}")
@@ -923,7 +921,7 @@ def batch(ctx: click.Context, plan_file: str | None, archive: str, models: str |
           cpus_per_worker: float, gpu_fraction: float, num_cpus: int | None, links: bool,
           dashboard: bool, ray_logs: bool, as_json: bool) -> None:
     """Run models x images (a PLAN.toml, or --models/--images) on Ray into one archive."""
-    from analyzer.batch.cli_support import batch_command
+    from glam.batch.cli_support import batch_command
 
     summary = batch_command(
         plan_file, archive, models=models, images=images, rois=rois, roi_grid=roi_grid,
@@ -976,8 +974,8 @@ def baseline(
     output: str | None, tolerance: float | None, as_json: bool, overwrite: bool,
 ) -> None:
     """Write a baseline archive for `glam check`: `glam analyze` with runs marked baseline."""
-    from analyzer.gate.check import make_baseline, prepare_baseline
-    from analyzer.runs import AnalyzeOptions, RunSummary, parse_roi
+    from glam.gate.check import make_baseline, prepare_baseline
+    from glam.runs import AnalyzeOptions, RunSummary, parse_roi
 
     options = AnalyzeOptions(
         run=run, roi=parse_roi(roi), window=window, hr=hr, reference=reference,
@@ -1043,18 +1041,18 @@ def check(
     verify: bool, html_path: str | None,
 ) -> None:
     """Gate MODEL against a baseline: exit 0 pass, 1 regression, 2 usage, 3 model error."""
-    from analyzer.gate.check import check_model
-    from analyzer.gate.tolerances import build_tolerances
+    from glam.gate.check import check_model
+    from glam.gate.tolerances import build_tolerances
 
     tolerances = build_tolerances(tolerances_file, tol, top_k)
     _check_outputs(json_report=json_path, junit_report=junit_path)
-    from analyzer.archive.hdf5 import open_archive
+    from glam.archive.hdf5 import open_archive
 
     open_archive(baseline_path, what="baseline", writer="glam baseline MODEL IMAGES").close()
     names = _comma_list(runs) if runs else None
     rng = None if input_range == "baseline" else input_range
     if html_path:
-        from analyzer.report.html import check_output_path
+        from glam.report.html import check_output_path
 
         check_output_path(html_path)  # before the slow work
     use_threads()
@@ -1068,7 +1066,7 @@ def check(
         if path:
             click.echo(f"report: {write(path)}")
     if html_path:
-        from analyzer.report.html import write_check_report
+        from glam.report.html import write_check_report
 
         click.echo(f"report: {write_check_report(rep.to_dict(), html_path, candidate_maps=rep.maps)}")
     click.echo(rep.final_line(), err=True)
@@ -1096,7 +1094,7 @@ def check(
 def demo(ctx: click.Context, out: str, model: str | None, image: str | None,
          lam_fold: int | None, device: str, no_warmup: bool) -> None:
     """Run GL-AM and LAM on the bundled model and CC0 image; write an archive and figures."""
-    from analyzer.runs import DEMO_LAM_FOLD, demo_report, run_demo
+    from glam.runs import DEMO_LAM_FOLD, demo_report, run_demo
 
     _check_outputs(out_dir=out)
     threads = use_threads()
@@ -1160,13 +1158,13 @@ def sanity_(ctx: click.Context, model: str, image: str, archive: str, run: str |
             tolerance: float | None) -> None:
     """Sanity checks of the maps on MODEL and IMAGE: model randomization, deletion /
     insertion, indicators (docs/sanity.md)."""
-    from analyzer.runs import default_run_name, parse_roi
-    from analyzer.sanity_checks.runner import SanityOptions, format_summary, run_sanity
+    from glam.runs import default_run_name, parse_roi
+    from glam.sanity_checks.runner import SanityOptions, format_summary, run_sanity
 
     if not Path(image).is_file():
         raise UserInputError(f"image {image!r} does not exist; pass an image file")
-    from analyzer.archive.hdf5 import check_run_names
-    from analyzer.paths import check_output_file
+    from glam.archive.hdf5 import check_run_names
+    from glam.paths import check_output_file
 
     name = run or default_run_name(model, image)
     check_run_names(archive, [name], overwrite=overwrite)

@@ -1,7 +1,7 @@
 """Options shared by several ``glam`` commands (issue 14): ``--threads`` / ``--quiet`` and
 the phase log they control, and the ``--figure-*`` display options.
 
-Kept out of :mod:`analyzer.cli` so that the command module only registers them. Values are
+Kept out of :mod:`glam.cli` so that the command module only registers them. Values are
 kept in the click context's ``meta`` (no extra parameters on each command function); nothing
 heavy is imported until a command asks for its phase log or thread count.
 """
@@ -65,8 +65,8 @@ def figure_settings() -> dict[str, Any]:
 
 
 def phase_log() -> Any:
-    """This command's :class:`~analyzer.progress.PhaseLog` (one per invocation)."""
-    from analyzer.progress import PhaseLog
+    """This command's :class:`~glam.progress.PhaseLog` (one per invocation)."""
+    from glam.progress import PhaseLog
 
     ctx = click.get_current_context()
     if _LOG not in ctx.meta:
@@ -77,7 +77,7 @@ def phase_log() -> Any:
 def use_threads() -> int:
     """Apply ``--threads`` (default: the process's CPU affinity); a phase-log note when the
     CPUs are oversubscribed (more threads than CPUs, or a load average that fills them)."""
-    from analyzer.threads import apply_threads, oversubscription
+    from glam.threads import apply_threads, oversubscription
 
     ctx = click.get_current_context()
     n = apply_threads(ctx.meta.get(_THREADS))

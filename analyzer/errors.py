@@ -104,7 +104,7 @@ class MissingDependencyError(GlamError):
 
     def __init__(self, module: str, extra: str) -> None:
         super().__init__(
-            f"{module} is not installed; install it with `pip install 'glam[{extra}]'`"
+            f"{module} is not installed; install it with `pip install 'glam-sr[{extra}]'`"
         )
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from glam.errors import UserInputError
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-from analyzer.errors import UserInputError
 
 if TYPE_CHECKING:
     import torch

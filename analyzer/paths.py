@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from analyzer.errors import UserInputError
+from glam.errors import UserInputError
 
 __all__ = ["check_output_dir", "check_output_file", "describe_os_error"]
 

@@ -1,8 +1,8 @@
 """Orchestration behind ``glam analyze`` / ``glam demo``: model + images -> analyses -> archive.
 
->>> import importers
->>> from analyzer.runs import AnalyzeOptions, analyze_images
->>> model = importers.load("model.onnx")                                    # doctest: +SKIP
+>>> import glam.importers
+>>> from glam.runs import AnalyzeOptions, analyze_images
+>>> model = glam.importers.load("model.onnx")                                    # doctest: +SKIP
 >>> summaries = analyze_images(model, ["img.png"], "glam-runs.h5",
 ...                            AnalyzeOptions(hr=True, lam=True))           # doctest: +SKIP
 
@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from analyzer.archive.hdf5 import STORE_DTYPES, RunWriter, StoreDtype, check_run_names, open_archive
-from analyzer.errors import AnalysisError, EngineParityError, MissingDependencyError, UserInputError
-from analyzer.progress import PhaseLog
+from glam.archive.hdf5 import STORE_DTYPES, RunWriter, StoreDtype, check_run_names, open_archive
+from glam.errors import AnalysisError, EngineParityError, MissingDependencyError, UserInputError
+from glam.progress import PhaseLog
 
 if TYPE_CHECKING:  # torch-free at import: `glam ls` / `show` use this module's tables
-    from analyzer.engine.glam import StoreMode
-    from importers.model import ImportedModel
+    from glam.engine.glam import StoreMode
+    from glam.importers.model import ImportedModel
 
 DEFAULT_ARCHIVE = "glam-runs.h5"
 
@@ -157,7 +156,7 @@ class AnalyzeOptions:
             raise UserInputError(
                 f"store dtype {self.store_dtype!r} is not supported; use float32 or float16"
             )
-        from analyzer.report.views import FIGURE_FORMATS, Display
+        from glam.report.views import FIGURE_FORMATS, Display
 
         Display(self.figure_scale, self.figure_gamma)  # type: ignore[arg-type]
         if self.figure_format not in FIGURE_FORMATS:
@@ -324,7 +323,7 @@ def expand_images(paths: Sequence[str | Path]) -> list[Path]:
         q = Path(p)
         if not q.exists():
             raise UserInputError(f"image {str(q)!r} does not exist; pass an existing image or directory")
-        from analyzer.images import list_images
+        from glam.images import list_images
 
         out.extend(list_images(q))
     return out
@@ -444,7 +443,7 @@ def run_names(
 
 
 def _crop_rgb(lr_rgb: Any, crop: tuple[int, int, int, int] | None) -> np.ndarray:
-    from analyzer.images import rgb_float
+    from glam.images import rgb_float
 
     arr = rgb_float(lr_rgb)
     if crop is not None:
@@ -491,7 +490,7 @@ def analyze_one(
     -------
     RunSummary
     """
-    from analyzer.api import analyze, prepare_image
+    from glam.api import analyze, prepare_image
 
     ref = reference if reference is not None else options.reference
     prepared = prepare_image(model, image, hr=options.hr, reference=ref)
@@ -599,7 +598,7 @@ def verify_default_input(model: ImportedModel, device: str = "auto") -> dict[str
 
     Returns the JSON-ready ``engine_parity`` dict (with ``description`` and ``image``).
     """
-    from analyzer.api import analyze, prepare_image
+    from glam.api import analyze, prepare_image
 
     image = default_demo_inputs()[1]
     prepared = prepare_image(model, image, hr=True)
@@ -618,10 +617,10 @@ def write_run_figures(
     scale: str = "linear",
     gamma: float = 0.5,
 ) -> list[Path]:
-    """Write the figures of an archived run into ``directory`` (``analyzer.report.figures``:
+    """Write the figures of an archived run into ``directory`` (``glam.report.figures``:
     the matplotlib figures in ``figure_format`` and the native-resolution overlays)."""
-    from analyzer.report import figures
-    from analyzer.report.views import Display
+    from glam.report import figures
+    from glam.report.views import Display
 
     display = Display(scale, gamma)  # type: ignore[arg-type]
     d = Path(directory)
@@ -666,7 +665,7 @@ def analyze_images(
     log:
         Phase log: each image's phases (prefixed ``[i/n image]`` when there are several)
         and, with several images, a progress bar over them that suits a terminal or a log
-        (:func:`analyzer.progress.progress_bar`); replaces ``progress``.
+        (:func:`glam.progress.progress_bar`); replaces ``progress``.
 
     Returns
     -------
@@ -684,7 +683,7 @@ def analyze_images(
     check_run_names(archive, names, overwrite=options.overwrite)
     oc = int(model.conventions.out_channels)
     if oc not in (1, 3):
-        from analyzer.errors import ConventionError
+        from glam.errors import ConventionError
 
         raise ConventionError(
             f"the model's output {model.conventions.output_name!r} has {oc} channels; glam "
@@ -812,7 +811,7 @@ def default_demo_inputs() -> tuple[Path | None, Path]:
     model: Path | None = None
     image = root / "images" / "astronaut_hr.png"
     try:
-        import glam_fixtures as fixtures
+        import glam.fixtures as fixtures
     except ImportError:
         fixtures = None  # type: ignore[assignment]
     if fixtures is not None:
@@ -857,7 +856,7 @@ def run_demo(
     progress:
         Show LAM's progress bar.
     trust_model:
-        Passed to :func:`importers.load`.
+        Passed to :func:`glam.importers.load`.
     log:
         Phase log (import, parity, warm-up, GL-AM, LAM, figures, report on stderr).
     warmup:
@@ -865,7 +864,7 @@ def run_demo(
         reported GL-AM and LAM times exclude one-time costs (loading or compiling the
         numba kernels, torch's first-call allocations and kernel selection).
     threads:
-        Thread count already applied (:func:`analyzer.threads.apply_threads`), for the log.
+        Thread count already applied (:func:`glam.threads.apply_threads`), for the log.
     figure_format, figure_scale, figure_gamma:
         As in :class:`AnalyzeOptions`.
 
@@ -886,16 +885,16 @@ def run_demo(
     if mp is None or not mp.exists():
         raise UserInputError(
             "the bundled demo model is missing (fixtures/models/ is not built); build it with "
-            "`python -m glam_fixtures.make_fixtures` or pass --model MODEL"
+            "`python -m glam.fixtures.make_fixtures` or pass --model MODEL"
         )
     image_size(ip)  # a missing or unreadable --image fails before torch is imported
-    import importers
+    import glam.importers
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     archive = out / "demo.h5"
     t = time.perf_counter()
-    model = importers.load(mp, trust_model=trust_model)
+    model = glam.importers.load(mp, trust_model=trust_model)
     if log is not None:
         log_import(log, model, time.perf_counter() - t, threads=threads)
     options = AnalyzeOptions(
@@ -918,7 +917,7 @@ def run_demo(
                  "allocation; excluded from the GL-AM and LAM times")
     summaries = analyze_images(model, [ip], archive, options, log=log)
     s = summaries[0]
-    from analyzer.report.html import write_report
+    from glam.report.html import write_report
 
     t = time.perf_counter()
     try:
@@ -943,7 +942,7 @@ def run_demo(
 
 def _warm_up(model: ImportedModel, image: Path, options: AnalyzeOptions) -> float:
     """One untimed GL-AM and one LAM batch on ``image``; returns the seconds it took."""
-    from analyzer.api import analyze, prepare_image
+    from glam.api import analyze, prepare_image
 
     t = time.perf_counter()
     prepared = prepare_image(model, image, hr=options.hr)
@@ -976,7 +975,7 @@ def demo_report(demo: DemoResult) -> list[str]:
         f"  archive : {demo.archive}  (run {demo.run!r}; browse with `glam ls {demo.archive}`)",
         f"  figures : {Path(demo.out_dir) / 'figures' / demo.run}/ ({len(demo.figures)} files)",
         f"  report  : {demo.report}  (open it in a browser)" if demo.report is not None else
-        "  report  : skipped (install the report extra: pip install 'glam[report]')",
+        "  report  : skipped (install the report extra: pip install 'glam-sr[report]')",
     ]
     if "psnr" in m:
         lines.append(f"  output  : PSNR {_fmt(m['psnr'])} dB against the HR image")
@@ -986,7 +985,7 @@ def demo_report(demo: DemoResult) -> list[str]:
         f"(diffusion index: 0 = a few pixels matter, 100 = every pixel matters equally)"
     )
     if "di_lam" in m:
-        from analyzer.report.views import speed_text
+        from glam.report.views import speed_text
 
         lines.append(
             f"  LAM     : DI {_fmt(m['di_lam'])} (input size, as LAM reports it; "

@@ -3,8 +3,8 @@ the machine is already busy (oversubscription).
 
 The default is the number of CPUs this process may run on (``os.sched_getaffinity``: a
 container's or ``taskset``'s limit, not the machine's core count). numba's kernels take
-torch's count (:mod:`analyzer.engine.kernels`) and onnxruntime sessions are created with it
-(:mod:`importers.onnx_backend`), so setting torch's sets all three.
+torch's count (:mod:`glam.engine.kernels`) and onnxruntime sessions are created with it
+(:mod:`glam.importers.onnx.backend`), so setting torch's sets all three.
 
 On a loaded machine more threads can be much slower: a 2-thread torch forward of the
 ``rcan_small`` fixture measured 1.40 s against 0.045 s with one thread on a 2-core machine
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from analyzer.errors import UserInputError
+from glam.errors import UserInputError
 
 __all__ = ["affinity_cpus", "apply_threads", "oversubscription"]
 

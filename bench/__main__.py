@@ -8,7 +8,7 @@ unless ``--sizes``, e.g. ``--sizes 64,256``; 2 CPU threads unless ``--threads``;
 * ``fb``: one forward pass and one backward pass of ``T_ROI`` to the input — the unit;
 * ``glam``: GL-AM, local + global maps (GLAM.md), the engine the CLI uses;
 * ``lam``: LAM with ``fold`` path steps (batched by ``--lam-batch``);
-* ``verify``: the literal GLAM.md reference (:mod:`analyzer.engine.reference`), the extra cost
+* ``verify``: the literal GLAM.md reference (:mod:`glam.engine.reference`), the extra cost
   of ``glam analyze --verify`` (timed once, after the pairs).
 
 Reported: the ratios GL-AM / fb and LAM / GL-AM, and peak memory (resident set growth on
@@ -23,7 +23,7 @@ each is timed in its steady state, as LAM's back-to-back path steps are), with L
 once in the middle of the pairs (so the GL-AM median is taken around it); GL-AM / fb is
 the median of the per-pair ratios (each pair runs back to back, so a slow phase of a
 shared machine hits both), times are medians. All run with the allocator setting the
-engine applies on CPU (:mod:`analyzer.engine.allocator`). Weights are random (seeded): cost does
+engine applies on CPU (:mod:`glam.engine.allocator`). Weights are random (seeded): cost does
 not depend on them.
 
 ``--batch``: throughput of ``glam batch`` on Ray against the serial ``glam analyze`` loop
@@ -47,7 +47,7 @@ ARCHS = ("carn", "rrdbnet", "rcan", "rnan", "san")
 #: Community checkpoints benchmarked through the checkpoint route (``--archs swinir``): a
 #: SwinIR-light-sized SwinIR (the paper's lightweight x4 config: embed 60, four stages of six
 #: blocks, 6 heads, window 8, pixelshuffledirect), saved as a .pth and imported with
-#: ``importers.load`` (spandrel + torch.export), as a user's checkpoint would be.
+#: ``glam.importers.load`` (spandrel + torch.export), as a user's checkpoint would be.
 COMMUNITY = {
     "swinir": dict(
         img_size=64, embed_dim=60, depths=[6, 6, 6, 6], num_heads=[6, 6, 6, 6], window_size=8,
@@ -60,16 +60,15 @@ def _community(arch: str):  # type: ignore[no-untyped-def]
     """``(module, imported model)`` of a :data:`COMMUNITY` architecture via a temporary .pth."""
     import tempfile
 
+    import glam.importers
     import torch
     from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
-
-    import importers
 
     net = SwinIR(**COMMUNITY[arch]).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{arch}.pth"
         torch.save(net.state_dict(), path)
-        model = importers.load(path, input_range=1)
+        model = glam.importers.load(path, input_range=1)
     return net, model
 
 
@@ -82,7 +81,7 @@ def _rss_kib() -> int:
 def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
     """One workload of one model; on CUDA in IEEE float32 as GL-AM runs (fb included)."""
 
-    from analyzer.engine.device import full_precision, resolve_device
+    from glam.engine.device import full_precision, resolve_device
 
     with full_precision(resolve_device(args.device)):
         return _work(arch, workload, args)
@@ -94,17 +93,16 @@ def _work(arch: str, workload: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     warnings.simplefilter("ignore")
-    from glam_fixtures.architectures import build
+    import glam
+    import glam.importers
+    from glam.engine.allocator import keep_freed_memory
+    from glam.engine.glam import compute_glam
+    from glam.engine.lam import compute_lam
+    from glam.engine.reference import reference_glam
+    from glam.engine.texture import texture_roi
+    from glam.fixtures.architectures import build
 
-    import analyzer
-    import importers
-    from analyzer.engine.allocator import keep_freed_memory
-    from analyzer.engine.glam import compute_glam
-    from analyzer.engine.lam import compute_lam
-    from analyzer.engine.reference import reference_glam
-    from analyzer.engine.texture import texture_roi
-
-    dev = analyzer.resolve_device(args.device)
+    dev = glam.resolve_device(args.device)
     if dev.type == "cpu":
         keep_freed_memory()  # what the engine does on CPU; applied before fb too (fair unit)
     t_import = time.perf_counter()
@@ -112,7 +110,7 @@ def _work(arch: str, workload: str, args: argparse.Namespace) -> dict:
         net, model = _community(arch)
     else:
         net = build(arch, args.preset).eval()
-        model = importers.from_module(net, input_range=1)
+        model = glam.importers.from_module(net, input_range=1)
     t_import = time.perf_counter() - t_import
     model.to(dev)
     x = torch.rand(1, 3, args.sizes, args.sizes, device=dev)

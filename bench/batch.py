@@ -51,7 +51,7 @@ def make_images(directory: Path, n: int, size: int) -> list[Path]:
 def _glam(*args: str) -> float:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "analyzer", *args], env=env,
+    r = subprocess.run([sys.executable, "-m", "glam", *args], env=env,
                        capture_output=True, text=True)
     seconds = time.perf_counter() - t
     if r.returncode != 0:
@@ -60,7 +60,7 @@ def _glam(*args: str) -> float:
 
 
 def _same_maps(a: Path, b: Path) -> bool:
-    from analyzer.archive.hdf5 import open_archive
+    from glam.archive.hdf5 import open_archive
 
     with open_archive(a) as x, open_archive(b) as y:
         if sorted(x.runs()) != sorted(y.runs()):

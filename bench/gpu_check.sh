@@ -78,10 +78,16 @@ run() {
             --target "$site" "$ROOT"/.whl/*.whl || echo "gpu_check: wheel install FAILED"
         export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
     fi
-    # glam_fixtures is the fixtures/ folder (an editable install here; a link there)
-    if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('glam_fixtures') is None)" 2>/dev/null; then
+    # the package glam is analyzer/, glam.importers importers/, glam.fixtures fixtures/
+    # (pyproject's package-dir; an editable install here). Where glam is not installed, a
+    # shim package with that search path stands in for the install.
+    if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('glam') is None)" 2>/dev/null; then
         local shim; shim="$(mktemp -d)"
-        ln -s "$ROOT/fixtures" "$shim/glam_fixtures"
+        mkdir "$shim/glam"
+        cat > "$shim/glam/__init__.py" <<SHIM
+__path__ = ["$ROOT/analyzer", "$ROOT"]
+exec(compile(open("$ROOT/analyzer/__init__.py").read(), "$ROOT/analyzer/__init__.py", "exec"))
+SHIM
         export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
     fi
     if [ -d "$ROOT/.gpu_models" ] && [ -z "${GLAM_SHARED_MODELS:-}" ]; then

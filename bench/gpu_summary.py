@@ -58,7 +58,7 @@ def environment() -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         env["onnxruntime"] = f"missing: {type(exc).__name__}: {exc}"
         env["ort_providers"] = []
-    from analyzer.engine.batched import compiler_available
+    from glam.engine.batched import compiler_available
 
     env["c_compiler"] = compiler_available()
     return env

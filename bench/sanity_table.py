@@ -15,10 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+import glam.importers
 import torch
-
-import importers
-from analyzer.sanity_checks.runner import SanityOptions, run_sanity
+from glam.sanity_checks.runner import SanityOptions, run_sanity
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -42,7 +41,7 @@ def main(out: Path, only: list[str] | None = None) -> None:
         if only and file.split(".")[0] not in only:
             continue
         t0 = time.perf_counter()
-        model = importers.load(SHARED / "models" / file)
+        model = glam.importers.load(SHARED / "models" / file)
         stem = file.split(".")[0]
         archive = out / f"sanity_{stem}.h5"
         archive.unlink(missing_ok=True)

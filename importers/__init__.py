@@ -1,15 +1,15 @@
 """Importers: ONNX, TorchScript and ``torch.export`` SR models to tapped ``torch.fx`` graphs.
 
->>> import importers
->>> model = importers.load("fixtures/models/rcan_small_x2.legacy.onnx")  # doctest: +SKIP
+>>> import glam.importers
+>>> model = glam.importers.load("fixtures/models/rcan_small_x2.legacy.onnx")  # doctest: +SKIP
 >>> y, taps = model(x)                                                  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from importers.detect import detect_format
-from importers.loader import from_module, load, sha256_of
-from importers.model import Conventions, ImportedModel, ParityReport, RawGraph, TapInfo
+from glam.importers.detect import detect_format
+from glam.importers.loader import from_module, load, sha256_of
+from glam.importers.model import Conventions, ImportedModel, ParityReport, RawGraph, TapInfo
 
 __all__ = [
     "Conventions",

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from analyzer.errors import ConventionError, ModelError, NotSuperResolutionError
-from importers.probe import probe_input
+from glam.errors import ConventionError, ModelError, NotSuperResolutionError
+from glam.importers.probe import probe_input
 
 NativeRunner = Callable[[torch.Tensor], list[torch.Tensor]]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from analyzer.errors import ModelFileError
-from importers.checkpoint_safety import CheckpointKind, checkpoint_kind
-from importers.model import ModelFormat
+from glam.errors import ModelFileError
+from glam.importers.checkpoint.safety import CheckpointKind, checkpoint_kind
+from glam.importers.model import ModelFormat
 
 
 def checkpoint_details(path: str | Path) -> tuple[CheckpointKind, bool]:

@@ -1,4 +1,4 @@
-"""``importers.load``: any ONNX / TorchScript / torch.export SR model to a tapped FX graph."""
+"""``glam.importers.load``: any ONNX / TorchScript / torch.export SR model to a tapped FX graph."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import fx, nn
-
-from analyzer.errors import (
+from glam.errors import (
     ConventionError,
     GlamError,
     ModelError,
@@ -20,7 +18,7 @@ from analyzer.errors import (
     UserInputError,
     first_line,
 )
-from importers.conventions import (
+from glam.importers.conventions import (
     DEFAULT_PROBE_SIZE,
     SECOND_PROBE_DELTA,
     detect_input_range,
@@ -31,10 +29,9 @@ from importers.conventions import (
     select_output,
     to_native,
 )
-from importers.detect import detect_format
-from importers.device_pass import follow_input_device
-from importers.jit_builtin_ids import keep_retired_ops_alive
-from importers.model import (
+from glam.importers.detect import detect_format
+from glam.importers.device_pass import follow_input_device
+from glam.importers.model import (
     Conventions,
     ImportedModel,
     ParityReport,
@@ -42,11 +39,13 @@ from importers.model import (
     TapInfo,
     parents_from_ancestors,
 )
-from importers.probe import probe_input
-from importers.size_rule import ODD_OFFSET, probe_size_rule
-from importers.tap import participating, tap_ancestry, tap_graph
+from glam.importers.probe import probe_input
+from glam.importers.size_rule import ODD_OFFSET, probe_size_rule
+from glam.importers.tap import participating, tap_ancestry, tap_graph
+from glam.importers.torchscript.jit_builtin_ids import keep_retired_ops_alive
+from torch import fx, nn
 
-# torch.export and torch.jit share this process: see importers.jit_builtin_ids.
+# torch.export and torch.jit share this process: see glam.importers.torchscript.jit_builtin_ids.
 keep_retired_ops_alive()
 
 DEFAULT_TOLERANCE = 1e-4
@@ -63,20 +62,20 @@ def sha256_of(path: str | Path) -> str:
 
 def _raw_graph(path: Path, fmt: str, channels: int | None, trust_model: bool = False) -> RawGraph:
     if fmt == "onnx":
-        from importers.onnx_backend import load_onnx
+        from glam.importers.onnx.backend import load_onnx
 
         return load_onnx(path)
     if fmt == "torchscript":
-        from importers.torchscript_backend import load_torchscript
+        from glam.importers.torchscript.backend import load_torchscript
 
         return load_torchscript(path, channels=channels, trust_model=trust_model)
     if fmt == "checkpoint":
-        from importers.checkpoint_backend import load_checkpoint
-        from importers.detect import checkpoint_details
+        from glam.importers.checkpoint.backend import load_checkpoint
+        from glam.importers.detect import checkpoint_details
 
         kind, is_zip = checkpoint_details(path)
         return load_checkpoint(path, kind, is_zip=is_zip)
-    from importers.export_backend import load_exported
+    from glam.importers.export.backend import load_exported
 
     return load_exported(path, trust_model=trust_model)
 
@@ -117,8 +116,8 @@ def load(
         Input size used for probing dynamic-size models (default 40x36).
     trust_model:
         Run TorchScript / ``torch.export`` graphs with operators outside glam's allow-list
-        of pure tensor ops (:data:`importers.safety.PURE_OPS`). Off by default: such a
-        model is refused with :class:`~analyzer.errors.UnsafeModelError` before it runs.
+        of pure tensor ops (:data:`glam.importers.safety.PURE_OPS`). Off by default: such a
+        model is refused with :class:`~glam.errors.UnsafeModelError` before it runs.
         Unsafe zip members, native code and arbitrary pickles are refused either way.
 
     Returns
@@ -150,7 +149,7 @@ def load(
         probe_size=probe_size,
     )
     if fmt == "checkpoint":
-        from importers.checkpoint_backend import reconcile_metadata
+        from glam.importers.checkpoint.backend import reconcile_metadata
 
         c = imported.conventions
         imported.warnings.extend(

@@ -2,7 +2,7 @@
 
 A backend (ONNX, TorchScript, torch.export) turns a file into a :class:`RawGraph`: an
 untapped ``torch.fx.GraphModule`` in the model's *native* conventions plus a callable
-that runs the original model for parity. :func:`importers.load` then detects the I/O
+that runs the original model for parity. :func:`glam.importers.load` then detects the I/O
 conventions, taps every convolution, proves parity and returns an :class:`ImportedModel`
 whose graph takes the *canonical* input (NCHW, float32, range [0, 1]) and returns
 ``(y, (f_0, ..., f_{n-1}))``.

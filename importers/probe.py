@@ -15,7 +15,7 @@ _PROBE_NAME = "astronaut_hr.png"
 
 
 def probe_image_path(checkout: Path = PROBE_IMAGE) -> Path:
-    """The bundled probe image: the checkout's file, else the installed ``glam_fixtures``
+    """The bundled probe image: the checkout's file, else the installed ``glam.fixtures``
     package data (a wheel install has no ``fixtures/`` folder beside ``importers/``).
 
     Raises
@@ -28,16 +28,16 @@ def probe_image_path(checkout: Path = PROBE_IMAGE) -> Path:
     from importlib.resources import files
 
     try:
-        installed = Path(str(files("glam_fixtures") / "images" / _PROBE_NAME))
+        installed = Path(str(files("glam.fixtures") / "images" / _PROBE_NAME))
     except ModuleNotFoundError:
         installed = None
     if installed is not None and installed.is_file():
         return installed
-    from analyzer.errors import ModelError
+    from glam.errors import ModelError
 
     raise ModelError(
         f"the bundled probe image {_PROBE_NAME} is missing (looked in {checkout.parent} and the "
-        "glam_fixtures package); reinstall glam"
+        "glam.fixtures package); reinstall glam"
     )
 
 

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from analyzer.errors import GlamError, ModelFileError, UnsafeModelError
+from glam.errors import GlamError, ModelFileError, UnsafeModelError
 
 __all__ = [
     "PURE_OPS",
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 TRUST_HINT = (
-    "pass --trust-model (importers.load(..., trust_model=True)) only if you trust the "
+    "pass --trust-model (glam.importers.load(..., trust_model=True)) only if you trust the "
     "file's author"
 )
 

@@ -20,10 +20,9 @@ import warnings as pywarnings
 from collections.abc import Callable
 
 import torch
-
-from analyzer.errors import AnalysisError
-from importers.conventions import to_native
-from importers.probe import probe_input
+from glam.errors import AnalysisError
+from glam.importers.conventions import to_native
+from glam.importers.probe import probe_input
 
 __all__ = ["ODD_OFFSET", "check_input_size", "probe_size_rule"]
 

@@ -20,9 +20,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from glam.errors import ConventionError
 from torch import fx, nn
-
-from analyzer.errors import ConventionError
 
 # --------------------------------------------------------------------------- conv detection
 
@@ -459,7 +458,7 @@ class ProbeInterpreter(fx.Interpreter):
 
     ``is_float[n]``: the value carries float tensors (a tensor or a container of them).
     Each node also gets ``node.meta[VALUE_KIND]`` (:func:`value_kind`); the engine's
-    segmentation (:func:`analyzer.engine.segments.build_segmented`) cuts only at ``"float"``
+    segmentation (:func:`glam.engine.segments.build_segmented`) cuts only at ``"float"``
     values. The kind of a node's value does not depend on the input's size.
     """
 

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from glam.importers.torchscript.jit_builtin_ids import keep_retired_ops_alive
 from PIL import Image
 from torch import nn
 
-from importers.jit_builtin_ids import keep_retired_ops_alive
-
 # Before any test module is collected: torch.export and torch.jit.script share this process
-# (importers.jit_builtin_ids explains the reused-id failure this prevents).
+# (glam.importers.torchscript.jit_builtin_ids explains the reused-id failure this prevents).
 keep_retired_ops_alive()
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,22 +135,22 @@ def hr_image(images_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def imported_tiny(tiny_model: Path):  # type: ignore[no-untyped-def]
-    """``importers.load`` of the RGB test model (loaded once)."""
-    import importers
+    """``glam.importers.load`` of the RGB test model (loaded once)."""
+    import glam.importers
 
-    return importers.load(tiny_model)
+    return glam.importers.load(tiny_model)
 
 
 @pytest.fixture()
 def cached_model_load(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
-    """Memoise successful ``importers.load`` calls per (path, options) within one test module.
+    """Memoise successful ``glam.importers.load`` calls per (path, options) within one test module.
 
-    Every command under test still imports a real model file through ``importers.load`` the
+    Every command under test still imports a real model file through ``glam.importers.load`` the
     first time; errors are never cached. Keeps the CLI test modules fast on a 2-core machine.
     """
-    import importers
+    import glam.importers
 
-    real = getattr(importers.load, "__wrapped_real__", importers.load)
+    real = getattr(glam.importers.load, "__wrapped_real__", glam.importers.load)
     cache: dict[tuple, object] = request.module.__dict__.setdefault("_MODEL_CACHE", {})
 
     def load(path, **kw):  # type: ignore[no-untyped-def]
@@ -161,7 +160,7 @@ def cached_model_load(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRe
         return cache[key]
 
     load.__wrapped_real__ = real  # type: ignore[attr-defined]
-    monkeypatch.setattr(importers, "load", load)
+    monkeypatch.setattr(glam.importers, "load", load)
 
 
 # ------------------------------------------------------------------ hypothesis profiles

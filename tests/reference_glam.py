@@ -1,4 +1,4 @@
-"""The tests' handle on the literal GLAM.md reference (:mod:`analyzer.engine.reference`), plus
+"""The tests' handle on the literal GLAM.md reference (:mod:`glam.engine.reference`), plus
 LAM's Gini written out once more in float64.
 
 ``reference_glam`` keeps the tuple form the tests were written against:
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from glam.engine.reference import reference_glam as _reference_glam
 from torch import fx
-
-from analyzer.engine.reference import reference_glam as _reference_glam
 
 
 def reference_glam(

@@ -1,4 +1,4 @@
-"""The CPU allocator setting (analyzer.engine.allocator) and the engine's autograd entry point."""
+"""The CPU allocator setting (glam.engine.allocator) and the engine's autograd entry point."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import sys
 
 import pytest
 import torch
+from glam.engine.backward import _grad
 
-from analyzer.engine.backward import _grad
-
-_PROBE = "from analyzer.engine.allocator import keep_freed_memory as k; print(k(), k())"
+_PROBE = "from glam.engine.allocator import keep_freed_memory as k; print(k(), k())"
 
 
 def _probe(env_value: str | None) -> str:

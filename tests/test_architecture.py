@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("analyzer", "importers")
+#: repository folder -> the package it installs as (pyproject.toml's package-dir)
+PACKAGES = {"analyzer": "glam", "importers": "glam.importers"}
 LONG = 600
 REASON = "One module"  # how a long module's docstring starts its reason
 
@@ -19,13 +20,13 @@ def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
-    return ".".join(parts)
+    return ".".join([PACKAGES[parts[0]], *parts[1:]])
 
 
 def _modules() -> dict[str, Path]:
     out = {}
-    for pkg in PACKAGES:
-        for p in (ROOT / pkg).rglob("*.py"):
+    for folder in PACKAGES:
+        for p in (ROOT / folder).rglob("*.py"):
             out[_module_name(p)] = p
     return out
 
@@ -39,7 +40,9 @@ def _imports(path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            subs = [f"{node.module}.{a.name}" for a in node.names]
+            # ``from pkg import module`` imports the module, not the package's other names
+            names = [s for s in subs if s in known] or [node.module]
         for n in names:
             while n and n not in known:
                 n = n.rpartition(".")[0]
@@ -80,19 +83,35 @@ def test_no_import_cycles_between_modules() -> None:
             visit(m)
 
 
+ROUTES = ("onnx", "torchscript", "export", "checkpoint")
+#: the importers' shared modules (tapping, parity, conventions, safety, ...): every module of
+#: importers/ that is not a route room
+SHARED_IMPORTERS = tuple(
+    m for m in MODULES
+    if m.startswith("glam.importers.") and m.split(".")[2] not in ROUTES
+)
+
 # room -> the glam modules/packages it may import (prefixes), besides itself
 ALLOWED = {
-    "analyzer.engine": ("analyzer.errors", "importers"),
-    "analyzer.archive": ("analyzer.errors", "analyzer.images", "analyzer.engine", "analyzer.api",
-                         "analyzer", "importers"),
-    "analyzer.report": ("analyzer.errors", "analyzer.archive"),
-    "analyzer.gate": ("analyzer.errors", "analyzer.engine", "analyzer.archive", "analyzer.api",
-                      "analyzer.runs", "analyzer.images", "analyzer.progress", "importers"),
-    "analyzer.batch": ("analyzer.errors", "analyzer.engine", "analyzer.archive", "analyzer.api",
-                       "analyzer.runs", "analyzer.paths", "importers"),
-    "analyzer.sanity_checks": ("analyzer.errors", "analyzer.engine", "analyzer.api", "analyzer.archive",
-                        "analyzer.report", "importers"),
-    "importers": ("analyzer.errors",),
+    "glam.engine": ("glam.errors", "glam.importers"),
+    "glam.archive": ("glam.errors", "glam.images", "glam.engine", "glam.api",
+                         "glam", "glam.importers"),
+    "glam.report": ("glam.errors", "glam.archive"),
+    "glam.gate": ("glam.errors", "glam.engine", "glam.archive", "glam.api",
+                      "glam.runs", "glam.images", "glam.progress", "glam.importers"),
+    "glam.batch": ("glam.errors", "glam.engine", "glam.archive", "glam.api",
+                       "glam.runs", "glam.paths", "glam.importers"),
+    "glam.sanity_checks": ("glam.errors", "glam.engine", "glam.api", "glam.archive",
+                        "glam.report", "glam.importers"),
+    "glam.importers": ("glam.errors",),
+    # the routes: each reads its format and hands a RawGraph to the shared pipeline; the
+    # checkpoint route traces spandrel's module through the export and TorchScript routes
+    "glam.importers.onnx": ("glam.errors", *SHARED_IMPORTERS),
+    # TorchScript's fallback route goes through torch.export (TS2EPConverter)
+    "glam.importers.torchscript": ("glam.errors", "glam.importers.export", *SHARED_IMPORTERS),
+    "glam.importers.export": ("glam.errors", *SHARED_IMPORTERS),
+    "glam.importers.checkpoint": ("glam.errors", "glam.importers.export",
+                                  "glam.importers.torchscript", *SHARED_IMPORTERS),
 }
 
 
@@ -105,7 +124,7 @@ def test_rooms_import_only_what_they_may(room: str) -> None:
         for d in deps:
             if d == room or d.startswith(room + "."):
                 continue
-            if d == "analyzer" and room != "analyzer.archive":
+            if d == "glam" and room != "glam.archive":
                 bad.append(f"{m} -> {d}")
                 continue
             if not any(d == a or d.startswith(a + ".") for a in ALLOWED[room]):
@@ -113,9 +132,22 @@ def test_rooms_import_only_what_they_may(room: str) -> None:
     assert not bad, f"{room} may import only {ALLOWED[room]}: " + ", ".join(sorted(bad))
 
 
+def test_shared_importers_modules_do_not_reach_into_a_route() -> None:
+    """Only the dispatcher (``loader``) and format detection (``detect``) know the routes;
+    tapping, parity, conventions and safety serve every route and import none."""
+    bad = [
+        f"{m} -> {d}"
+        for m in SHARED_IMPORTERS
+        if m not in ("glam.importers.loader", "glam.importers.detect", "glam.importers")
+        for d in GRAPH[m]
+        if d.startswith("glam.importers.") and d.split(".")[2] in ROUTES
+    ]
+    assert not bad, "shared importers modules import a route: " + ", ".join(sorted(bad))
+
+
 def test_each_room_says_what_it_holds() -> None:
-    for pkg in ("analyzer.engine", "analyzer.archive", "analyzer.report", "analyzer.gate",
-                "analyzer.batch", "analyzer.sanity_checks"):
+    for pkg in ("glam.engine", "glam.archive", "glam.report", "glam.gate",
+                "glam.batch", "glam.sanity_checks"):
         doc = ast.get_docstring(ast.parse(MODULES[pkg].read_text())) or ""
         assert "room" in doc and "mport" in doc, f"{pkg}/__init__.py must say what it holds and may import"
 

@@ -1,4 +1,4 @@
-"""The HDF5 archive (analyzer.archive.hdf5) through its Python API: writing, reading, crash safety."""
+"""The HDF5 archive (glam.archive.hdf5) through its Python API: writing, reading, crash safety."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
-from analyzer.archive import hdf5
-from analyzer.archive.figure_data import FigureData
-from analyzer.archive.hdf5 import (
+from glam.archive import hdf5
+from glam.archive.figure_data import FigureData
+from glam.archive.hdf5 import (
     SCHEMA_VERSION,
     RunWriter,
     _quantize,
@@ -21,8 +20,8 @@ from analyzer.archive.hdf5 import (
     open_archive,
     validate_run_name,
 )
-from analyzer.errors import ArchiveError
-from analyzer.runs import AnalyzeOptions, analyze_images, default_run_name
+from glam.errors import ArchiveError
+from glam.runs import AnalyzeOptions, analyze_images, default_run_name
 
 
 def _run(model, images, archive, **kw):  # type: ignore[no-untyped-def]
@@ -220,7 +219,7 @@ def _scratch(path: Path, value: float) -> Path:
 
 
 def _commit_in_another_process(archive: Path, scratch: Path, name: str) -> None:
-    code = ("import sys; from analyzer.archive.hdf5 import commit_run; "
+    code = ("import sys; from glam.archive.hdf5 import commit_run; "
             "commit_run(sys.argv[1], sys.argv[2], sys.argv[3], overwrite=False)")
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code, str(archive), str(scratch), name], check=True,

@@ -16,13 +16,12 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from glam.archive.hdf5 import existing_runs, open_archive
+from glam.batch.plan import Task, expand_tasks, grid_roi, load_plan, plan_from_dict
+from glam.batch.shards import read_batch, shard_dir_for
+from glam.cli import cli
+from glam.errors import UserInputError
 from PIL import Image
-
-from analyzer.archive.hdf5 import existing_runs, open_archive
-from analyzer.batch.plan import Task, expand_tasks, grid_roi, load_plan, plan_from_dict
-from analyzer.batch.shards import read_batch, shard_dir_for
-from analyzer.cli import cli
-from analyzer.errors import UserInputError
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "fixtures" / "models"
@@ -184,7 +183,7 @@ def test_two_models_with_one_stem_need_names(tmp_path: Path, images: Path) -> No
 
 
 def test_worker_slots_and_model_affine_scheduling(tmp_path: Path) -> None:
-    from analyzer.batch.driver import BatchOptions, _Scheduler, worker_slots
+    from glam.batch.driver import BatchOptions, _Scheduler, worker_slots
 
     plan = plan_from_dict({"models": [{"path": "a.onnx"}, {"path": "b.onnx"}], "images": ["x"]})
     # one H200 and 16 CPUs: four analyses share the GPU, one CPU each
@@ -206,7 +205,7 @@ def test_worker_slots_and_model_affine_scheduling(tmp_path: Path) -> None:
 
 
 def test_worker_records_a_broken_model_once(tmp_path: Path) -> None:
-    from analyzer.batch.worker import BatchWorker
+    from glam.batch.worker import BatchWorker
 
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"\x00garbage")
@@ -310,7 +309,7 @@ def test_batch_pairs_references_and_passes_analysis_options(
 def test_resume_after_sigkill_of_the_driver(ray_cluster: str, tmp_path: Path,
                                             images: Path) -> None:
     zoo = tmp_path / "zoo.h5"
-    cmd = [sys.executable, "-m", "analyzer", "batch", "--models", str(CARN), "--images",
+    cmd = [sys.executable, "-m", "glam", "batch", "--models", str(CARN), "--images",
            str(images), "-o", str(zoo), "--address", ray_cluster, "--workers", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -357,8 +356,8 @@ def test_resume_after_sigkill_of_the_driver(ray_cluster: str, tmp_path: Path,
 
 def test_a_killed_worker_loses_only_its_task(ray_cluster: str, tmp_path: Path,
                                              images: Path) -> None:
-    from analyzer.batch.driver import BatchOptions, run_batch
-    from analyzer.batch.plan import plan_from_options
+    from glam.batch.driver import BatchOptions, run_batch
+    from glam.batch.plan import plan_from_options
 
     plan = plan_from_options([str(CARN)], [str(images / f"img{k}.png") for k in range(3)])
     killed: list[int] = []
@@ -380,7 +379,7 @@ def test_a_killed_worker_loses_only_its_task(ray_cluster: str, tmp_path: Path,
 def test_external_links_adopted_and_dangling(tmp_path: Path) -> None:
     """--links archives: a run is an external link into its shard; a shard that is gone
     hides its runs (listing, later writes) instead of breaking the archive."""
-    from analyzer.archive.hdf5 import adopt_runs, init_archive
+    from glam.archive.hdf5 import adopt_runs, init_archive
 
     def shard(name: str, run: str) -> Path:
         p = tmp_path / name

@@ -13,28 +13,27 @@ import sys
 import warnings
 from pathlib import Path
 
-import glam_fixtures as fixtures
+import glam.fixtures as fixtures
+import glam.importers
 import numpy as np
 import pytest
 import torch
-from glam_fixtures.architectures import ARCHITECTURES
+from glam.engine import batched as bk
+from glam.engine import glam as glam_mod
+from glam.engine import maps
+from glam.engine.device import full_precision
+from glam.engine.glam import compute_glam
+from glam.errors import AnalysisError
+from glam.fixtures.architectures import ARCHITECTURES
 from torch.utils._python_dispatch import TorchDispatchMode
-
-import importers
-from analyzer.engine import batched as bk
-from analyzer.engine import glam as glam_mod
-from analyzer.engine import maps
-from analyzer.engine.device import full_precision
-from analyzer.engine.glam import compute_glam
-from analyzer.errors import AnalysisError
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = str(ROOT / "analyzer" / "engine")
 
 
 @functools.cache
-def _model(arch: str) -> importers.ImportedModel:
-    return importers.from_module(fixtures.load_eager(arch), input_range=1)
+def _model(arch: str) -> glam.importers.ImportedModel:
+    return glam.importers.from_module(fixtures.load_eager(arch), input_range=1)
 
 
 def _x(seed: int = 0, h: int = 14, w: int = 12) -> torch.Tensor:
@@ -90,7 +89,7 @@ def test_batched_path_store_tensors_and_streaming() -> None:
 def test_gradcam_keys_follow_the_vanishing_rule() -> None:
     """Stacked keys equal the per-layer keys: ordinary, all-zero, vanishing (a texture
     gradient's channel sums are 0) and NaN gradients (not vanished: the NaN stays visible)."""
-    from analyzer.engine.texture import texture_global_grad
+    from glam.engine.texture import texture_global_grad
 
     torch.manual_seed(13)
     grads = [
@@ -284,9 +283,9 @@ def test_engine_entry_points_run_in_full_precision(monkeypatch: pytest.MonkeyPat
     CPU)."""
     import contextlib
 
-    from analyzer.engine import device
-    from analyzer.engine.lam import compute_lam
-    from analyzer.engine.reference import reference_glam
+    from glam.engine import device
+    from glam.engine.lam import compute_lam
+    from glam.engine.reference import reference_glam
 
     entered: list[str] = []
 

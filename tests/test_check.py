@@ -21,20 +21,19 @@ import torch
 from cli_output import message_lines
 from click.testing import CliRunner
 from conftest import TinySR, export_onnx
-from torch import nn
-
-import importers
-from analyzer.archive.hdf5 import open_archive
-from analyzer.cli import cli
-from analyzer.errors import UserInputError
-from analyzer.gate.check import (
+from glam import importers
+from glam.archive.hdf5 import open_archive
+from glam.cli import cli
+from glam.errors import UserInputError
+from glam.gate.check import (
     CHECK_SCHEMA_VERSION,
     check_model,
     match_layers,
     pearson,
     top_k_overlap,
 )
-from analyzer.gate.tolerances import METRICS, build_tolerances, parse_tol_flag
+from glam.gate.tolerances import METRICS, build_tolerances, parse_tol_flag
+from torch import nn
 
 # every command still imports real model files; successful imports are memoised per module
 pytestmark = pytest.mark.usefixtures("cached_model_load")
@@ -402,7 +401,7 @@ def test_tolerances() -> None:
 
 def test_fixture_exports_of_same_weights_pass(tmp_path: Path, lr_image: Path) -> None:
     """The committed small RCAN: its TorchScript trace passes the legacy-ONNX baseline."""
-    fixtures = pytest.importorskip("glam_fixtures")
+    fixtures = pytest.importorskip("glam.fixtures")
     onnx_path = fixtures.fixture_path("rcan", "legacy.onnx")
     trace = fixtures.fixture_path("rcan", "trace.pt")
     if not (onnx_path.is_file() and trace.is_file()):

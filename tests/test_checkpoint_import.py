@@ -15,28 +15,27 @@ import shutil
 import zipfile
 from pathlib import Path
 
-import glam_fixtures as fixtures
+import glam
+import glam.fixtures as fixtures
+import glam.importers
 import numpy as np
 import pytest
 import torch
 from cli_output import message_lines
 from click.testing import CliRunner
-from torch import nn
-
-import analyzer
-import importers
-from analyzer.cli import cli
-from analyzer.engine.lam import compute_lam
-from analyzer.errors import (
+from glam.cli import cli
+from glam.engine.lam import compute_lam
+from glam.errors import (
     AnalysisError,
     MissingDependencyError,
     ModelFileError,
     NotSuperResolutionError,
     UnsafeModelError,
 )
-from importers.checkpoint_backend import PadToMultiple, reconcile_metadata
-from importers.detect import checkpoint_details
-from importers.device_pass import constant_devices
+from glam.importers.checkpoint.backend import PadToMultiple, reconcile_metadata
+from glam.importers.detect import checkpoint_details
+from glam.importers.device_pass import constant_devices
+from torch import nn
 
 spandrel = pytest.importorskip("spandrel")
 pytest.importorskip("safetensors")
@@ -57,7 +56,7 @@ def _fixture(arch: str, ext: str) -> Path:
 
 
 def _eager(arch: str) -> nn.Module:
-    from glam_fixtures.make_spandrel_fixtures import build
+    from glam.fixtures.make_spandrel_fixtures import build
 
     return build(arch)
 
@@ -76,12 +75,12 @@ def test_checkpoints_are_detected_by_content(tmp_path: Path) -> None:
     shutil.copy(_fixture("compact", "safetensors"), st)
     legacy = tmp_path / "old.model"
     torch.save({"w": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
-    assert [importers.detect_format(p) for p in (pth, st, legacy)] == ["checkpoint"] * 3
+    assert [glam.importers.detect_format(p) for p in (pth, st, legacy)] == ["checkpoint"] * 3
     assert checkpoint_details(pth) == ("pickle", True)
     assert checkpoint_details(st) == ("safetensors", False)
     assert checkpoint_details(legacy) == ("pickle", False)
     # other formats are unaffected
-    assert importers.detect_format(_fixture("compact", "onnx")) == "onnx"
+    assert glam.importers.detect_format(_fixture("compact", "onnx")) == "onnx"
 
 
 class _Payload:
@@ -106,7 +105,7 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path: Path, zipped: bo
     path = tmp_path / "model.pth"
     torch.save(sd, path, _use_new_zipfile_serialization=zipped)
     with pytest.raises(UnsafeModelError, match=r"needs full unpickling.*global (io|builtins)\.open"):
-        importers.load(path)
+        glam.importers.load(path)
     res = _invoke("inspect", path)
     assert res.exit_code == 2, res.output
     lines = message_lines(res.stderr)
@@ -120,7 +119,7 @@ def test_unsafe_zip_member_is_refused(tmp_path: Path) -> None:
     with zipfile.ZipFile(path, "a") as zf:
         zf.writestr("../escape.so", b"\x7fELF")
     with pytest.raises(UnsafeModelError):
-        importers.load(path)
+        glam.importers.load(path)
 
 
 def test_unrecognised_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
@@ -129,7 +128,7 @@ def test_unrecognised_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 
     save_file({"encoder.proj.weight": torch.zeros(4, 4)}, str(path))
     with pytest.raises(ModelFileError, match="spandrel .* does not recognise.*encoder.proj.weight"):
-        importers.load(path)
+        glam.importers.load(path)
     res = _invoke("inspect", path)
     assert res.exit_code == 2 and "does not recognise" in res.stderr
 
@@ -137,7 +136,7 @@ def test_unrecognised_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 def test_wrapped_training_checkpoint_is_unwrapped(tmp_path: Path) -> None:
     path = tmp_path / "net_g.pth"
     torch.save({"params_ema": _eager("compact").state_dict(), "iter": 5}, path)
-    m = importers.load(path)
+    m = glam.importers.load(path)
     assert m.metadata["architecture"] == "RealESRGAN Compact" and m.parity.max_abs_error == 0
 
 
@@ -147,7 +146,7 @@ def test_restoration_model_at_scale_1_is_imported_with_a_warning(tmp_path: Path)
     torch.manual_seed(0)
     path = tmp_path / "dncnn.pth"
     torch.save(DnCNN(in_nc=3, out_nc=3, nc=4, nb=8, act_mode="R").state_dict(), path)
-    m = importers.load(path, input_range=1)
+    m = glam.importers.load(path, input_range=1)
     assert m.conventions.scale == 1 and m.metadata["purpose"] == "Restoration"
     assert any("restoration model at scale 1" in w for w in m.warnings), m.warnings
 
@@ -173,13 +172,13 @@ def test_face_restoration_and_inpainting_are_refused(
         )
     monkeypatch.setattr(spandrel.ModelLoader, "load_from_state_dict", lambda self, sd: desc)
     with pytest.raises(NotSuperResolutionError, match=words):
-        importers.load(_fixture("compact", "pth"))
+        glam.importers.load(_fixture("compact", "pth"))
 
 
 def test_missing_spandrel_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(__import__("sys").modules, "spandrel", None)
-    with pytest.raises(MissingDependencyError, match=r"glam\[community\]"):
-        importers.load(_fixture("compact", "pth"))
+    with pytest.raises(MissingDependencyError, match=r"glam-sr\[community\]"):
+        glam.importers.load(_fixture("compact", "pth"))
 
 
 def test_scale_disagreement_with_spandrel_is_reported() -> None:
@@ -210,17 +209,17 @@ def test_pad_to_multiple_pads_like_spandrel() -> None:
 
 
 @pytest.fixture(scope="module")
-def imported() -> dict[tuple[str, str], importers.ImportedModel]:
+def imported() -> dict[tuple[str, str], glam.importers.ImportedModel]:
     """Each fast architecture once per route (the SwinIR torch.export trace is the slow part)."""
     out = {}
     for arch in FAST_ARCHS:
         for ext in ("pth", "onnx"):
-            out[(arch, ext)] = importers.load(_fixture(arch, ext))
-    out[("compact", "safetensors")] = importers.load(_fixture("compact", "safetensors"))
+            out[(arch, ext)] = glam.importers.load(_fixture(arch, ext))
+    out[("compact", "safetensors")] = glam.importers.load(_fixture("compact", "safetensors"))
     return out
 
 
-def _check_checkpoint_model(m: importers.ImportedModel, arch: str) -> None:
+def _check_checkpoint_model(m: glam.importers.ImportedModel, arch: str) -> None:
     eager = _eager(arch)
     multiple = m.metadata["size_requirements"]["multiple_of"]
     # what glam analyses: spandrel's call semantics (padded to the multiple, cropped back)
@@ -245,13 +244,13 @@ def _check_checkpoint_model(m: importers.ImportedModel, arch: str) -> None:
     torch.testing.assert_close(y, y_eager, rtol=0, atol=1e-5)
 
 
-def _check_glam(m: importers.ImportedModel, onnx: importers.ImportedModel | None) -> None:
-    res = analyzer.analyze(m, X, verify=True, keep_layers=False)
+def _check_glam(m: glam.importers.ImportedModel, onnx: glam.importers.ImportedModel | None) -> None:
+    res = glam.analyze(m, X, verify=True, keep_layers=False)
     assert res.engine_parity is not None and res.engine_parity.passed, res.engine_parity
     assert res.engine_parity.max_error <= 1e-4
     if onnx is not None:
         assert onnx.parity.passed and [t.shape for t in onnx.taps] == [t.shape for t in m.taps]
-        other = analyzer.analyze(onnx, X, keep_layers=False)
+        other = glam.analyze(onnx, X, keep_layers=False)
         for fam in ("local", "global_"):
             for k in MAP_KEYS:
                 a, b = getattr(res, fam)[k], getattr(other, fam)[k]
@@ -297,7 +296,7 @@ def test_onnx_export_with_a_frozen_window_pad_reports_its_size_rule(imported) ->
     assert any("only input sizes that are a multiple of 4" in w for w in m.warnings), m.warnings
     x = torch.rand(1, 3, 19, 22, generator=torch.Generator().manual_seed(4))
     with pytest.raises(AnalysisError, match=r"multiple of 4.*19x22.*crop it to 16x20 or pad it to 20x24"):
-        analyzer.analyze(m, x, keep_layers=False)
+        glam.analyze(m, x, keep_layers=False)
     # size-generic graphs have no rule
     assert "input_multiple" not in imported[("compact", "onnx")].metadata
     assert "input_multiple" not in imported[("swinir", "pth")].metadata
@@ -331,14 +330,14 @@ def test_swinir_torchscript_and_pt2_routes_match_the_checkpoint_route(imported, 
 
     eager = _eager("swinir")
     ck = imported[("swinir", "pth")]
-    ref = analyzer.analyze(ck, X, keep_layers=False)
+    ref = glam.analyze(ck, X, keep_layers=False)
     ts, pt2 = tmp_path / "swinir.pt", tmp_path / "swinir.pt2"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.trace(eager, (X,), check_trace=False).save(str(ts))
         torch.export.save(torch.export.export(eager, (X,), strict=False), str(pt2))
     for path, fmt in ((ts, "torchscript"), (pt2, "export")):
-        m = importers.load(path, input_range=ck.conventions.input_range)
+        m = glam.importers.load(path, input_range=ck.conventions.input_range)
         assert m.format == fmt and m.parity.passed and m.parity.max_abs_error <= 1e-4
         assert [t.name for t in m.taps] == [t.name for t in ck.taps]
         assert constant_devices(m.graph) == []
@@ -346,7 +345,7 @@ def test_swinir_torchscript_and_pt2_routes_match_the_checkpoint_route(imported, 
             assert m.metadata["input_multiple"] == 4
         else:  # a static export: one input size
             assert m.conventions.fixed_size == (20, 24)
-        res = analyzer.analyze(m, X, keep_layers=False)
+        res = glam.analyze(m, X, keep_layers=False)
         for fam in ("local", "global_"):
             for k in MAP_KEYS:
                 a, b = getattr(res, fam)[k], getattr(ref, fam)[k]
@@ -382,7 +381,7 @@ def test_every_fixture_architecture(request: pytest.FixtureRequest, arch: str) -
         "GLAM_SLOW_TESTS"
     ) != "1":
         pytest.skip("slow; run with -m slow or GLAM_SLOW_TESTS=1")
-    m = importers.load(_fixture(arch, "pth"))
+    m = glam.importers.load(_fixture(arch, "pth"))
     _check_checkpoint_model(m, arch)
-    onnx = importers.load(_fixture(arch, "onnx")) if _fixture(arch, "onnx").exists() else None
+    onnx = glam.importers.load(_fixture(arch, "onnx")) if _fixture(arch, "onnx").exists() else None
     _check_glam(m, onnx)

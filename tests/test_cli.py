@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 from cli_output import message_lines
 from click.testing import CliRunner
+from glam import importers
+from glam.archive.hdf5 import open_archive
+from glam.cli import cli
 from PIL import Image
-
-import importers
-from analyzer.archive.hdf5 import open_archive
-from analyzer.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -445,7 +444,7 @@ def test_compare(archive_two: Path, tmp_path: Path) -> None:
 
 
 def test_demo(tiny_model: Path, tmp_path: Path) -> None:
-    from analyzer.runs import default_demo_inputs
+    from glam.runs import default_demo_inputs
 
     model, image = default_demo_inputs()
     assert image.is_file()
@@ -484,7 +483,7 @@ def test_sigkill_mid_directory_keeps_finished_runs(tiny_model: Path, tmp_path: P
     cmd = [
         sys.executable,
         "-m",
-        "analyzer",
+        "glam",
         "analyze",
         str(tiny_model),
         str(imgs),
@@ -531,7 +530,7 @@ def test_sigkill_mid_directory_keeps_finished_runs(tiny_model: Path, tmp_path: P
 
 def test_python_m_analyzer_help() -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "analyzer", "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "glam", "--help"], capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0 and "analyze" in res.stdout and "demo" in res.stdout
 
@@ -539,9 +538,9 @@ def test_python_m_analyzer_help() -> None:
 def test_demo_without_bundled_model_is_a_user_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import analyzer.runs
+    from glam import runs
 
     image = ROOT / "fixtures" / "images" / "astronaut_hr.png"
-    monkeypatch.setattr(analyzer.runs, "default_demo_inputs", lambda: (None, image))
+    monkeypatch.setattr(runs, "default_demo_inputs", lambda: (None, image))
     line = _error_line(glam("demo", "--out", tmp_path / "d", code=2))
     assert "make_fixtures" in line and "--model" in line

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import glam.importers
 import torch
+from glam.importers.device_pass import constant_devices, follow_input_device
 from torch import fx, nn
-
-import importers
-from importers.device_pass import constant_devices, follow_input_device
 
 
 class MaskNet(nn.Module):
@@ -41,7 +40,7 @@ def test_constant_device_arguments_follow_the_input() -> None:
 def test_imported_model_moves_to_another_device() -> None:
     """``ImportedModel.to(dev)`` is enough: the import ran the pass."""
     torch.manual_seed(0)
-    m = importers.from_module(MaskNet().eval())
+    m = glam.importers.from_module(MaskNet().eval())
     assert m.metadata["device_args_rewritten"] == 2
     y, taps = m.to("meta")(torch.rand(1, 3, 8, 8).to("meta"))
     assert y.device.type == "meta" and taps[0].device.type == "meta"

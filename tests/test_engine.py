@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import warnings
 
+import glam
+import glam.importers
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from glam.engine.glam import compute_glam
+from glam.engine.maps import normalize, resize
+from glam.engine.texture import gradient_magnitude, texture_global, texture_roi
+from glam.errors import AnalysisError, NumericalError
 from reference_glam import reference_gini, reference_glam
 from torch import nn
-
-import analyzer
-import importers
-from analyzer.engine.glam import compute_glam
-from analyzer.engine.maps import normalize, resize
-from analyzer.engine.texture import gradient_magnitude, texture_global, texture_roi
-from analyzer.errors import AnalysisError, NumericalError
 
 
 class OneConvShuffle(nn.Module):
@@ -79,18 +78,18 @@ def _np_A(g: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def one_conv() -> importers.ImportedModel:
+def one_conv() -> glam.importers.ImportedModel:
     torch.manual_seed(0)
-    return importers.from_module(OneConvShuffle())
+    return glam.importers.from_module(OneConvShuffle())
 
 
 @pytest.fixture(scope="module")
-def small_sr() -> importers.ImportedModel:
+def small_sr() -> glam.importers.ImportedModel:
     torch.manual_seed(1)
-    return importers.from_module(SmallSR())
+    return glam.importers.from_module(SmallSR())
 
 
-def test_local_map_closed_form(one_conv: importers.ImportedModel) -> None:
+def test_local_map_closed_form(one_conv: glam.importers.ImportedModel) -> None:
     """One tap: k_0 = N(R(N(A(PS^-1(dT/dy))), (H, W))); Consensus = N(k_0); Variation = 0."""
     torch.manual_seed(2)
     x = torch.rand(1, 3, 10, 12)
@@ -127,7 +126,7 @@ def test_global_map_closed_form() -> None:
     weights of G vanish up to rounding; zero padding of a 3x3 conv makes them non-zero.)
     """
     torch.manual_seed(3)
-    model = importers.from_module(Conv3Shuffle())
+    model = glam.importers.from_module(Conv3Shuffle())
     x = torch.rand(1, 3, 10, 12)
     res = compute_glam(model, x, 2, 2, 8)
     assert res.parents == [-1]
@@ -174,7 +173,7 @@ def test_texture_definitions() -> None:
     assert float(texture_roi(t, 2, 3, 16)) == pytest.approx(float(mag[..., 2:, 3:].sum()))
 
 
-def test_engine_matches_literal_reference(small_sr: importers.ImportedModel) -> None:
+def test_engine_matches_literal_reference(small_sr: glam.importers.ImportedModel) -> None:
     torch.manual_seed(5)
     x = torch.rand(1, 3, 18, 22)
     res = compute_glam(small_sr, x, 9, 13, 16)
@@ -186,7 +185,7 @@ def test_engine_matches_literal_reference(small_sr: importers.ImportedModel) -> 
         np.testing.assert_allclose(res.global_[k], glob[k], atol=1e-5)
 
 
-def test_participation_and_parents(small_sr: importers.ImportedModel) -> None:
+def test_participation_and_parents(small_sr: glam.importers.ImportedModel) -> None:
     names = [t.name for t in small_sr.taps]
     assert names == ["head", "body", "ca1", "ca2", "tail"]
     part = [t.participating for t in small_sr.taps]
@@ -195,7 +194,7 @@ def test_participation_and_parents(small_sr: importers.ImportedModel) -> None:
     assert [t.parent for t in small_sr.taps] == [-1, 0, 1, 1, 1]
 
 
-def test_maps_invariants_and_determinism(small_sr: importers.ImportedModel) -> None:
+def test_maps_invariants_and_determinism(small_sr: glam.importers.ImportedModel) -> None:
     torch.manual_seed(6)
     x = torch.rand(1, 3, 16, 16)
     a = compute_glam(small_sr, x, 4, 4, 16)
@@ -210,7 +209,7 @@ def test_maps_invariants_and_determinism(small_sr: importers.ImportedModel) -> N
         np.testing.assert_array_equal(a.global_[k], b.global_[k])
 
 
-def test_store_tensors_and_streaming(small_sr: importers.ImportedModel) -> None:
+def test_store_tensors_and_streaming(small_sr: glam.importers.ImportedModel) -> None:
     torch.manual_seed(7)
     x = torch.rand(1, 3, 12, 12)
     seen: list[int] = []
@@ -237,22 +236,22 @@ def test_store_tensors_and_streaming(small_sr: importers.ImportedModel) -> None:
 def test_metrics_gini_matches_lam_reference() -> None:
     rng = np.random.default_rng(0)
     for m in (rng.random((20, 30)), rng.normal(size=(7, 9)), np.zeros((4, 4))):
-        assert analyzer.gini(m) == pytest.approx(reference_gini(m), abs=1e-12)
-    assert analyzer.diffusion_index(np.ones((5, 5))) == pytest.approx(100.0, abs=1e-6)
+        assert glam.gini(m) == pytest.approx(reference_gini(m), abs=1e-12)
+    assert glam.diffusion_index(np.ones((5, 5))) == pytest.approx(100.0, abs=1e-6)
     spike = np.zeros((10, 10))
     spike[3, 3] = 1
-    assert analyzer.diffusion_index(spike) < 2.0
-    assert analyzer.attributed_fraction(spike) == pytest.approx(0.01)
+    assert glam.diffusion_index(spike) < 2.0
+    assert glam.attributed_fraction(spike) == pytest.approx(0.01)
 
 
-def test_bad_roi_and_window(small_sr: importers.ImportedModel) -> None:
+def test_bad_roi_and_window(small_sr: glam.importers.ImportedModel) -> None:
     x = torch.rand(1, 3, 8, 8)
     with pytest.raises(AnalysisError, match="not inside"):
-        analyzer.analyze(small_sr, x, roi=(10, 0), window=8, device="cpu")
+        glam.analyze(small_sr, x, roi=(10, 0), window=8, device="cpu")
     with pytest.raises(AnalysisError, match="not inside"):
-        analyzer.analyze(small_sr, x, roi=(-1, 0), window=4, device="cpu")
+        glam.analyze(small_sr, x, roi=(-1, 0), window=4, device="cpu")
     with pytest.raises(AnalysisError, match="window 1"):
-        analyzer.analyze(small_sr, x, roi=(0, 0), window=1, device="cpu")
+        glam.analyze(small_sr, x, roi=(0, 0), window=1, device="cpu")
 
 
 class NanNet(nn.Module):
@@ -279,8 +278,8 @@ class ConstNet(nn.Module):
 
 def test_nan_output_is_a_typed_error() -> None:
     torch.manual_seed(8)
-    model = importers.from_module(ConstNet())
-    from importers.tap import tap_graph
+    model = glam.importers.from_module(ConstNet())
+    from glam.importers.tap import tap_graph
 
     # swap in a graph whose output is NaN (from_module itself refuses it at the parity check)
     model.graph, _, _ = tap_graph(torch.fx.symbolic_trace(NanNet()))
@@ -290,7 +289,7 @@ def test_nan_output_is_a_typed_error() -> None:
 
 def test_roi_independent_output_warns_and_gives_zero_maps() -> None:
     torch.manual_seed(9)
-    model = importers.from_module(ConstNet())
+    model = glam.importers.from_module(ConstNet())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = compute_glam(model, torch.rand(1, 3, 8, 8), 2, 2, 8)
@@ -301,23 +300,23 @@ def test_roi_independent_output_warns_and_gives_zero_maps() -> None:
 
 
 def test_device_selection() -> None:
-    assert analyzer.resolve_device("cpu") == torch.device("cpu")
+    assert glam.resolve_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert analyzer.resolve_device("auto").type == expected
+    assert glam.resolve_device("auto").type == expected
     if not torch.cuda.is_available():
-        with pytest.raises(analyzer.UserInputError, match="CUDA is not available"):
-            analyzer.resolve_device("cuda")
-    with pytest.raises(analyzer.UserInputError, match="not understood"):
-        analyzer.resolve_device("tpu:banana")
+        with pytest.raises(glam.UserInputError, match="CUDA is not available"):
+            glam.resolve_device("cuda")
+    with pytest.raises(glam.UserInputError, match="not understood"):
+        glam.resolve_device("tpu:banana")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu(small_sr: importers.ImportedModel) -> None:
+def test_cuda_matches_cpu(small_sr: glam.importers.ImportedModel) -> None:
     torch.manual_seed(10)
     x = torch.rand(1, 3, 20, 20)
-    cpu = analyzer.analyze(small_sr, x, device="cpu", lam=True, lam_fold=10)
-    gpu = analyzer.analyze(small_sr, x, device="cuda", lam=True, lam_fold=10)
+    cpu = glam.analyze(small_sr, x, device="cpu", lam=True, lam_fold=10)
+    gpu = glam.analyze(small_sr, x, device="cuda", lam=True, lam_fold=10)
     small_sr.to("cpu")
     assert gpu.device.startswith("cuda")
     for k in cpu.local:
@@ -337,7 +336,7 @@ def test_resize_equals_torch_bicubic(src: tuple[int, int], dst: tuple[int, int])
 
 
 def test_closed_form_texture_gradient_matches_autograd() -> None:
-    from analyzer.engine.texture import texture_global_grad
+    from glam.engine.texture import texture_global_grad
 
     torch.manual_seed(11)
     t = torch.rand(1, 4, 9, 11, dtype=torch.float64, requires_grad=True)
@@ -349,8 +348,8 @@ def test_closed_form_texture_gradient_matches_autograd() -> None:
 def test_texture_gradient_weights_vanish(fused: bool) -> None:
     """T_Global is a sum of differences: its gradient's per-channel sums are 0, so a layer
     reached through a spatially uniform linear path has vanishing weights (GLAM.md)."""
-    from analyzer.engine import kernels, maps
-    from analyzer.engine.texture import texture_global_grad
+    from glam.engine import kernels, maps
+    from glam.engine.texture import texture_global_grad
 
     if fused and not kernels.enabled():
         pytest.skip("numba is not installed")
@@ -368,11 +367,11 @@ def test_segment_cache_is_keyed_by_the_graph_not_its_id() -> None:
     the full suite that way). Entries are keyed weakly by the graph object itself."""
     import gc
 
-    from analyzer.engine.glam import _SEGMENTS
-    from importers.tap import tap_graph
+    from glam.engine.glam import _SEGMENTS
+    from glam.importers.tap import tap_graph
 
     torch.manual_seed(8)
-    model = importers.from_module(ConstNet())
+    model = glam.importers.from_module(ConstNet())
     compute_glam(model, torch.rand(1, 3, 8, 8), 0, 0, 4)
     assert model.graph in _SEGMENTS._cache  # the object, not a number that can be reused
     n = len(_SEGMENTS._cache)

@@ -1,4 +1,4 @@
-"""``--verify``: the engine against the literal GLAM.md reference (analyzer.engine.reference), on
+"""``--verify``: the engine against the literal GLAM.md reference (glam.engine.reference), on
 the user's own model; the failure path is proven with a deliberately broken engine."""
 
 from __future__ import annotations
@@ -6,19 +6,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import glam_fixtures as fixtures
+import glam
+import glam.fixtures as fixtures
+import glam.importers
 import h5py
 import pytest
 import torch
 from cli_output import message_lines
 from click.testing import CliRunner
-
-import analyzer
-import importers
-from analyzer.cli import cli
-from analyzer.engine import kernels
-from analyzer.errors import EngineParityError
-from analyzer.runs import AnalyzeOptions, analyze_images
+from glam.cli import cli
+from glam.engine import kernels
+from glam.errors import EngineParityError
+from glam.runs import AnalyzeOptions, analyze_images
 
 MODEL = fixtures.fixture_path("carn", "trace.pt")
 IMAGE = fixtures.IMAGES_DIR / "astronaut_lr_x4.png"
@@ -41,17 +40,17 @@ def broken_engine(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_api_verify_measures_every_map() -> None:
-    model = importers.load(MODEL)
+    model = glam.importers.load(MODEL)
     x = torch.rand(1, 3, 20, 18, generator=torch.Generator().manual_seed(0))
-    res = analyzer.analyze(model, x, verify=True)
+    res = glam.analyze(model, x, verify=True)
     ep = res.engine_parity
-    assert isinstance(ep, analyzer.EngineParity)
+    assert isinstance(ep, glam.EngineParity)
     assert set(ep.errors) == {f"{f}/{k}" for f in ("local", "global")
                               for k in ("consensus", "variation", "sum")} | {"layers/local",
                                                                               "layers/global"}
     assert ep.passed and ep.max_error <= 1e-4 and ep.seconds > 0
     assert res.timings["verify"] == ep.seconds
-    assert analyzer.analyze(model, x).engine_parity is None
+    assert glam.analyze(model, x).engine_parity is None
 
 
 def test_cli_verify_passes_and_is_archived(tmp_path: Path) -> None:
@@ -91,7 +90,7 @@ def test_cli_verify_fails_on_a_broken_engine(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("broken_engine")
 def test_api_reports_the_worst_map_and_layer(tmp_path: Path) -> None:
-    model = importers.load(MODEL)
+    model = glam.importers.load(MODEL)
     with pytest.raises(EngineParityError, match=r"layer #\d+ \("):
         analyze_images(model, [IMAGE], tmp_path / "a.h5", AnalyzeOptions(verify=True))
 
@@ -137,7 +136,7 @@ def test_layer_bounds_follow_the_float32_resolution_of_the_key() -> None:
     """GLAM.md's 1e-4 holds everywhere except on a per-layer map whose Grad-CAM weights
     nearly vanish: there float32 resolves the key only to ~8 eps / r (measured on a
     generated graph: r = 4.3e-4, two correct float32 implementations 1.0e-4 apart)."""
-    from analyzer.engine.reference import (
+    from glam.engine.reference import (
         ENGINE_PARITY_TOLERANCE,
         ParityMeter,
         ReferenceMaps,
@@ -152,7 +151,7 @@ def test_layer_bounds_follow_the_float32_resolution_of_the_key() -> None:
     ref_map /= ref_map.max()
     zero = {k: torch.zeros(4, 4).numpy() for k in ("consensus", "variation", "sum")}
 
-    def parity(ratio: float, off: float) -> analyzer.EngineParity:
+    def parity(ratio: float, off: float) -> glam.EngineParity:
         ref = ReferenceMaps(local=zero, global_=zero, local_layers={0: ref_map},
                             local_ratios={0: ratio})
         meter = ParityMeter(ref, 0.0)

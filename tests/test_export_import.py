@@ -10,8 +10,11 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import glam.importers
 import pytest
 import torch
+from glam.errors import ModelFileError
+from glam.importers.export.backend import load_exported
 from test_torchscript_import import (
     NETS,
     SECOND_SIZE,
@@ -24,10 +27,6 @@ from test_torchscript_import import (
 )
 from torch import nn
 from torch.export import Dim
-
-import importers
-from analyzer.errors import ModelFileError
-from importers.export_backend import load_exported
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,17 +56,17 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module", params=list(NETS))
 def imported(
     request: pytest.FixtureRequest, export_dir: Path
-) -> tuple[str, nn.Module, Path, importers.ImportedModel]:
-    """``(net name, eager model, .pt2 path, importers.load result)``, imported once."""
+) -> tuple[str, nn.Module, Path, glam.importers.ImportedModel]:
+    """``(net name, eager model, .pt2 path, glam.importers.load result)``, imported once."""
     net = request.param
     model = make_net(net)
     path = save_exported(model, export_dir / f"{net}.pt2")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return net, model, path, importers.load(path, input_range=1)
+        return net, model, path, glam.importers.load(path, input_range=1)
 
 
-def test_parity(imported: tuple[str, nn.Module, Path, importers.ImportedModel]) -> None:
+def test_parity(imported: tuple[str, nn.Module, Path, glam.importers.ImportedModel]) -> None:
     _, _, _, m = imported
     assert m.format == "export"
     assert m.parity.passed and m.parity.max_abs_error <= TOL
@@ -77,7 +76,7 @@ def test_parity(imported: tuple[str, nn.Module, Path, importers.ImportedModel]) 
     assert m.input_names == ["x"]
 
 
-def test_shape_generic(imported: tuple[str, nn.Module, Path, importers.ImportedModel]) -> None:
+def test_shape_generic(imported: tuple[str, nn.Module, Path, glam.importers.ImportedModel]) -> None:
     _, _, path, m = imported
     x = example(*SECOND_SIZE)
     with warnings.catch_warnings():
@@ -91,7 +90,7 @@ def test_shape_generic(imported: tuple[str, nn.Module, Path, importers.ImportedM
 
 
 def test_taps_match_eager_hooks(
-    imported: tuple[str, nn.Module, Path, importers.ImportedModel],
+    imported: tuple[str, nn.Module, Path, glam.importers.ImportedModel],
 ) -> None:
     """Tap count, names (module paths), values and gradients equal the hook reference."""
     _, model, _, m = imported
@@ -100,7 +99,7 @@ def test_taps_match_eager_hooks(
 
 @pytest.mark.parametrize("imported", ["edsr"], indirect=True)
 def test_inplace_relu_tap_is_pre_activation(
-    imported: tuple[str, nn.Module, Path, importers.ImportedModel],
+    imported: tuple[str, nn.Module, Path, glam.importers.ImportedModel],
 ) -> None:
     """EDSR's ``ReLU(inplace=True)`` after conv1: the tap keeps the negative values."""
     _, model, _, m = imported
@@ -141,7 +140,7 @@ def test_static_shape_program(export_dir: Path) -> None:
         raw.gm(example(*SECOND_SIZE))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = importers.load(path, input_range=1)
+        m = glam.importers.load(path, input_range=1)
     assert m.conventions.fixed_size == (20, 24)
     assert m.conventions.scale == 2
     assert m.parity.max_abs_error <= TOL
@@ -153,7 +152,7 @@ def test_corrupt_program_is_model_file_error(export_dir: Path, tmp_path: Path) -
     truncated = tmp_path / "truncated.pt2"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError):
-        importers.load(truncated)
+        glam.importers.load(truncated)
     garbage = tmp_path / "garbage.pt2"
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(garbage, "w") as dst:
         for info in src.infolist():

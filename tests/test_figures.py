@@ -1,4 +1,4 @@
-"""Tests of analyzer.report.figures on synthetic FigureData (no model, no torch)."""
+"""Tests of glam.report.figures on synthetic FigureData (no model, no torch)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from analyzer.archive.figure_data import FigureData, LayerKey, to_rgb_uint8
-from analyzer.errors import UserInputError
-from analyzer.report.figures import (
+from glam.archive.figure_data import FigureData, LayerKey, to_rgb_uint8
+from glam.errors import UserInputError
+from glam.report.figures import (
     MAX_LAYER_PANELS,
     compare_figure,
     compare_table,
@@ -20,6 +18,7 @@ from analyzer.report.figures import (
     local_figure,
     write_all,
 )
+from PIL import Image
 
 
 def _blob(h: int, w: int, cy: float, cx: float, sigma: float) -> np.ndarray:

@@ -13,23 +13,22 @@ from typing import Any
 
 import numpy as np
 import pytest
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
-from matplotlib.text import Text
-from PIL import Image
-from test_figures import make_data
-
-from analyzer.archive.figure_data import LayerKey
-from analyzer.engine.metrics import attributed_fraction
-from analyzer.errors import UserInputError
-from analyzer.report import figures
-from analyzer.report.views import (
+from glam.archive.figure_data import LayerKey
+from glam.engine.metrics import attributed_fraction
+from glam.errors import UserInputError
+from glam.report import figures
+from glam.report.views import (
     Display,
     context_box,
     layer_sample_text,
     native_overlay,
     speed_text,
 )
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.text import Text
+from PIL import Image
+from test_figures import make_data
 
 
 @pytest.fixture()
@@ -222,9 +221,8 @@ def test_archive_figure_data_carries_vanishing_flags_and_totals(
     tmp_path: Path, imported_tiny: Any, lr_image: Path
 ) -> None:
     import h5py
-
-    from analyzer.archive.hdf5 import open_archive
-    from analyzer.runs import AnalyzeOptions, analyze_one
+    from glam.archive.hdf5 import open_archive
+    from glam.runs import AnalyzeOptions, analyze_one
 
     ar = tmp_path / "a.h5"
     analyze_one(imported_tiny, lr_image, ar, "r", AnalyzeOptions())

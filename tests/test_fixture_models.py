@@ -2,7 +2,7 @@
 
 The five architectures of the GL-AM paper (Gu & Dong): CARN (Ahn et al., 2018), RRDBNet
 (Wang et al., 2018), RCAN (Zhang et al., 2018), RNAN (Zhang et al., 2019) and SAN (Dai et al.,
-2019); small x2 configs trained and exported by ``python -m glam_fixtures.make_fixtures``.
+2019); small x2 configs trained and exported by ``python -m glam.fixtures.make_fixtures``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import glam_fixtures as fixtures
+import glam.fixtures as fixtures
 import numpy as np
 import pytest
 import torch
-from glam_fixtures import (
+from glam.fixtures import (
     ARCHITECTURES,
     DEFAULT_IMAGE,
     DEFAULT_MODEL,
@@ -25,7 +25,7 @@ from glam_fixtures import (
     fixture_path,
     load_eager,
 )
-from glam_fixtures import architectures as A
+from glam.fixtures import architectures as A
 from torch import nn
 
 ort = pytest.importorskip("onnxruntime")

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import functools
 
-import glam_fixtures as fixtures
+import glam.fixtures as fixtures
+import glam.importers
 import numpy as np
 import pytest
 import torch
-from glam_fixtures.architectures import ARCHITECTURES, count_convs
+from glam.engine.glam import compute_glam
+from glam.fixtures.architectures import ARCHITECTURES, count_convs
 from reference_glam import reference_glam
-
-import importers
-from analyzer.engine.glam import compute_glam
 
 EXPORTS = ("legacy.onnx", "dynamo.onnx", "trace.pt", "script.pt", "pt2")
 CASES = [(a, k) for a in ARCHITECTURES for k in EXPORTS]
@@ -28,8 +27,8 @@ def _available(arch: str, kind: str) -> bool:
 
 
 @functools.cache
-def _load(arch: str, kind: str) -> importers.ImportedModel:
-    return importers.load(fixtures.fixture_path(arch, kind), input_range=1, probe_size=(20, 18))
+def _load(arch: str, kind: str) -> glam.importers.ImportedModel:
+    return glam.importers.load(fixtures.fixture_path(arch, kind), input_range=1, probe_size=(20, 18))
 
 
 def _x(seed: int, h: int = 14, w: int = 12) -> torch.Tensor:

@@ -11,18 +11,17 @@ import math
 import os
 from pathlib import Path
 
-import glam_fixtures as fixtures
+import glam
+import glam.fixtures as fixtures
+import glam.importers
 import numpy as np
 import pytest
 import torch
-from glam_fixtures.architectures import ARCHITECTURES, build
+from glam.engine import glam as glam_mod
+from glam.engine.glam import compute_glam
+from glam.engine.lam import compute_lam
+from glam.fixtures.architectures import ARCHITECTURES, build
 from test_batched import _assert_same, _ScalarReads
-
-import analyzer
-import importers
-from analyzer.engine import glam as glam_mod
-from analyzer.engine.glam import compute_glam
-from analyzer.engine.lam import compute_lam
 
 pytestmark = [
     pytest.mark.gpu,
@@ -40,22 +39,22 @@ ATOL = 1e-4  # GLAM.md's tolerance
 
 
 @functools.cache
-def _eager(arch: str) -> importers.ImportedModel:
-    return importers.from_module(fixtures.load_eager(arch), input_range=1)
+def _eager(arch: str) -> glam.importers.ImportedModel:
+    return glam.importers.from_module(fixtures.load_eager(arch), input_range=1)
 
 
 def _x(seed: int, h: int = 20, w: int = 18, c: int = 3) -> torch.Tensor:
     return torch.rand(1, c, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-def _cpu_and_cuda(model: importers.ImportedModel, x: torch.Tensor, **kw) -> tuple:  # noqa: ANN003
-    cpu = analyzer.analyze(model, x, device="cpu", **kw)
-    gpu = analyzer.analyze(model, x, device="cuda", **kw)
+def _cpu_and_cuda(model: glam.importers.ImportedModel, x: torch.Tensor, **kw) -> tuple:  # noqa: ANN003
+    cpu = glam.analyze(model, x, device="cpu", **kw)
+    gpu = glam.analyze(model, x, device="cuda", **kw)
     model.to("cpu")
     return cpu, gpu
 
 
-def _assert_maps_close(cpu: analyzer.Result, gpu: analyzer.Result, atol: float = ATOL) -> None:
+def _assert_maps_close(cpu: glam.Result, gpu: glam.Result, atol: float = ATOL) -> None:
     for k in cpu.local:
         np.testing.assert_allclose(gpu.local[k], cpu.local[k], atol=atol, rtol=0, err_msg=f"local {k}")
         np.testing.assert_allclose(gpu.global_[k], cpu.global_[k], atol=atol, rtol=0, err_msg=f"global {k}")
@@ -80,7 +79,7 @@ def test_cuda_maps_equal_cpu_maps_on_fixture_files(kind: str) -> None:
     """The committed fixture files (ONNX, TorchScript, torch.export) of RCAN."""
     if kind.endswith("onnx"):
         pytest.importorskip("onnx2torch", reason="ONNX import needs onnx2torch (carry its wheel)")
-    model = importers.load(fixtures.fixture_path("rcan", kind), input_range=1)
+    model = glam.importers.load(fixtures.fixture_path("rcan", kind), input_range=1)
     cpu, gpu = _cpu_and_cuda(model, _x(2), lam=True, lam_fold=8)
     _assert_maps_close(cpu, gpu)
     np.testing.assert_allclose(gpu.lam.map, cpu.lam.map, atol=ATOL, rtol=0)
@@ -94,7 +93,7 @@ def test_cuda_maps_equal_cpu_maps_on_shared_models(name: str) -> None:
         pytest.skip(f"{path} is absent (../shared is not on this machine)")
     if name.endswith(".onnx"):
         pytest.importorskip("onnx2torch", reason="ONNX import needs onnx2torch (carry its wheel)")
-    model = importers.load(path)
+    model = glam.importers.load(path)
     c = model.conventions
     h, w = c.fixed_size or (40, 40)
     cpu, gpu = _cpu_and_cuda(model, _x(4, h, w, c.in_channels))
@@ -122,7 +121,7 @@ def test_ort_cuda_provider_parity() -> None:
         pytest.skip(f"onnxruntime {ort.__version__} has no CUDA provider: "
                     f"{ort.get_available_providers()} (install onnxruntime-gpu)")  # fmt: skip
     for arch in ("rcan", "carn"):
-        model = importers.load(fixtures.fixture_path(arch, "legacy.onnx"), input_range=1)
+        model = glam.importers.load(fixtures.fixture_path(arch, "legacy.onnx"), input_range=1)
         assert "CUDAExecutionProvider" in model.parity.reference
         assert model.parity.passed and model.parity.max_abs_error <= ATOL, model.parity
 
@@ -142,7 +141,7 @@ def test_no_device_to_host_copy_inside_the_layer_loop() -> None:
     finiteness check and the chunk's records), the per-layer path several per layer."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = importers.from_module(build("rcan", "paper").eval(), input_range=1).to("cuda")
+    model = glam.importers.from_module(build("rcan", "paper").eval(), input_range=1).to("cuda")
     x = torch.rand(1, 3, 16, 16, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     n_part = sum(t.participating for t in model.taps)
     chunks = math.ceil(n_part / glam_mod.KEY_CHUNK)
@@ -182,7 +181,7 @@ def test_verify_on_cuda_passes() -> None:
     (with TF32 convolutions it would sit ~1e-3 away)."""
     model = _eager("rrdbnet")
     try:
-        res = analyzer.analyze(model, _x(8), device="cuda", verify=True)
+        res = glam.analyze(model, _x(8), device="cuda", verify=True)
     finally:
         model.to("cpu")
     assert res.engine_parity is not None and res.engine_parity.passed, res.engine_parity

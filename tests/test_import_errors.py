@@ -5,16 +5,15 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import glam.importers
 import pytest
 import torch
 from cli_output import message_lines
 from click.testing import CliRunner
 from conftest import export_onnx
+from glam.cli import cli
+from glam.errors import ModelFileError, NotSuperResolutionError
 from torch import nn
-
-import importers
-from analyzer.cli import cli
-from analyzer.errors import ModelFileError, NotSuperResolutionError
 
 
 class Downscaler(nn.Module):
@@ -89,7 +88,7 @@ def bad_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 )
 def test_bad_model_files(bad_models: Path, name: str, error: type, words: str) -> None:
     with pytest.raises(error, match=words):
-        importers.load(bad_models / name)
+        glam.importers.load(bad_models / name)
     res = CliRunner().invoke(cli, ["inspect", str(bad_models / name)])
     assert res.exit_code == 2, res.output
     # a phase-log note ("glam: note: the machine is busy ...") may precede the error
@@ -99,6 +98,6 @@ def test_bad_model_files(bad_models: Path, name: str, error: type, words: str) -
 
 
 def test_border_cropping_model_records_offset(bad_models: Path) -> None:
-    model = importers.load(bad_models / "crop.onnx", input_range=1)
+    model = glam.importers.load(bad_models / "crop.onnx", input_range=1)
     assert model.conventions.scale == 2 and model.conventions.offset == (-4, -4)
     assert model.conventions.scale_source == "two sizes"

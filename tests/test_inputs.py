@@ -12,24 +12,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import glam.importers
 import h5py
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from glam.api import analyze, prepare_image
+from glam.cli import cli
+from glam.engine.glam import validate_roi
+from glam.engine.metrics import psnr_y, y_studio
+from glam.errors import AnalysisError, ConventionError, UserInputError
+from glam.gate.check import CheckReport, CheckResult
+from glam.gate.tolerances import Tolerances
+from glam.images import read_image, to_tensor
+from glam.runs import AnalyzeOptions, pair_images
 from PIL import Image
 from torch import nn
-
-import importers
-from analyzer.api import analyze, prepare_image
-from analyzer.cli import cli
-from analyzer.engine.glam import validate_roi
-from analyzer.engine.metrics import psnr_y, y_studio
-from analyzer.errors import AnalysisError, ConventionError, UserInputError
-from analyzer.gate.check import CheckReport, CheckResult
-from analyzer.gate.tolerances import Tolerances
-from analyzer.images import read_image, to_tensor
-from analyzer.runs import AnalyzeOptions, pair_images
 
 ROOT = Path(__file__).resolve().parent.parent
 SET5 = ROOT.parent / "shared" / "data" / "Set5" / "image_SRF_4"
@@ -183,13 +182,13 @@ class _ClampUp(nn.Module):
 def test_non_image_output_is_refused() -> None:
     torch.manual_seed(0)
     with pytest.raises(ConventionError, match=r"21 channels.*1 channel \(Y\) or 3 \(RGB\)"):
-        importers.from_module(_SegHead())
+        glam.importers.from_module(_SegHead())
 
 
 def test_forced_input_range_warns_and_auto_states_its_rule() -> None:
-    forced = importers.from_module(_ClampUp(), input_range=255)
+    forced = glam.importers.from_module(_ClampUp(), input_range=255)
     assert any("--input-range 255 was forced" in w for w in forced.warnings)
-    auto = importers.from_module(_ClampUp(), input_range="auto")
+    auto = glam.importers.from_module(_ClampUp(), input_range="auto")
     assert auto.conventions.input_range == 1
     assert "rule: 255 only when its MSE is over 4x lower" in auto.conventions.range_source
     assert not any("was forced" in w for w in auto.warnings)
@@ -280,7 +279,7 @@ def test_top_level_help_and_failures_only() -> None:
 
 _NO_TORCH = r"""
 import json, sys
-from analyzer.cli import cli
+from glam.cli import cli
 out = {}
 for name, args in json.loads(sys.argv[1]).items():
     try:
@@ -323,8 +322,8 @@ def test_cli_checks_paths_and_reads_archives_without_torch(
 
 def test_probe_image_falls_back_to_the_installed_fixtures(tmp_path: Path) -> None:
     """A wheel install has no fixtures/ folder beside importers/: the probe image (parity,
-    range detection) comes from the glam_fixtures package data."""
-    from importers.probe import probe_image_path
+    range detection) comes from the glam.fixtures package data."""
+    from glam.importers.probe import probe_image_path
 
     p = probe_image_path(tmp_path / "fixtures" / "images" / "astronaut_hr.png")
     assert p.is_file() and p.name == "astronaut_hr.png" and tmp_path not in p.parents

@@ -1,5 +1,5 @@
 """torch's TorchScript builtin table is keyed by ``id()``; operator objects torch retires must
-stay alive so that no new object is ever taken for a builtin (``importers.jit_builtin_ids``).
+stay alive so that no new object is ever taken for a builtin (``glam.importers.torchscript.jit_builtin_ids``).
 
 CI hit this as a flaky ``torch.jit.script`` failure ("builtin cannot be used as a value" on
 ``Conv2d._reversed_padding_repeated_twice``) after ``torch.export`` had imported a module
@@ -11,11 +11,10 @@ from __future__ import annotations
 import gc
 import itertools
 
+import glam.importers  # noqa: F401  (installs the guard, as every glam import route does)
 import torch
 from torch import nn
 from torch.jit._builtins import _get_builtin_table
-
-import importers  # noqa: F401  (installs the guard, as every glam import route does)
 
 _NAMES = (f"glam_ids_test{i}" for i in itertools.count())
 

@@ -1,4 +1,4 @@
-"""The fused CPU kernels (analyzer.engine.kernels) against the eager torch code they replace,
+"""The fused CPU kernels (glam.engine.kernels) against the eager torch code they replace,
 float64 autograd, and themselves at other thread counts."""
 
 from __future__ import annotations
@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from analyzer.engine import kernels
-from analyzer.engine.accumulate import KeyAccumulator
-from analyzer.engine.maps import gradcam_key_flagged, normalize_, resized_stack
-from analyzer.engine.texture import texture_global, texture_global_grad
+from glam.engine import kernels
+from glam.engine.accumulate import KeyAccumulator
+from glam.engine.maps import gradcam_key_flagged, normalize_, resized_stack
+from glam.engine.texture import texture_global, texture_global_grad
 
 pytestmark = pytest.mark.skipif(not kernels.enabled(), reason="numba is not installed")
 
@@ -196,8 +195,7 @@ def test_kernels_compile_in_memory_without_a_cache_location(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import numba
-
-    from analyzer.engine import _numba_kernels
+    from glam.engine import _numba_kernels
 
     real = numba.njit
 
@@ -222,7 +220,7 @@ def test_kernels_compile_in_memory_without_a_cache_location(
 def test_non_finite_gradients_are_not_taken_for_vanishing_weights(fused: bool) -> None:
     """A NaN/Inf gradient must keep a non-finite key (the engine's finiteness check names
     it), never pass as "vanishing weights" with a silent zero key."""
-    from analyzer.engine import reference
+    from glam.engine import reference
 
     key_of = kernels.gradcam_key_flagged if fused else gradcam_key_flagged
     for bad in (float("nan"), float("inf")):

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import glam
+import glam.importers
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from glam.engine.lam import blur_path, compute_lam, gaussian_kernel
+from glam.engine.texture import texture_roi
 from torch import nn
-
-import analyzer
-import importers
-from analyzer.engine.lam import blur_path, compute_lam, gaussian_kernel
-from analyzer.engine.texture import texture_roi
 
 
 class SmoothSR(nn.Module):
@@ -28,9 +27,9 @@ class SmoothSR(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def smooth() -> importers.ImportedModel:
+def smooth() -> glam.importers.ImportedModel:
     torch.manual_seed(0)
-    return importers.from_module(SmoothSR())
+    return glam.importers.from_module(SmoothSR())
 
 
 def _filter2d_reflect101(img: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -72,7 +71,7 @@ def test_blur_path_matches_official_numerics() -> None:
     np.testing.assert_allclose(images[-1].numpy(), x[0].numpy(), atol=1e-7)
 
 
-def test_lam_matches_per_step_reference(smooth: importers.ImportedModel) -> None:
+def test_lam_matches_per_step_reference(smooth: glam.importers.ImportedModel) -> None:
     """The official loop: one model evaluation per step, grad * derivative, mean."""
     torch.manual_seed(2)
     x = torch.rand(1, 3, 12, 12)
@@ -92,7 +91,7 @@ def test_lam_matches_per_step_reference(smooth: importers.ImportedModel) -> None
     assert res.map_output.shape == (24, 24)
 
 
-def test_lam_batch_size_does_not_change_the_result(smooth: importers.ImportedModel) -> None:
+def test_lam_batch_size_does_not_change_the_result(smooth: glam.importers.ImportedModel) -> None:
     torch.manual_seed(3)
     x = torch.rand(1, 3, 12, 14)
     results = [compute_lam(smooth, x, 4, 4, 8, fold=12, lam_batch=b) for b in (1, 5, 12)]
@@ -111,9 +110,9 @@ class BatchMixingSR(SmoothSR):
 
 def test_lam_does_not_batch_a_model_that_mixes_the_batch() -> None:
     torch.manual_seed(0)
-    mixing = importers.from_module(BatchMixingSR())
+    mixing = glam.importers.from_module(BatchMixingSR())
     torch.manual_seed(0)
-    plain = importers.from_module(SmoothSR())
+    plain = glam.importers.from_module(SmoothSR())
     x = torch.rand(1, 3, 12, 14, generator=torch.Generator().manual_seed(3))
     ref = compute_lam(plain, x, 4, 4, 8, fold=6, lam_batch=1)
     res = compute_lam(mixing, x, 4, 4, 8, fold=6, lam_batch=3)
@@ -122,7 +121,7 @@ def test_lam_does_not_batch_a_model_that_mixes_the_batch() -> None:
     assert compute_lam(plain, x, 4, 4, 8, fold=6, lam_batch=3).warnings == []
 
 
-def test_lam_completeness(smooth: importers.ImportedModel) -> None:
+def test_lam_completeness(smooth: glam.importers.ImportedModel) -> None:
     """sum(attr) ~= T_ROI(F(x)) - T_ROI(F(gamma_0)) within 2 % at fold = 50."""
     torch.manual_seed(4)
     img = torch.rand(1, 3, 6, 6)
@@ -141,11 +140,11 @@ def test_lam_completeness(smooth: importers.ImportedModel) -> None:
     assert float(res.attribution.sum()) == pytest.approx(delta, rel=0.02)
 
 
-def test_lam_through_analyze_reports_metrics(smooth: importers.ImportedModel) -> None:
+def test_lam_through_analyze_reports_metrics(smooth: glam.importers.ImportedModel) -> None:
     torch.manual_seed(5)
     x = torch.rand(1, 3, 12, 12)
-    res = analyzer.analyze(smooth, x, lam=True, lam_fold=10, device="cpu")
+    res = glam.analyze(smooth, x, lam=True, lam_fold=10, device="cpu")
     for key in ("di_lam", "di_lam_output", "attributed_fraction_lam", "seconds_lam"):
         assert key in res.metrics
-    assert res.metrics["di_lam"] == pytest.approx(analyzer.diffusion_index(res.lam.map))
+    assert res.metrics["di_lam"] == pytest.approx(glam.diffusion_index(res.lam.map))
     assert res.lam.attribution.shape == (3, 12, 12)

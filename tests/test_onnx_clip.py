@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import glam.importers
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-import importers
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -49,7 +48,7 @@ def test_clip_with_absent_or_computed_bounds(tmp_path: Path, case: str) -> None:
             _const("lo", -0.2),
             helper.make_node("ReduceMax", ["c"], ["hi"], keepdims=0, name="rmax"),
         ])
-    m = importers.load(path, input_range=1)
+    m = glam.importers.load(path, input_range=1)
     assert m.parity.passed and m.parity.max_abs_error <= 1e-6
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).random((1, 3, 11, 9), dtype=np.float32)

@@ -1,6 +1,6 @@
 """ONNX import: glam's converters against onnxruntime, refusals, file errors, real models.
 
-Every hand-built graph is converted by :func:`importers.onnx_backend.load_onnx` and its FX
+Every hand-built graph is converted by :func:`glam.importers.onnx.backend.load_onnx` and its FX
 graph is compared with onnxruntime on the original file (the backend's own reference).
 """
 
@@ -11,22 +11,22 @@ import time
 import warnings
 from pathlib import Path
 
+import glam.importers
 import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import helper
-from torch import nn
-
-import importers
-from analyzer.errors import (
+from glam.errors import (
     ConversionError,
     ModelFileError,
     ParityError,
     UnsupportedOpsError,
 )
-from importers import onnx_converters, onnx_registry
-from importers.onnx_backend import load_onnx, unsupported_ops
+from glam.importers.onnx import converters as onnx_converters
+from glam.importers.onnx import registry as onnx_registry
+from glam.importers.onnx.backend import load_onnx, unsupported_ops
+from onnx import helper
+from torch import nn
 
 try:  # tests/ is on sys.path when it is not a package (pytest's default "prepend" mode)
     import onnx_graphs as og
@@ -61,7 +61,7 @@ def _outputs(gm: torch.fx.GraphModule, x: np.ndarray) -> list[torch.Tensor]:
 
 def assert_matches_ort(
     model: onnx.ModelProto, x: np.ndarray, tmp_path: Path, atol: float = ATOL
-) -> importers.RawGraph:
+) -> glam.importers.RawGraph:
     """Convert ``model`` and check every output against onnxruntime on ``x``."""
     raw = load_onnx(og.save(model, tmp_path))
     ours = _outputs(raw.gm, x)
@@ -661,7 +661,7 @@ def test_all_unsupported_ops_listed_at_once(tmp_path: Path) -> None:
         extra_opsets={"com.example": 1},
     )
     with pytest.raises(UnsupportedOpsError) as info:
-        importers.load(og.save(model, tmp_path))
+        glam.importers.load(og.save(model, tmp_path))
     assert set(info.value.ops) == {
         ("Trilu", 14),
         ("com.example.Foo", 1),
@@ -748,7 +748,7 @@ def test_first_divergence_names_the_wrong_node(
 
     monkeypatch.setattr(onnx_converters.GlamDepthToSpace, "forward", crd)
     with pytest.raises(ParityError) as info:
-        importers.load(path)
+        glam.importers.load(path)
     assert info.value.node is not None
     assert re.match(r"DepthToSpace node 'd2s' \(max abs error [0-9.e-]+\)", info.value.node)
 
@@ -767,13 +767,13 @@ def test_file_errors(tmp_path: Path) -> None:
         p = tmp_path / name
         p.write_bytes(content)
         with pytest.raises(ModelFileError) as info:
-            importers.load(p)
+            glam.importers.load(p)
         assert "\n" not in str(info.value), name
     # parses, but the truncation lost the initializers
     model = _dcr_sr_model()
     del model.graph.initializer[:]
     with pytest.raises(ModelFileError, match="head.weight.*incomplete or corrupt"):
-        importers.load(og.save(model, tmp_path, "lost.onnx"))
+        glam.importers.load(og.save(model, tmp_path, "lost.onnx"))
     with pytest.raises(ModelFileError, match="does not exist"):
         load_onnx(tmp_path / "absent.onnx")
 
@@ -792,10 +792,10 @@ def test_external_data_missing_or_truncated(tmp_path: Path) -> None:
     content = data.read_bytes()
     data.write_bytes(content[:10])
     with pytest.raises(ModelFileError, match="truncated"):
-        importers.load(path)
+        glam.importers.load(path)
     data.unlink()
     with pytest.raises(ModelFileError, match="ext.onnx.data.*missing"):
-        importers.load(path)
+        glam.importers.load(path)
 
 
 # =========================================================== full pipeline, torch exports
@@ -843,7 +843,7 @@ def test_torch_export_full_pipeline(flavour: str, tmp_path: Path) -> None:
                 dynamic_shapes=({2: h, 3: w},),
             )
             assert (tmp_path / "tiny.onnx.data").is_file()
-    model = importers.load(path)
+    model = glam.importers.load(path)
     assert model.parity.max_abs_error <= 1e-5
     assert model.conventions.scale == 2 and model.conventions.offset == (0, 0)
     assert model.n_taps == 2
@@ -869,7 +869,7 @@ _Y_MODELS = ("fsrcnn", "espcn_tf", "lapsrn_tf", "subpixelcnn")
 def test_shared_model_imports(path: Path) -> None:
     t0 = time.perf_counter()
     try:  # a small probe keeps the suite fast; fixed-size models use their own size
-        model = importers.load(path, probe_size=(24, 20))
+        model = glam.importers.load(path, probe_size=(24, 20))
     except UnsupportedOpsError as exc:  # only where truly unsupported
         assert exc.ops, str(exc)
         pytest.xfail(f"unsupported: {exc}")

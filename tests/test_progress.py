@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
-
-from analyzer.cli import cli
-from analyzer.progress import PhaseLog, progress_bar
-from analyzer.runs import DemoResult, RunSummary, demo_report
-from analyzer.threads import affinity_cpus, apply_threads, oversubscription
+from glam.cli import cli
+from glam.progress import PhaseLog, progress_bar
+from glam.runs import DemoResult, RunSummary, demo_report
+from glam.threads import affinity_cpus, apply_threads, oversubscription
 
 
 class _Tty(io.StringIO):
@@ -108,7 +107,7 @@ def test_numba_start_does_not_undo_the_thread_count() -> None:
 
     code = (
         "import torch; torch.set_num_threads(1)\n"
-        "from analyzer.engine import kernels\n"
+        "from glam.engine import kernels\n"
         "k = kernels._applies(torch.rand(1, 4, 8, 8))\n"
         "import numba\n"
         "print(torch.get_num_threads(), numba.get_num_threads() if k is not None else 1)\n"
@@ -134,8 +133,7 @@ def test_onnxruntime_sessions_take_torchs_thread_count(
     monkeypatch: pytest.MonkeyPatch, keep_threads: None, tiny_model: Path
 ) -> None:
     import onnxruntime as ort
-
-    from importers import onnx_backend
+    from glam.importers.onnx import backend as onnx_backend
 
     seen: list[int] = []
     real = ort.InferenceSession

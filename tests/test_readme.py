@@ -8,12 +8,11 @@ import shlex
 import shutil
 from pathlib import Path
 
-import glam_fixtures as fixtures
+import glam.fixtures as fixtures
 import pytest
 from click.testing import CliRunner
+from glam.cli import cli
 from PIL import Image
-
-from analyzer.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

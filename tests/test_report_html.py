@@ -8,16 +8,15 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import glam.importers
 import numpy as np
 import pytest
 import torch
 from cli_output import message_lines
 from click.testing import CliRunner
-
-import importers
-from analyzer.cli import cli
-from analyzer.report.html import write_report
-from analyzer.runs import AnalyzeOptions, analyze_images
+from glam.cli import cli
+from glam.report.html import write_report
+from glam.runs import AnalyzeOptions, analyze_images
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"  # screenshots kept for people (ignored by git)
@@ -121,17 +120,17 @@ def assert_self_contained(doc: Node) -> None:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, hr_image: Path) -> Path:
     """Two runs of two models on a small HR image, with LAM (fold 4)."""
-    fixtures = pytest.importorskip("glam_fixtures")
+    fixtures = pytest.importorskip("glam.fixtures")
     d = tmp_path_factory.mktemp("report")
     ar = d / "runs.h5"
     models = [("tiny", tiny_model)]
     rcan = fixtures.fixture_path("rcan", "legacy.onnx")
     models.append(("rcan", rcan) if rcan.exists() else ("tiny2", tiny_model))
     for run, path in models:  # the first run also measures engine parity (--verify)
-        analyze_images(importers.load(path), [hr_image], ar,
+        analyze_images(glam.importers.load(path), [hr_image], ar,
                        AnalyzeOptions(run=run, hr=True, lam=True, lam_fold=4,
                                       verify=run == "tiny"))
-    analyze_images(importers.load(tiny_model), [hr_image], ar,  # no LAM, float16 layers
+    analyze_images(glam.importers.load(tiny_model), [hr_image], ar,  # no LAM, float16 layers
                    AnalyzeOptions(run="nolam", hr=True, store_dtype="float16"))
     return ar
 
@@ -250,7 +249,7 @@ def test_check_html(tiny_model: Path, hr_image: Path, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple[Path, str]:
-    from analyzer.runs import default_demo_inputs
+    from glam.runs import default_demo_inputs
 
     d = tmp_path_factory.mktemp("demo") / "demo"
     args = ["demo", "--out", str(d), "--lam-fold", "4"]
@@ -282,7 +281,7 @@ def _browser():  # type: ignore[no-untyped-def]
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright; it is in glam[dev])")
+        pytest.skip("playwright is not installed (pip install playwright; it is in glam-sr[dev])")
     if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; .ci/setup does "
                     "it where apt is available; GLAM_CHROMIUM points elsewhere)")

@@ -2,7 +2,7 @@
 
 For every generated SR-like network (:mod:`sr_graphs`), exported through every route glam
 reads (:mod:`routes`): the engine's maps equal the literal GLAM.md reference
-(:mod:`analyzer.engine.reference`) and the maps of all routes equal each other, to 1e-4 on every
+(:mod:`glam.engine.reference`) and the maps of all routes equal each other, to 1e-4 on every
 map. CI runs a bounded, derandomised number of examples (profile ``ci``); run many more by
 hand with ``pytest tests/test_route_invariance.py --hypothesis-profile=thorough``.
 """
@@ -12,18 +12,17 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import glam.importers
 import numpy as np
 import pytest
 import torch
+from glam.engine.glam import compute_glam
+from glam.engine.reference import ParityMeter, reference_glam
 from hypothesis import example as hypothesis_example
 from hypothesis import given
 from routes import ROUTES, export_route
 from sr_graphs import Spec, build, example, specs
 from torch import nn
-
-import importers
-from analyzer.engine.glam import compute_glam
-from analyzer.engine.reference import ParityMeter, reference_glam
 
 TOL = 1e-4
 MAPS = ("consensus", "variation", "sum")
@@ -33,8 +32,8 @@ def _roi(out_hw: tuple[int, int], window: int = 8) -> tuple[int, int, int]:
     return (out_hw[0] - window) // 2, (out_hw[1] - window) // 3, window
 
 
-def _verify(model: importers.ImportedModel, x: torch.Tensor, roi: tuple[int, int, int]):  # type: ignore[no-untyped-def]
-    """Engine maps and their parity against the literal reference (analyzer's --verify)."""
+def _verify(model: glam.importers.ImportedModel, x: torch.Tensor, roi: tuple[int, int, int]):  # type: ignore[no-untyped-def]
+    """Engine maps and their parity against the literal reference (glam's --verify)."""
     ref = reference_glam(model.graph, x, *roi)
     res = compute_glam(model, x, *roi)
     meter = ParityMeter(ref, 0.0)
@@ -61,7 +60,7 @@ def _check_engine_and_routes(module: nn.Module, in_channels: int, tmp: Path, lab
         path = export_route(module, route, tmp / f"{label}.{route}", spec_x)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = importers.load(path, input_range=1, in_channels=in_channels)
+            model = glam.importers.load(path, input_range=1, in_channels=in_channels)
         maps, ep = _verify(model, spec_x, roi)
         assert ep.passed, f"{label} {route}: engine off the reference: {ep.describe([t.name for t in model.taps])}"
         if first is None:
@@ -145,7 +144,7 @@ def test_folded_batchnorm_taps_are_export_invariant(tmp_path: Path) -> None:
     path = export_route(net, "trace.pt", tmp_path / "bn_ops.trace.pt", torch.rand(1, 3, 8, 8))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ops = [t.op for t in importers.load(path).taps]
+        ops = [t.op for t in glam.importers.load(path).taps]
     assert ops[1].endswith("+aten.batch_norm") and ops[2].endswith("+aten.batch_norm")
     assert "+" not in ops[0] and "+" not in ops[3]
 
@@ -162,7 +161,7 @@ def test_batchnorm_with_a_second_consumer_is_not_folded() -> None:
             f = self.c(x)
             return self.out(self.bn(f) + f)
 
-    model = importers.from_module(Two().eval())
+    model = glam.importers.from_module(Two().eval())
     assert [t.op for t in model.taps] == ["Conv2d", "Conv2d"]
 
 
@@ -182,7 +181,7 @@ def test_shared_model_pairs_onnx_equals_torchscript(stem: str) -> None:
     for path in (onnx_path, ts_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = importers.load(path)
+            model = glam.importers.load(path)
         c = model.conventions
         x = torch.rand(1, c.in_channels, 24, 20, generator=torch.Generator().manual_seed(0))
         res = analyzer_analyze(model, x)
@@ -196,10 +195,10 @@ def test_shared_model_pairs_onnx_equals_torchscript(stem: str) -> None:
         assert err <= TOL, f"{stem}: {key} differs between ONNX and TorchScript by {err:.3g}"
 
 
-def analyzer_analyze(model: importers.ImportedModel, x: torch.Tensor):  # type: ignore[no-untyped-def]
-    import analyzer
+def analyzer_analyze(model: glam.importers.ImportedModel, x: torch.Tensor):  # type: ignore[no-untyped-def]
+    import glam
 
-    return analyzer.analyze(model, x, verify=True, keep_layers=False)
+    return glam.analyze(model, x, verify=True, keep_layers=False)
 
 
 class TupleAndShapeNet(nn.Module):

@@ -7,19 +7,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import glam
+import glam.importers
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from glam.archive.hdf5 import open_archive
+from glam.errors import AnalysisError
+from glam.sanity_checks import faithfulness as faith
+from glam.sanity_checks.randomize import conv_parameters, randomized, tap_blocks
+from glam.sanity_checks.similarity import average_ranks, spearman, ssim, topk_overlap
 from torch import nn
 
-import analyzer
-import importers
-from analyzer.archive.hdf5 import open_archive
-from analyzer.errors import AnalysisError
-from analyzer.sanity_checks import faithfulness as faith
-from analyzer.sanity_checks.randomize import conv_parameters, randomized, tap_blocks
-from analyzer.sanity_checks.similarity import average_ranks, spearman, ssim, topk_overlap
 from tests.conftest import TinySR
 
 FAST = {"lam_fold": 4, "n_random": 2, "blocks": 3, "max_fraction": 0.2, "step": 0.05}
@@ -100,16 +100,16 @@ class Nearest2(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def tiny() -> importers.ImportedModel:
+def tiny() -> glam.importers.ImportedModel:
     torch.manual_seed(0)
-    return importers.from_module(TinySR().eval())
+    return glam.importers.from_module(TinySR().eval())
 
 
 def test_ignored_input_gets_no_mass() -> None:
     torch.manual_seed(0)
-    model = importers.from_module(HalfBlind().eval())
+    model = glam.importers.from_module(HalfBlind().eval())
     x = torch.rand(1, 3, 16, 24)
-    res = analyzer.sanity(model, x, roi=(12, 8), window=8, variants=(), **FAST)
+    res = glam.sanity(model, x, roi=(12, 8), window=8, variants=(), **FAST)
     # LR columns >= 8 are multiplied by 0: input-level maps are exactly 0 there
     assert res.saliency[:, 8:].max() == 0.0 and res.saliency[:, :8].max() == 1.0
     assert res.result.lam.map[:, 8:].max() == 0.0
@@ -120,7 +120,7 @@ def test_ignored_input_gets_no_mass() -> None:
 
 
 def test_identity_like_model_deletion_is_linear() -> None:
-    model = importers.from_module(Nearest2().eval())
+    model = glam.importers.from_module(Nearest2().eval())
     x = torch.zeros(1, 3, 48, 48)
     x[..., 1::3, 1::3] = 1.0  # 256 isolated spikes: each adds the same texture
     base = torch.zeros_like(x)
@@ -144,7 +144,7 @@ def test_identity_like_model_deletion_is_linear() -> None:
     assert d5.values[0] == pytest.approx(1.0) and i5.values[0] == pytest.approx(0.0, abs=1e-4)
 
 
-def test_randomization_restores_weights_and_blocks(tiny: importers.ImportedModel) -> None:
+def test_randomization_restores_weights_and_blocks(tiny: glam.importers.ImportedModel) -> None:
     x = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(3))
     y0 = tiny(x)[0].detach().clone()
     params = conv_parameters(tiny)
@@ -160,12 +160,12 @@ def test_randomization_restores_weights_and_blocks(tiny: importers.ImportedModel
 
 
 def test_randomized_model_drops_correlation_and_is_deterministic(
-    tiny: importers.ImportedModel,
+    tiny: glam.importers.ImportedModel,
 ) -> None:
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     kw = dict(FAST, methods=("local", "global", "saliency"), blocks=None)
-    a = analyzer.sanity(tiny, x, **kw)
-    b = analyzer.sanity(tiny, x, **kw)
+    a = glam.sanity(tiny, x, **kw)
+    b = glam.sanity(tiny, x, **kw)
     ra, rb = a.record.randomization, b.record.randomization
     for v in ("cascading", "independent"):
         for m in ("local", "global", "saliency"):
@@ -179,7 +179,7 @@ def test_randomized_model_drops_correlation_and_is_deterministic(
     assert casc.similarity["global"]["spearman"][-1] < 0.5
     assert casc.first_below("global") >= 0
     # ... and a different seed gives different random weights
-    c = analyzer.sanity(tiny, x, **dict(kw, seed=1, variants=("cascading",)))
+    c = glam.sanity(tiny, x, **dict(kw, seed=1, variants=("cascading",)))
     assert not np.array_equal(c.record.randomization["cascading"].similarity["global"]["spearman"],
                               casc.similarity["global"]["spearman"])
     ind = a.record.indicators
@@ -188,12 +188,12 @@ def test_randomized_model_drops_correlation_and_is_deterministic(
     assert len(a.record.layers["layer_di_local"]) == sum(t.participating for t in tiny.taps)
 
 
-def test_sanity_rejects_bad_arguments(tiny: importers.ImportedModel) -> None:
+def test_sanity_rejects_bad_arguments(tiny: glam.importers.ImportedModel) -> None:
     x = torch.rand(1, 3, 12, 12)
     with pytest.raises(AnalysisError, match="unknown sanity method"):
-        analyzer.sanity(tiny, x, methods=("local", "gradcam"))
+        glam.sanity(tiny, x, methods=("local", "gradcam"))
     with pytest.raises(AnalysisError, match="variant"):
-        analyzer.sanity(tiny, x, variants=("sideways",))
+        glam.sanity(tiny, x, variants=("sideways",))
     with pytest.raises(AnalysisError, match="baseline"):
         faith.baseline_image(x, "noise")
 
@@ -202,7 +202,7 @@ def test_sanity_rejects_bad_arguments(tiny: importers.ImportedModel) -> None:
 
 
 def test_cli_sanity_archive_report_json(tiny_model: Path, lr_image: Path, tmp_path: Path) -> None:
-    from analyzer.cli import cli
+    from glam.cli import cli
 
     out, fig = tmp_path / "s.h5", tmp_path / "s.png"
     args = ["sanity", str(tiny_model), str(lr_image), "-o", str(out), "--blocks", "2",
@@ -234,7 +234,7 @@ def test_cli_sanity_archive_report_json(tiny_model: Path, lr_image: Path, tmp_pa
 
 def test_cli_sanity_refuses_bad_options_before_the_model_load(tmp_path: Path,
                                                               lr_image: Path) -> None:
-    from analyzer.cli import cli
+    from glam.cli import cli
 
     missing_model = tmp_path / "absent.onnx"  # never loaded: the options fail first
     for extra, msg in ((["--crop", "1"], "--crop 1"), (["--lam-fold", "0"], "--lam-fold 0"),
@@ -253,7 +253,7 @@ def test_cli_sanity_refuses_bad_options_before_the_model_load(tmp_path: Path,
 def test_cli_sanity_settings_reach_the_record(tiny_model: Path, lr_image: Path,
                                               tmp_path: Path) -> None:
     """The curve, top-k and randomization settings are CLI options, recorded in sanity/."""
-    from analyzer.cli import cli
+    from glam.cli import cli
 
     out = tmp_path / "s.h5"
     res = CliRunner().invoke(cli, [
@@ -315,9 +315,9 @@ def test_sanity_on_pretrained_carn_m_matches_the_readme_table(tmp_path: Path) ->
     3 blocks, LAM fold 4, 5 % steps): the real orderings beat random deletion and insertion
     by a wide margin, the global Sum decorrelates once every tap is random, the local Sum
     does not."""
-    from analyzer.sanity_checks.runner import SanityOptions, run_sanity
+    from glam.sanity_checks.runner import SanityOptions, run_sanity
 
-    model = importers.load(CARN_M)
+    model = glam.importers.load(CARN_M)
     opts = SanityOptions(crop=24, blocks=3, lam_fold=4, seed=0, device="cpu", step=0.05,
                          n_random=3, variants=("cascading",))
     res = run_sanity(model, URBAN, tmp_path / "s.h5", "carn", opts)

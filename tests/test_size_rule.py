@@ -6,18 +6,17 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import glam
+import glam.importers
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from glam.cli import cli
+from glam.errors import AnalysisError
 from PIL import Image
 from torch import nn
-
-import analyzer
-import importers
-from analyzer.cli import cli
-from analyzer.errors import AnalysisError
 
 
 class UnshuffleSR(nn.Module):
@@ -48,12 +47,12 @@ def _png(path: Path, h: int, w: int) -> Path:
 
 
 def test_import_finds_the_multiple_and_analysis_refuses_other_sizes(model_path: Path) -> None:
-    m = importers.load(model_path, input_range=1)
+    m = glam.importers.load(model_path, input_range=1)
     assert m.metadata["input_multiple"] == 2 and m.conventions.scale == 2
     assert any("multiple of 2" in w for w in m.warnings), m.warnings
     with pytest.raises(AnalysisError, match=r"multiple of 2.*15x13.*crop it to 14x12 or pad it to 16x14"):
-        analyzer.analyze(m, torch.rand(1, 3, 15, 13), keep_layers=False)
-    res = analyzer.analyze(m, torch.rand(1, 3, 16, 14), keep_layers=False)
+        glam.analyze(m, torch.rand(1, 3, 15, 13), keep_layers=False)
+    res = glam.analyze(m, torch.rand(1, 3, 16, 14), keep_layers=False)
     assert res.local["sum"].shape == (32, 28)
 
 
@@ -77,4 +76,4 @@ def test_cli_reports_the_size_rule(model_path: Path, tmp_path: Path) -> None:
 def test_a_size_generic_graph_has_no_rule() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.PixelShuffle(2)).eval()
-    assert "input_multiple" not in importers.from_module(net).metadata
+    assert "input_multiple" not in glam.importers.from_module(net).metadata

@@ -1,7 +1,7 @@
 """TorchScript import: ts2fx translation, TS2EPConverter fallback, taps vs eager hooks.
 
 Small eager SR nets are traced / scripted, saved and reloaded, then imported through the
-full pipeline (``importers.load``). Each import is checked for parity, shape-genericity,
+full pipeline (``glam.importers.load``). Each import is checked for parity, shape-genericity,
 tap count and names (module paths), tap values (pre-activation conv outputs even under
 ``ReLU(inplace=True)``) and tap gradients against a hook-based reference on the eager
 model (import study, section 4).
@@ -14,15 +14,14 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import glam.importers
 import pytest
 import torch
 import torch.nn.functional as F
+from glam.errors import ConventionError, ConversionError, ModelFileError
+from glam.importers.torchscript.backend import load_torchscript
+from glam.importers.torchscript.ts2fx import TS2FXError, translate
 from torch import nn
-
-import importers
-from analyzer.errors import ConventionError, ConversionError, ModelFileError
-from importers.torchscript_backend import load_torchscript
-from importers.ts2fx import TS2FXError, translate
 
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 SECOND_SIZE = (27, 33)
@@ -347,7 +346,7 @@ def conv_hook_reference(
 
 
 def tap_values_and_grads(
-    model: importers.ImportedModel, x: torch.Tensor
+    model: glam.importers.ImportedModel, x: torch.Tensor
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Tap values and ``dS/df_i`` from the imported, tapped graph (one forward/backward)."""
     xg = x.clone().requires_grad_(True)
@@ -405,20 +404,20 @@ CASES = [(net, how) for net in NETS for how in ("trace", "script")] + [("datadep
 @pytest.fixture(scope="module", params=CASES, ids=[f"{n}-{h}" for n, h in CASES])
 def imported(
     request: pytest.FixtureRequest, ts_dir: Path
-) -> tuple[str, nn.Module, Path, importers.ImportedModel]:
-    """``(net name, eager model, .pt path, importers.load result)``, imported once."""
+) -> tuple[str, nn.Module, Path, glam.importers.ImportedModel]:
+    """``(net name, eager model, .pt path, glam.importers.load result)``, imported once."""
     net, how = request.param
     model = make_net(net)
     path = save_torchscript(model, how, ts_dir / f"{net}_{how}.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return net, model, path, importers.load(path, input_range=1)
+        return net, model, path, glam.importers.load(path, input_range=1)
 
 
 # ---------------------------------------------------------------------------------- tests
 
 
-def test_parity_and_route(imported: tuple[str, nn.Module, Path, importers.ImportedModel]) -> None:
+def test_parity_and_route(imported: tuple[str, nn.Module, Path, glam.importers.ImportedModel]) -> None:
     net, _, _, m = imported
     assert m.format == "torchscript"
     assert m.parity.passed and m.parity.max_abs_error <= TOL
@@ -430,7 +429,7 @@ def test_parity_and_route(imported: tuple[str, nn.Module, Path, importers.Import
         assert any("specialised" in w for w in m.warnings)
 
 
-def test_shape_generic(imported: tuple[str, nn.Module, Path, importers.ImportedModel]) -> None:
+def test_shape_generic(imported: tuple[str, nn.Module, Path, glam.importers.ImportedModel]) -> None:
     _, _, path, m = imported
     x = example(*SECOND_SIZE)
     with torch.no_grad():
@@ -440,7 +439,7 @@ def test_shape_generic(imported: tuple[str, nn.Module, Path, importers.ImportedM
     assert float((y - ref).abs().max()) <= TOL
 
 
-def assert_taps_match_eager_hooks(model: nn.Module, m: importers.ImportedModel) -> None:
+def assert_taps_match_eager_hooks(model: nn.Module, m: glam.importers.ImportedModel) -> None:
     """Tap count, names (module paths), values and gradients equal the hook reference."""
     x = example(*SECOND_SIZE)
     names, values, grads = conv_hook_reference(model, x)
@@ -452,7 +451,7 @@ def assert_taps_match_eager_hooks(model: nn.Module, m: importers.ImportedModel) 
 
 
 def test_taps_match_eager_hooks(
-    imported: tuple[str, nn.Module, Path, importers.ImportedModel],
+    imported: tuple[str, nn.Module, Path, glam.importers.ImportedModel],
 ) -> None:
     """Tap count, names, values (pre-activation) and gradients equal the hook reference."""
     _, model, _, m = imported
@@ -460,7 +459,7 @@ def test_taps_match_eager_hooks(
 
 
 def assert_tap_is_pre_activation(
-    model: nn.Module, m: importers.ImportedModel, x: torch.Tensor
+    model: nn.Module, m: glam.importers.ImportedModel, x: torch.Tensor
 ) -> None:
     """The tap of ``body.0.conv1`` (followed by ``ReLU(inplace=True)``) equals the conv's own
     output, negative values included, as a forward hook on the eager model captures it."""
@@ -486,7 +485,7 @@ def test_inplace_relu_tap_is_pre_activation(ts_dir: Path) -> None:
     path = save_torchscript(model, "trace", ts_dir / "edsr_relu.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = importers.load(path, input_range=1)
+        m = glam.importers.load(path, input_range=1)
     x = example()
     assert_tap_is_pre_activation(model, m, x)
 
@@ -594,7 +593,7 @@ def test_shape_dependent_branch_is_guarded(ts_dir: Path) -> None:
             gm(x[:, :1].clone())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = importers.load(path, input_range=1)
+        m = glam.importers.load(path, input_range=1)
     assert m.metadata["route"] == "ts2fx"
     assert any("shape" in w for w in m.warnings)
 
@@ -603,7 +602,7 @@ def test_defaulted_forward_arguments(ts_dir: Path) -> None:
     path = save_torchscript(make_net("defaults"), "script", ts_dir / "defaults.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = importers.load(path, input_range=1)
+        m = glam.importers.load(path, input_range=1)
     assert m.metadata["route"] == "ts2fx"
     assert m.input_names == ["x"]
     assert m.conventions.scale == 2 and m.parity.max_abs_error <= TOL
@@ -612,7 +611,7 @@ def test_defaulted_forward_arguments(ts_dir: Path) -> None:
 def test_both_routes_failing_is_conversion_error(
     ts_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import importers.torchscript_backend as backend
+    import glam.importers.torchscript.backend as backend
 
     def broken(*args: object) -> None:
         raise RuntimeError("converter exploded")
@@ -653,7 +652,7 @@ def test_corrupt_torchscript_is_model_file_error(ts_dir: Path, tmp_path: Path) -
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(ModelFileError):
-        importers.load(truncated)
+        glam.importers.load(truncated)
     # A well-formed zip whose archived code is garbage: detected as TorchScript, fails to load.
     corrupt = tmp_path / "corrupt.pt"
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(corrupt, "w") as dst:
@@ -665,7 +664,7 @@ def test_corrupt_torchscript_is_model_file_error(ts_dir: Path, tmp_path: Path) -
     with pytest.raises(ModelFileError):
         load_torchscript(corrupt)
     with pytest.raises(ModelFileError):
-        importers.load(corrupt)
+        glam.importers.load(corrupt)
 
 
 # ----------------------------------------------------------------- third-party models
@@ -680,7 +679,7 @@ SHARED_FILES = sorted(SHARED_MODELS.glob("*.ts.pt")) if SHARED_MODELS.is_dir() e
 def test_shared_torchscript_models(path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = importers.load(path)
+        m = glam.importers.load(path)
     assert m.parity.passed and m.parity.max_abs_error <= 1e-4
     assert m.metadata["route"] == "ts2fx"
     graph = jit_load(path).inlined_graph

@@ -1,13 +1,13 @@
 """The archive room: the HDF5 run store (schema, atomic writer, reader; docs/archive.md) and
-the per-run figure data read from it. Imports ``analyzer.errors``, ``analyzer.images``,
-``importers`` (model records) and the engine's record types; never the report, the gate
+the per-run figure data read from it. Imports ``glam.errors``, ``glam.images``,
+``glam.importers`` (model records) and the engine's record types; never the report, the gate
 or the CLI.
 
-The names below are the archive's public API (``from analyzer.archive import open_archive``).
+The names below are the archive's public API (``from glam.archive import open_archive``).
 """
 
-from analyzer.archive.figure_data import FigureData, LayerKey
-from analyzer.archive.hdf5 import (
+from glam.archive.figure_data import FigureData, LayerKey
+from glam.archive.hdf5 import (
     FORMAT,
     MAP_NAMES,
     SCHEMA_VERSION,

@@ -21,7 +21,7 @@ class LayerKey:
 
 @dataclass
 class FigureData:
-    """Inputs of :mod:`analyzer.report.figures`, all plain numpy.
+    """Inputs of :mod:`glam.report.figures`, all plain numpy.
 
     Attributes
     ----------

@@ -16,12 +16,12 @@ One archive holds many runs (models x images). Writing is crash-safe:
 
 Reading goes through :func:`open_archive`:
 
->>> from analyzer.archive.hdf5 import open_archive
+>>> from glam.archive.hdf5 import open_archive
 >>> with open_archive("glam-runs.h5") as ar:                 # doctest: +SKIP
 ...     for name in ar.runs():
 ...         run = ar.run(name)
 ...         print(name, run.metrics["di_local"])
-...     fig = ar.figure_data(name)                           # for analyzer.report.figures
+...     fig = ar.figure_data(name)                           # for glam.report.figures
 
 One module on purpose (over 600 lines): the schema constants, the atomic writer and the
 reader share the private encoding helpers (attributes, datasets, quantisation) and the
@@ -47,15 +47,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import h5py
 import numpy as np
-
-from analyzer.archive.figure_data import FigureData, LayerKey, sample_indices, to_rgb_uint8
-from analyzer.errors import ArchiveError
+from glam.archive.figure_data import FigureData, LayerKey, sample_indices, to_rgb_uint8
+from glam.errors import ArchiveError
 
 if TYPE_CHECKING:
-    from analyzer.api import Result
-    from analyzer.archive.sanity import SanityRecord
-    from analyzer.engine.glam import LayerRecord
-    from importers.model import ImportedModel
+    from glam.api import Result
+    from glam.archive.sanity import SanityRecord
+    from glam.engine.glam import LayerRecord
+    from glam.importers.model import ImportedModel
 
 FORMAT = "glam"
 SCHEMA_VERSION = 1
@@ -76,7 +75,7 @@ _LOCK_WAIT_S = 30.0
 
 def glam_version() -> str:
     """The installed glam version."""
-    from analyzer import __version__
+    from glam import __version__
 
     return __version__
 
@@ -503,7 +502,7 @@ class RunWriter:
     Examples
     --------
     >>> with RunWriter("runs.h5", "m__img") as rw:                       # doctest: +SKIP
-    ...     result = analyzer.analyze(model, lr, on_layer=rw.add_layer, keep_layers=False)
+    ...     result = glam.analyze(model, lr, on_layer=rw.add_layer, keep_layers=False)
     ...     rw.finish(model, result, image_path="img.png", image_sha256="...")
     """
 
@@ -571,7 +570,7 @@ class RunWriter:
         return self._group.create_group(name, track_order=True)
 
     def add_layer(self, rec: LayerRecord) -> None:
-        """Write one :class:`~analyzer.engine.glam.LayerRecord` (the ``on_layer`` sink of analyze)."""
+        """Write one :class:`~glam.engine.glam.LayerRecord` (the ``on_layer`` sink of analyze)."""
         if self._file is None:
             raise ArchiveError("this run writer is closed")
         ensure_space(self.scratch, sum(
@@ -652,7 +651,7 @@ class RunWriter:
         model:
             The analysed model (path, hash, conventions, parity are recorded).
         result:
-            The :class:`~analyzer.api.Result` (layers already streamed via :meth:`add_layer`;
+            The :class:`~glam.api.Result` (layers already streamed via :meth:`add_layer`;
             any records it still holds are written too).
         image_path, image_sha256:
             The input image and its hash.
@@ -732,7 +731,7 @@ class RunWriter:
         warnings = list(dict.fromkeys([*model.warnings, *result.warnings, *self._fp16_loss]))
         ref_sha = None
         if reference_path is not None and Path(reference_path).is_file():
-            from importers.loader import sha256_of
+            from glam.importers.loader import sha256_of
 
             ref_sha = image_sha256 if image_is_hr else sha256_of(reference_path)
         _set_attrs(
@@ -864,7 +863,7 @@ class RunWriter:
             _set_attrs(eg, {"tolerance": float(ep.tolerance), "max_error": float(ep.max_error),
                             "worst_map": ep.worst_map, "passed": bool(ep.passed),
                             "seconds_reference": float(ep.seconds),
-                            "reference": "analyzer.engine.reference.reference_glam"})
+                            "reference": "glam.engine.reference.reference_glam"})
             _set_attrs(eg.create_group("errors", track_order=True),
                        {k: float(v) for k, v in ep.errors.items()})
             _set_attrs(eg.create_group("worst_layer", track_order=True),
@@ -1321,7 +1320,7 @@ class Archive:
 
     def sanity(self, name: str) -> SanityRecord | None:
         """The run's ``glam sanity`` results, or ``None`` when it has none."""
-        from analyzer.archive.sanity import read_sanity
+        from glam.archive.sanity import read_sanity
 
         return read_sanity(self._group(name))
 
@@ -1357,7 +1356,7 @@ class Archive:
             yield self.layer(name, i)
 
     def figure_data(self, run: str | RunData, *, max_keys: int = 16) -> FigureData:
-        """Everything :mod:`analyzer.report.figures` needs for one run.
+        """Everything :mod:`glam.report.figures` needs for one run.
 
         Parameters
         ----------
@@ -1371,9 +1370,8 @@ class Archive:
         FigureData
         """
         import torch
-
-        from analyzer.engine.glam import layer_keys
-        from analyzer.images import merge_y_with_cbcr
+        from glam.engine.glam import layer_keys
+        from glam.images import merge_y_with_cbcr
 
         rd = self.run(run) if isinstance(run, str) else run
         H, W = rd.output.shape[-2:]

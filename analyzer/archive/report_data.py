@@ -1,15 +1,15 @@
-"""What the HTML report (:mod:`analyzer.report.html`) needs from one archived run.
+"""What the HTML report (:mod:`glam.report.html`) needs from one archived run.
 
-:class:`ReportRun` bundles the run as read back (:class:`~analyzer.archive.hdf5.RunData`),
-its figure data (:class:`~analyzer.archive.figure_data.FigureData`, images and final maps)
+:class:`ReportRun` bundles the run as read back (:class:`~glam.archive.hdf5.RunData`),
+its figure data (:class:`~glam.archive.figure_data.FigureData`, images and final maps)
 and the layer explorer's data: for every participating layer the per-layer diffusion index
 and attributed fraction of its local and global key at output size (``N(R(N(map), (H, W)))``,
 the key that enters the sums, GLAM.md), and, for an evenly sampled subset of at most
 ``max_keys`` layers, the key at the layer's native resolution (``N(map)``). The metrics
-use :mod:`analyzer.engine.metrics`, so the report's numbers are the engine's.
+use :mod:`glam.engine.metrics`, so the report's numbers are the engine's.
 
->>> from analyzer.archive import open_archive
->>> from analyzer.archive.report_data import read_report_run
+>>> from glam.archive import open_archive
+>>> from glam.archive.report_data import read_report_run
 >>> with open_archive("runs.h5") as ar:                        # doctest: +SKIP
 ...     rr = read_report_run(ar, "a", max_keys=64)
 ...     [(l.index, l.di_local) for l in rr.layers]
@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from analyzer.archive.figure_data import FigureData, sample_indices
+from glam.archive.figure_data import FigureData, sample_indices
 
 if TYPE_CHECKING:
-    from analyzer.archive.hdf5 import Archive, RunData
-    from analyzer.archive.sanity import SanityRecord
+    from glam.archive.hdf5 import Archive, RunData
+    from glam.archive.sanity import SanityRecord
 
 
 @dataclass
@@ -122,10 +121,9 @@ def read_report_run(ar: Archive, name: str, *, max_keys: int = 64) -> ReportRun:
         When the run is not in the archive.
     """
     import torch
-
-    from analyzer.archive.hdf5 import _read
-    from analyzer.engine.glam import layer_keys
-    from analyzer.engine.metrics import attributed_fraction, diffusion_index
+    from glam.archive.hdf5 import _read
+    from glam.engine.glam import layer_keys
+    from glam.engine.metrics import attributed_fraction, diffusion_index
 
     rd = ar.run(name)
     fig = ar.figure_data(rd, max_keys=0)

@@ -14,8 +14,7 @@ from typing import Any
 
 import h5py
 import numpy as np
-
-from analyzer.errors import ArchiveError
+from glam.errors import ArchiveError
 
 SANITY_VERSION = 1
 METHODS = ("local", "global", "lam", "saliency")

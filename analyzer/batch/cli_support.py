@@ -1,4 +1,4 @@
-"""``glam batch``'s options -> a plan and a run (what :mod:`analyzer.cli` calls)."""
+"""``glam batch``'s options -> a plan and a run (what :mod:`glam.cli` calls)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from analyzer.batch.driver import BatchOptions, BatchSummary, run_batch
-from analyzer.batch.plan import load_plan, parse_roi_list, plan_from_options
-from analyzer.errors import UserInputError
+from glam.batch.driver import BatchOptions, BatchSummary, run_batch
+from glam.batch.plan import load_plan, parse_roi_list, plan_from_options
+from glam.errors import UserInputError
 
 
 def parse_grid(text: str | None) -> tuple[int, int] | None:
@@ -58,7 +58,7 @@ def batch_command(
     UserInputError
         For both or neither of a plan file and ``--models``/``--images``.
     """
-    from analyzer.paths import check_output_file
+    from glam.paths import check_output_file
 
     check_output_file(Path(archive), "archive")
     if plan_file is not None:

@@ -1,6 +1,6 @@
 """The ``glam batch`` driver: a plan's tasks on a Ray cluster, into one resumable archive.
 
->>> from analyzer.batch import driver, plan
+>>> from glam.batch import driver, plan
 >>> p = plan.load_plan("zoo.toml")                                    # doctest: +SKIP
 >>> summary = driver.run_batch(p, "zoo.h5", driver.BatchOptions())    # doctest: +SKIP
 >>> summary.failed                                                    # doctest: +SKIP
@@ -8,7 +8,7 @@
 
 Without an address the driver starts a local Ray cluster in-process (the machine's CPUs and
 GPUs) and shuts it down at the end; with one (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``)
-it joins that cluster. It starts one actor (:class:`~analyzer.batch.worker.BatchWorker`)
+it joins that cluster. It starts one actor (:class:`~glam.batch.worker.BatchWorker`)
 per worker slot, each with a CPU share (its torch threads) or a GPU fraction, hands out
 the tasks model by model (a worker keeps the models it imported), and adopts each finished
 run into the archive as soon as it comes back, so that a killed driver loses only the
@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analyzer.archive.hdf5 import check_archive_target, existing_runs, init_archive
-from analyzer.batch import shards
-from analyzer.batch.plan import Plan, Task, expand_tasks
-from analyzer.batch.worker import BatchWorker, one_line
-from analyzer.errors import GlamError, MissingDependencyError, UserInputError
+from glam.archive.hdf5 import check_archive_target, existing_runs, init_archive
+from glam.batch import shards
+from glam.batch.plan import Plan, Task, expand_tasks
+from glam.batch.worker import BatchWorker, one_line
+from glam.errors import GlamError, MissingDependencyError, UserInputError
 
 #: Default GPU share of one GPU worker (four analyses at once per GPU).
 DEFAULT_GPU_FRACTION = 0.25
@@ -152,7 +152,7 @@ def _import_ray() -> Any:
         import ray
     except ImportError:
         raise MissingDependencyError(
-            "glam batch needs Ray; install the batch extra: pip install 'glam[batch]'"
+            "glam batch needs Ray; install the batch extra: pip install 'glam-sr[batch]'"
         ) from None
     return ray
 
@@ -244,7 +244,7 @@ def run_batch(
     Parameters
     ----------
     plan:
-        What to run (:func:`analyzer.batch.plan.load_plan`).
+        What to run (:func:`glam.batch.plan.load_plan`).
     archive:
         The batch archive (created if missing; its shards go to ``<archive>.shards/``).
     options:
@@ -271,7 +271,7 @@ def run_batch(
     tasks = expand_tasks(plan)
     archive = Path(archive)
     check_archive_target(archive)
-    from analyzer.archive.hdf5 import validate_run_name
+    from glam.archive.hdf5 import validate_run_name
 
     for t in tasks:
         validate_run_name(t.run)

@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analyzer.errors import UserInputError
-from analyzer.runs import AnalyzeOptions, pair_images, sanitize_name
+from glam.errors import UserInputError
+from glam.runs import AnalyzeOptions, pair_images, sanitize_name
 
 #: Analysis options a plan may set (top level, or per model), with their types.
 _OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -67,7 +67,7 @@ _TOP_KEYS = {"models", "images", "rois", "roi_grid", "trust_model", *_OPTION_TYP
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model of the plan and its import overrides (``importers.load`` keywords).
+    """One model of the plan and its import overrides (``glam.importers.load`` keywords).
 
     Attributes
     ----------
@@ -91,7 +91,7 @@ class ModelSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def load_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`importers.load` (without ``trust_model``)."""
+        """Keyword arguments of :func:`glam.importers.load` (without ``trust_model``)."""
         out: dict[str, Any] = {
             "in_channels": self.in_channels,
             "layout": self.layout.upper() if self.layout else None,
@@ -125,7 +125,7 @@ class Plan:
     options:
         Analysis options (``AnalyzeOptions`` field names).
     trust_model:
-        Passed to :func:`importers.load` (``--trust-model``).
+        Passed to :func:`glam.importers.load` (``--trust-model``).
     source:
         The plan file's text, or the command line it was built from (recorded).
     """
@@ -304,10 +304,10 @@ def load_plan(path: str | Path) -> Plan:
         try:
             import tomli as tomllib  # type: ignore[no-redef]
         except ImportError:
-            from analyzer.errors import MissingDependencyError
+            from glam.errors import MissingDependencyError
 
             raise MissingDependencyError(
-                "reading a plan file on Python 3.10 needs tomli; install glam[batch]"
+                "reading a plan file on Python 3.10 needs tomli; install glam-sr[batch]"
             ) from None
     text = p.read_text(encoding="utf-8", errors="replace")
     try:

@@ -2,7 +2,7 @@
 
 Each worker writes its runs into its own shard (``<archive>.shards/shard-<token>.h5``, a
 glam archive only that worker writes); the driver alone writes the archive: it adopts each
-finished run from its shard (:func:`analyzer.archive.hdf5.adopt_runs`, by copy or external
+finished run from its shard (:func:`glam.archive.hdf5.adopt_runs`, by copy or external
 link) together with the task's record in ``/batch/tasks/<run>``, in one open of the
 archive. Layout of the group (also in ``docs/archive.md``)::
 
@@ -25,9 +25,8 @@ from typing import Any
 
 import h5py
 import numpy as np
-
-from analyzer.archive.hdf5 import adopt_runs, existing_runs
-from analyzer.errors import ArchiveError
+from glam.archive.hdf5 import adopt_runs, existing_runs
+from glam.errors import ArchiveError
 
 BATCH_GROUP = "batch"
 

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from analyzer.archive.hdf5 import open_archive
-from analyzer.errors import UserInputError
-from analyzer.runs import format_table
+from glam.archive.hdf5 import open_archive
+from glam.errors import UserInputError
+from glam.runs import format_table
 
 #: Metrics of the per-model summary: (metric key, column title).
 SUMMARY_METRICS = (

@@ -2,7 +2,7 @@
 
 A :class:`BatchWorker` imports (and parity-checks) each model once, keeps it for the
 worker's later tasks of that model, and runs each task through the same function as
-``glam analyze`` (:func:`analyzer.runs.analyze_one`) into its own shard, a glam archive that
+``glam analyze`` (:func:`glam.runs.analyze_one`) into its own shard, a glam archive that
 no other process writes. A task never raises: a failure comes back as a ``"failed"``
 result with its one-line error, so that the batch goes on.
 
@@ -18,8 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from analyzer.batch.plan import ModelSpec, Plan, Task, grid_roi
-from analyzer.errors import GlamError
+from glam.batch.plan import ModelSpec, Plan, Task, grid_roi
+from glam.errors import GlamError
 
 
 def one_line(exc: BaseException) -> str:
@@ -83,10 +83,10 @@ class BatchWorker:
         and re-raised for the model's later tasks, without importing again)."""
         got = self._models.get(spec.key)
         if got is None:
-            import importers
+            import glam.importers
 
             try:
-                got = importers.load(spec.path, trust_model=self.plan.trust_model,
+                got = glam.importers.load(spec.path, trust_model=self.plan.trust_model,
                                      **spec.load_kwargs())
                 self.imports += 1
             except Exception as exc:  # noqa: BLE001 - recorded, the batch goes on
@@ -124,7 +124,7 @@ class BatchWorker:
         return out
 
     def _analyze(self, model: Any, spec: ModelSpec, task: Task) -> dict[str, float]:
-        from analyzer.runs import (
+        from glam.runs import (
             analyze_one,
             check_engine_parity,
             check_image_sizes,
@@ -137,7 +137,7 @@ class BatchWorker:
             opts.device = self.gpu or "cpu"
         oc = int(model.conventions.out_channels)
         if oc not in (1, 3):
-            from analyzer.errors import ConventionError
+            from glam.errors import ConventionError
 
             raise ConventionError(
                 f"the model's output {model.conventions.output_name!r} has {oc} channels; glam "
@@ -162,7 +162,7 @@ class BatchWorker:
             check_engine_parity([summary])
         except GlamError:
             # a run whose --verify failed is not adopted (nor found again on resume)
-            from analyzer.archive.hdf5 import drop_run
+            from glam.archive.hdf5 import drop_run
 
             drop_run(self.shard, task.run)
             raise

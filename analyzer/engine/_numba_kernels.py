@@ -1,7 +1,7 @@
-"""The numba kernels behind :mod:`analyzer.engine.kernels` (imported only when they are used).
+"""The numba kernels behind :mod:`glam.engine.kernels` (imported only when they are used).
 
 Each function computes one of GLAM.md's per-layer quantities on C-contiguous float32
-arrays, in place into a preallocated output; see :mod:`analyzer.engine.kernels` for the torch-facing
+arrays, in place into a preallocated output; see :mod:`glam.engine.kernels` for the torch-facing
 wrappers and the formulas.
 """
 
@@ -11,7 +11,7 @@ import numba
 import numpy as np
 from numba import prange
 
-EPS = np.float32(1e-12)  # analyzer.engine.texture.EPS
+EPS = np.float32(1e-12)  # glam.engine.texture.EPS
 ONE = np.float32(1.0)
 ZERO = np.float32(0.0)
 CHUNK = 1024  # output positions per parallel task of the channel sums
@@ -41,7 +41,7 @@ def texture_energy(t: np.ndarray, g: np.ndarray, a: np.ndarray, rows: int) -> No
 
     ``u = dh * (1/mag)``, ``v = dw * (1/mag)`` over the ``(h-1) x (w-1)`` differences;
     ``g[p,q] = ((v[p,q] - v[p,q-1]) - u[p-1,q]) + u[p,q]``, absent terms left out (the
-    formula and summation order of :func:`analyzer.engine.texture.texture_global_grad`, with an
+    formula and summation order of :func:`glam.engine.texture.texture_global_grad`, with an
     IEEE square root, where torch's vectorised one can differ in the last bit); a block
     recomputes ``u`` of the row above it. ``a`` is summed channel by channel in float32
     (the order of ``t.abs().sum(dim=0) / c``). Neither depends on ``rows``.

@@ -1,6 +1,6 @@
 """Consensus / Variation / Sum of GLAM.md, accumulated from per-layer keys as they stream.
 
-Sits on :mod:`analyzer.engine.maps` (normalise, resize) and :mod:`analyzer.engine.kernels`
+Sits on :mod:`glam.engine.maps` (normalise, resize) and :mod:`glam.engine.kernels`
 (the fused accumulation on CPU); neither imports this module.
 """
 
@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-from analyzer.engine import kernels
-from analyzer.engine.maps import normalize, normalize_, resized_stack
+from glam.engine import kernels
+from glam.engine.maps import normalize, normalize_, resized_stack
 
 
 class KeyAccumulator:
@@ -29,7 +28,7 @@ class KeyAccumulator:
         """Add the keys ``N(R(m, size))`` of the next non-negative maps, in execution order.
 
         On CPU the normalisation and the running sums are one fused pass
-        (:func:`analyzer.engine.kernels.accumulate_keys`); the keys are never stored.
+        (:func:`glam.engine.kernels.accumulate_keys`); the keys are never stored.
         """
 
         resized = resized_stack(maps, size)

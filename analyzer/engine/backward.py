@@ -1,4 +1,4 @@
-"""The two backward passes of GL-AM over a :class:`~analyzer.engine.segments.SegmentedGraph`.
+"""The two backward passes of GL-AM over a :class:`~glam.engine.segments.SegmentedGraph`.
 
 * :class:`LocalBackward`: ``dT_ROI(y)/df_i`` for every tap, one segment at a time in reverse
   execution order (the chain rule applied piecewise).
@@ -6,7 +6,7 @@
   segments between ``parent(j)`` and ``j``.
 
 Both run on the graph of one forward pass (kept with ``retain_graph``), one after the
-other (:func:`analyzer.engine.glam.compute_glam`).
+other (:func:`glam.engine.glam.compute_glam`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-from analyzer.engine import kernels
-from analyzer.engine.segments import SegmentedGraph, X
+from glam.engine import kernels
+from glam.engine.segments import SegmentedGraph, X
 
 try:  # the engine entry point torch.autograd.grad ends in, minus its argument checks
     from torch.autograd.graph import _engine_run_backward
@@ -115,7 +114,7 @@ class GlobalGradients:
     """``G_j = dT_Global(f_j)/df_parent(j)`` for participating taps.
 
     The cotangent of ``T_Global`` at ``f_j`` is taken in closed form
-    (:func:`analyzer.engine.kernels.texture_grad_and_energy`) and walked back through the segments
+    (:func:`glam.engine.kernels.texture_grad_and_energy`) and walked back through the segments
     between ``parent(j)`` and ``j``; ``A(G_j)`` applies GLAM.md's vanishing-weights rule, so
     a layer whose Grad-CAM weights are float rounding has a key of exactly 0, whichever way
     the gradient was rounded.
@@ -166,7 +165,7 @@ class GlobalGradients:
 
     def walk(self, j: int, cotangent: torch.Tensor) -> torch.Tensor:
         """``G_j`` alone (no Grad-CAM key): the batched path takes the keys of many layers
-        together (:func:`analyzer.engine.batched.gradcam_keys`)."""
+        together (:func:`glam.engine.batched.gradcam_keys`)."""
         return self._walk(j, self.taps[j], cotangent)
 
     def gradient(
@@ -176,7 +175,7 @@ class GlobalGradients:
         ``H_i x W_i``; ``vanished``: the vanishing-weights rule made it 0).
 
         ``cotangent`` is ``dT_Global/df_j`` in closed form
-        (:func:`analyzer.engine.kernels.texture_grad_and_energy`).
+        (:func:`glam.engine.kernels.texture_grad_and_energy`).
         """
         G = self.walk(j, cotangent)
         raw, vanished = kernels.gradcam_key_flagged(G[0])

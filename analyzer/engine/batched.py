@@ -1,6 +1,6 @@
 """GL-AM's per-layer map work batched across layers of the same shape (the CUDA path).
 
-The per-layer path (:mod:`analyzer.engine.kernels`) takes one layer at a time: on CPU a
+The per-layer path (:mod:`glam.engine.kernels`) takes one layer at a time: on CPU a
 fused numba kernel, elsewhere about 20 eager torch operations per layer, several of which
 read a scalar back to the host (the vanishing-weights test, the maxima of ``N``). On CUDA
 each such read waits for the GPU to drain, so a model with hundreds of layers is bound by
@@ -14,7 +14,7 @@ Python and by those round trips, not by the GPU. Here the same work is done on s
   group, one resize per group;
 * :func:`to_host`: the per-layer results of a chunk of layers in one device-to-host copy.
 
-The formulas are those of :mod:`analyzer.engine.texture` and :mod:`analyzer.engine.maps`
+The formulas are those of :mod:`glam.engine.texture` and :mod:`glam.engine.maps`
 applied along a leading batch dimension, so the maps agree with the per-layer path to float32
 rounding (tested on CPU, where this path is selectable with ``per_layer="batched"``).
 :func:`compiled` optionally wraps the stacked functions in ``torch.compile`` and falls back
@@ -31,9 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from analyzer.engine.maps import VANISHING_WEIGHTS, normalize_, resize
-from analyzer.engine.texture import texture_global_grad
+from glam.engine.maps import VANISHING_WEIGHTS, normalize_, resize
+from glam.engine.texture import texture_global_grad
 
 BATCH_BYTES = 512 * 2**20
 """At most this many bytes of stacked activations or gradients per batch (memory bound)."""
@@ -42,7 +41,7 @@ _COMPILE_STATE: dict[str, Any] = {"failed": None, "cache": {}}
 
 
 def vanish_mask(signed: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
-    """GLAM.md's vanishing-weights test (:func:`analyzer.engine.maps.weights_vanish`) on the
+    """GLAM.md's vanishing-weights test (:func:`glam.engine.maps.weights_vanish`) on the
     device, for ``(B,)`` maxima; returns a ``(B,)`` boolean tensor.
 
     Compared in float64, as the per-layer test compares Python floats: ``True`` where the
@@ -89,7 +88,7 @@ def texture_and_energy(
     taps: Sequence[torch.Tensor], *, compile: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``dT_Global/df`` ``(B, C, H, W)`` and ``a = mean_c |f|`` ``(B, H, W)`` of same-shape tap
-    outputs ``f`` (each ``1 x C x H x W``), as :func:`analyzer.engine.texture.texture_global_grad`
+    outputs ``f`` (each ``1 x C x H x W``), as :func:`glam.engine.texture.texture_global_grad`
     computes them one at a time."""
     stack = torch.cat([t.detach() for t in taps])
     return compiled("texture", _texture_and_energy_stack, compile)(stack)

@@ -8,8 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import torch
-
-from analyzer.errors import UserInputError
+from glam.errors import UserInputError
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

@@ -1,10 +1,10 @@
 """The GL-AM engine: local and global attribution maps over a tapped graph (GLAM.md).
 
-Cost: one forward pass through the segmented graph (:mod:`analyzer.engine.segments`), one
+Cost: one forward pass through the segmented graph (:mod:`glam.engine.segments`), one
 backward pass for the local map, run segment by segment, and one short walk per
 participating layer for the global map, about one more backward in all, not ``n``
-(:mod:`analyzer.engine.backward`). Per-layer keys are resized in batches and streamed into
-the Consensus / Variation / Sum accumulators (:mod:`analyzer.engine.maps`)."""
+(:mod:`glam.engine.backward`). Per-layer keys are resized in batches and streamed into
+the Consensus / Variation / Sum accumulators (:mod:`glam.engine.maps`)."""
 
 from __future__ import annotations
 
@@ -17,24 +17,23 @@ from typing import Literal, cast
 
 import numpy as np
 import torch
-
-from analyzer.engine import batched as bk
-from analyzer.engine import kernels
-from analyzer.engine.accumulate import KeyAccumulator
-from analyzer.engine.allocator import keep_freed_memory
-from analyzer.engine.backward import GlobalGradients, LocalBackward
-from analyzer.engine.device import input_in_full_precision
-from analyzer.engine.maps import (
+from glam.engine import batched as bk
+from glam.engine import kernels
+from glam.engine.accumulate import KeyAccumulator
+from glam.engine.allocator import keep_freed_memory
+from glam.engine.backward import GlobalGradients, LocalBackward
+from glam.engine.device import input_in_full_precision
+from glam.engine.maps import (
     normalize_,
     normalize_nonnegative,
     resize,
     resized_stack,
 )
-from analyzer.engine.segments import SegmentedGraph, build_segmented
-from analyzer.engine.texture import texture_roi
-from analyzer.errors import AnalysisError, NumericalError
-from importers.model import ImportedModel
-from importers.tap import participating
+from glam.engine.segments import SegmentedGraph, build_segmented
+from glam.engine.texture import texture_roi
+from glam.errors import AnalysisError, NumericalError
+from glam.importers.model import ImportedModel
+from glam.importers.tap import participating
 
 StoreMode = Literal["maps", "tensors"]
 PerLayerMode = Literal["auto", "per-layer", "batched", "compiled"]
@@ -242,7 +241,7 @@ def _local_pass(
     """The local map: one backward of ``T_ROI(y)``, segment by segment, then the keys.
 
     ``mode`` ``"batched"``/``"compiled"`` queues the gradients and takes their keys in
-    same-shape batches (:class:`analyzer.engine.batched.KeyBatcher`), with no read back to
+    same-shape batches (:class:`glam.engine.batched.KeyBatcher`), with no read back to
     the host until the pass is done."""
     t0 = time.perf_counter()
     top, left, window = roi
@@ -376,7 +375,7 @@ def _global_pass_batched(
     compile: bool,
 ) -> None:
     """:func:`_global_pass` with the per-layer work batched across same-shape layers
-    (:mod:`analyzer.engine.batched`): per chunk of layers, the texture cotangents and
+    (:mod:`glam.engine.batched`): per chunk of layers, the texture cotangents and
     energies of each same-shape group at once, one walk per layer, the Grad-CAM keys of
     each same-shape group of ``G_j`` at once, then ``m_j`` and the accumulation per group.
     The host reads one finiteness flag per chunk; the vanishing flags stay on the device
@@ -460,7 +459,7 @@ def compute_glam(
     per_layer:
         How the per-layer map work runs: ``"per-layer"`` one layer at a time (the fused
         numba kernels on CPU), ``"batched"`` across same-shape layers with no host reads
-        inside the layer loop (:mod:`analyzer.engine.batched`), ``"compiled"`` the same
+        inside the layer loop (:mod:`glam.engine.batched`), ``"compiled"`` the same
         through ``torch.compile`` where it works (else eagerly, with a warning);
         ``"auto"``: ``batched`` on CUDA, ``per-layer`` on CPU. All give the same maps to
         float32 rounding.

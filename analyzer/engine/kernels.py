@@ -12,7 +12,7 @@ machine: the texture cotangent of a 64x64x64 layer takes 0.2 ms instead of 0.6-1
 
 Each function here runs its kernel on float32 CPU tensors and otherwise (CUDA, other
 dtypes, numba missing, ``GLAM_FUSED_KERNELS=0``) the eager torch code of
-:mod:`analyzer.engine.texture` and :mod:`analyzer.engine.maps`, which stays the literal statement of
+:mod:`glam.engine.texture` and :mod:`glam.engine.maps`, which stays the literal statement of
 GLAM.md. Both agree to float32 rounding (tested); channel sums are accumulated in float64.
 Every output element is computed in a fixed order whatever the thread count, so results
 stay bitwise deterministic on CPU.
@@ -31,10 +31,9 @@ from typing import Protocol
 
 import numpy as np
 import torch
-
-from analyzer.engine.maps import gradcam_key_flagged as _gradcam_key_flagged_eager
-from analyzer.engine.maps import weights_vanish
-from analyzer.engine.texture import texture_global_grad as _texture_global_grad_eager
+from glam.engine.maps import gradcam_key_flagged as _gradcam_key_flagged_eager
+from glam.engine.maps import weights_vanish
+from glam.engine.texture import texture_global_grad as _texture_global_grad_eager
 
 _STATE: dict[str, ModuleType | bool | None] = {"module": None}
 
@@ -45,7 +44,7 @@ def _kernels() -> ModuleType | None:
         return None
     if _STATE["module"] is None:
         try:
-            from analyzer.engine import _numba_kernels
+            from glam.engine import _numba_kernels
 
             _STATE["module"] = _numba_kernels
         except ImportError:  # no numba wheel for this platform: the eager path
@@ -72,7 +71,7 @@ def warm_up() -> bool:
     The first call of each kernel in a process loads its machine code from numba's disk
     cache (about 0.6 s in all, with the numba import and one full garbage collection, on
     this project's machine).
-    :func:`analyzer.engine.glam.compute_glam` calls this before its timer starts, so its timings
+    :func:`glam.engine.glam.compute_glam` calls this before its timer starts, so its timings
     measure the analysis, not this one-time load. Returns whether the kernels are in use.
     """
     if _kernels() is None:
@@ -121,10 +120,10 @@ def _rows_per_task(h: int) -> int:
 def texture_global_grad(t: torch.Tensor) -> torch.Tensor:
     """``dT_Global/dt`` for ``t`` of shape ``(N, C, H, W)`` (no autograd graph).
 
-    The formula and summation order of :func:`analyzer.engine.texture.texture_global_grad`, in
+    The formula and summation order of :func:`glam.engine.texture.texture_global_grad`, in
     one pass: with ``u = dh * (1/mag)`` and ``v = dw * (1/mag)``,
     ``g[p,q] = ((v[p,q] - v[p,q-1]) - u[p-1,q]) + u[p,q]`` (absent terms left out).
-    Equal to autograd's gradient of :func:`analyzer.engine.texture.texture_global` to float32
+    Equal to autograd's gradient of :func:`glam.engine.texture.texture_global` to float32
     rounding (tested).
     """
     kernels = _applies(t)
@@ -159,7 +158,7 @@ def gradcam_key_flagged(g: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """``(A(g), vanished)`` for ``g`` of shape ``(C, H, W)``, GLAM.md's vanishing-weights
     rule included.
 
-    See :func:`analyzer.engine.maps.gradcam_key_flagged` (same values to float32 rounding): one
+    See :func:`glam.engine.maps.gradcam_key_flagged` (same values to float32 rounding): one
     pass for the per-channel means and mean magnitudes (float64), one for the weighted
     channel sum.
     """
@@ -176,7 +175,7 @@ def gradcam_key_flagged(g: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 class _Sums:
     """The running sums :func:`accumulate_keys` updates (what
-    :class:`analyzer.engine.accumulate.KeyAccumulator` holds)."""
+    :class:`glam.engine.accumulate.KeyAccumulator` holds)."""
 
     def __init__(self) -> None:
         self.total: torch.Tensor | None = None
@@ -197,7 +196,7 @@ def accumulate_keys(acc: RunningSums, resized: torch.Tensor) -> bool:
     running Consensus and Variation sums of ``acc``, in one pass over the stack.
 
     Each key is ``max(z, 0) / max(max(z, 0))`` (0 where that maximum is 0), the division
-    of :func:`analyzer.engine.maps.normalize_`; ``total += k_b`` and ``variation += |k_b - k_{b-1}|``
+    of :func:`glam.engine.maps.normalize_`; ``total += k_b`` and ``variation += |k_b - k_{b-1}|``
     are added in execution order for every pixel. Returns ``False`` (nothing added) where
     the kernel does not apply, or for a non-finite stack, which the eager path keeps visible.
     """

@@ -16,13 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from analyzer.engine.allocator import keep_freed_memory
-from analyzer.engine.device import input_in_full_precision
-from analyzer.engine.maps import resize
-from analyzer.engine.texture import texture_roi
-from analyzer.errors import AnalysisError, ModelError, NumericalError
-from importers.model import ImportedModel
+from glam.engine.allocator import keep_freed_memory
+from glam.engine.device import input_in_full_precision
+from glam.engine.maps import resize
+from glam.engine.texture import texture_roi
+from glam.errors import AnalysisError, ModelError, NumericalError
+from glam.importers.model import ImportedModel
 
 
 @dataclass
@@ -125,7 +124,7 @@ def compute_lam(
         Path steps per model evaluation; any value gives the same result.
     progress:
         Show a tqdm progress bar; or a factory ``progress(total, desc, unit)`` returning a
-        bar with ``update(n)`` and ``close()`` (e.g. :meth:`analyzer.progress.PhaseLog.bar`,
+        bar with ``update(n)`` and ``close()`` (e.g. :meth:`glam.progress.PhaseLog.bar`,
         which suits terminals and logs alike).
 
     Returns

@@ -5,7 +5,7 @@ local gradient, one plain ``torch.autograd.grad`` per participating layer for th
 gradients, eager torch for every formula: no segments, no fused kernels, no batching, no
 closed-form gradients. It is slow (each global gradient walks the autograd graph back from
 ``f_j``) and exists so that ``glam analyze --verify`` can prove, on the user's own model and
-input, that :func:`analyzer.engine.glam.compute_glam` gives the maps of GLAM.md
+input, that :func:`glam.engine.glam.compute_glam` gives the maps of GLAM.md
 (:func:`engine_parity`). It reads nothing from the engine: ancestry, participation, the
 texture objective and the map algebra are all restated here.
 """
@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from glam.engine.device import input_in_full_precision
+from glam.errors import AnalysisError
 from torch import fx
-
-from analyzer.engine.device import input_in_full_precision
-from analyzer.errors import AnalysisError
 
 VANISHING = 1e-4  # GLAM.md "Vanishing weights"
 ENGINE_PARITY_TOLERANCE = 1e-4  # GLAM.md: max abs difference on every normalised map
@@ -203,7 +202,7 @@ def reference_glam(
     Parameters
     ----------
     graph:
-        A tapped graph (``graph(x) -> (y, taps)``), e.g. ``importers.load(...).graph``.
+        A tapped graph (``graph(x) -> (y, taps)``), e.g. ``glam.importers.load(...).graph``.
     x:
         Canonical input ``1 x C x h x w``.
     top, left, l:

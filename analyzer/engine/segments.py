@@ -28,9 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from glam.importers.tap import VALUE_KIND, ProbeInterpreter
 from torch import fx
-
-from importers.tap import VALUE_KIND, ProbeInterpreter
 
 X = -1  # stands for the model input in segment read lists
 
@@ -129,7 +128,7 @@ def _value_kinds(tapped: fx.GraphModule, example: torch.Tensor | None) -> None:
         return
     if example is None:
         raise ValueError(
-            "the graph's nodes carry no value kinds (it did not come through importers.load); "
+            "the graph's nodes carry no value kinds (it did not come through glam.importers.load); "
             "pass an example input to build_segmented"
         )
     with torch.no_grad():
@@ -149,7 +148,7 @@ def build_segmented(
     Parameters
     ----------
     tapped:
-        The tapped graph of an :class:`~importers.model.ImportedModel`.
+        The tapped graph of an :class:`~glam.importers.model.ImportedModel`.
     participating:
         One flag per tap.
     example:

@@ -12,9 +12,9 @@ options, the stored HR reference — so no image file is needed, then compares p
 * scalars: |ΔDI| (local, global), |Δ attributed fraction|, |ΔPSNR| against the reference;
 * LAM (when the baseline has it): Pearson of the LAM maps and |ΔDI|.
 
-Each comparison is a :class:`CheckResult` judged against :mod:`analyzer.gate.tolerances`.
+Each comparison is a :class:`CheckResult` judged against :mod:`glam.gate.tolerances`.
 
->>> from analyzer.gate.check import check_model
+>>> from glam.gate.check import check_model
 >>> report = check_model("model_fp16.onnx", "baseline.h5")          # doctest: +SKIP
 >>> report.status, report.summary()                                  # doctest: +SKIP
 ('PASSED', {'passed': 30, 'failed': 0, 'skipped': 0, 'total': 30})
@@ -38,16 +38,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-
-from analyzer.archive.hdf5 import Archive, RunData, _read, open_archive, software_versions
-from analyzer.errors import ArchiveError, ConventionError, UserInputError
-from analyzer.gate.tolerances import METRICS, Comparison, Tolerances
+from glam.archive.hdf5 import Archive, RunData, _read, open_archive, software_versions
+from glam.errors import ArchiveError, ConventionError, UserInputError
+from glam.gate.tolerances import METRICS, Comparison, Tolerances
 
 if TYPE_CHECKING:
-    from analyzer.api import Result
-    from analyzer.progress import PhaseLog
-    from analyzer.runs import AnalyzeOptions, RunSummary
-    from importers.model import ImportedModel
+    from glam.api import Result
+    from glam.importers.model import ImportedModel
+    from glam.progress import PhaseLog
+    from glam.runs import AnalyzeOptions, RunSummary
 
 #: Version of the JSON report layout.
 CHECK_SCHEMA_VERSION = 1
@@ -148,7 +147,7 @@ class CheckResult:
     run:
         Baseline run name.
     name:
-        Metric name (a key of :data:`analyzer.gate.tolerances.METRICS`).
+        Metric name (a key of :data:`glam.gate.tolerances.METRICS`).
     value:
         Measured value (``None`` when skipped or not computable).
     tolerance:
@@ -426,7 +425,7 @@ class CheckReport:
 
     def table(self, *, failures_only: bool = False) -> str:
         """The console table: run, check, value, tolerance, pass, smallest passing tolerance."""
-        from analyzer.runs import format_table
+        from glam.runs import format_table
 
         rows: list[tuple[str, ...]] = [
             ("run", "check", "value", "tolerance", "pass", "min passing")]
@@ -664,7 +663,7 @@ class _SumAccumulator:
 
     def sum_map(self) -> np.ndarray:
         """The Sum map of the keys added so far."""
-        from analyzer.engine.maps import normalize
+        from glam.engine.maps import normalize
 
         return normalize(normalize(self.consensus) + normalize(self.variation)).numpy()
 
@@ -705,7 +704,7 @@ def compare_run(
     base_layers:
         Its participating layers (:func:`read_baseline_layers`).
     new:
-        The re-run (:func:`analyzer.api.analyze` with ``keep_layers=True``).
+        The re-run (:func:`glam.api.analyze` with ``keep_layers=True``).
     tolerances:
         ``{metric: tolerance or None}`` for this run.
     top_k_percent:
@@ -722,9 +721,8 @@ def compare_run(
     list[CheckResult]
     """
     import torch
-
-    from analyzer.engine.glam import layer_keys
-    from analyzer.engine.metrics import mse_psnr
+    from glam.engine.glam import layer_keys
+    from glam.engine.metrics import mse_psnr
 
     run = base.name
     checks: list[CheckResult] = []
@@ -872,7 +870,7 @@ def _conventions_match(model: ImportedModel, base: RunData, model_path: str) -> 
 def _check_input_sizes(ar: Archive, names: Sequence[str], max_pixels: int | None) -> None:
     """Refuse baseline runs whose stored input is above the pixel limit, from the dataset's
     shape alone (before anything is read or analysed)."""
-    from analyzer.runs import DEFAULT_MAX_PIXELS
+    from glam.runs import DEFAULT_MAX_PIXELS
 
     if max_pixels is not None and max_pixels < 1:
         raise UserInputError(f"--max-pixels {max_pixels} must be at least 1")
@@ -916,7 +914,7 @@ def check_model(
     baseline_path:
         A glam archive with baseline runs (``glam baseline``).
     tolerances:
-        :class:`~analyzer.gate.tolerances.Tolerances`; default: the documented defaults.
+        :class:`~glam.gate.tolerances.Tolerances`; default: the documented defaults.
     runs:
         Run names or globs to check; default every run marked ``baseline``.
     device:
@@ -925,7 +923,7 @@ def check_model(
         The model's native input range; ``None`` (default) reuses each baseline run's,
         ``"auto"`` detects it, 1 or 255 forces it.
     parity_tolerance:
-        Import parity tolerance (default that of :func:`importers.load`).
+        Import parity tolerance (default that of :func:`glam.importers.load`).
     model:
         An already imported model (then ``model_path`` is only reported).
     on_run:
@@ -934,10 +932,10 @@ def check_model(
         Also run the literal GLAM.md reference beside the engine on each run and add an
         ``engine_parity_max_error`` check (GLAM.md: at most 1e-4).
     trust_model:
-        Passed to :func:`importers.load` (allow operators outside the pure-op allow-list).
+        Passed to :func:`glam.importers.load` (allow operators outside the pure-op allow-list).
     max_pixels:
         Largest baseline input (LR pixels) to re-analyse (default
-        :data:`analyzer.runs.DEFAULT_MAX_PIXELS`); a baseline archive is untrusted input,
+        :data:`glam.runs.DEFAULT_MAX_PIXELS`); a baseline archive is untrusted input,
         so a larger stored input is refused before it is read.
     log:
         Phase log: the model's import and parity, each run's GL-AM / LAM phases, and a
@@ -956,12 +954,11 @@ def check_model(
     ModelError
         The model cannot be imported or run (exit code 3).
     """
+    import glam.importers
     import torch
-
-    import importers
-    from analyzer.api import analyze
-    from analyzer.engine.device import resolve_device
-    from importers.loader import sha256_of
+    from glam.api import analyze
+    from glam.engine.device import resolve_device
+    from glam.importers.loader import sha256_of
 
     t0 = time.perf_counter()
     tol = tolerances if tolerances is not None else Tolerances()
@@ -988,9 +985,9 @@ def check_model(
                 if parity_tolerance is not None:
                     kwargs["tolerance"] = parity_tolerance
                 t = time.perf_counter()
-                models[key] = importers.load(model_path, **kwargs)
+                models[key] = glam.importers.load(model_path, **kwargs)
                 if log is not None:
-                    from analyzer.runs import log_import
+                    from glam.runs import log_import
 
                     log_import(log, models[key], time.perf_counter() - t)
             return models[key]
@@ -1033,7 +1030,7 @@ def check_model(
             if new.engine_parity is not None:
                 ep = new.engine_parity
                 # judged relative to each map's bound (1e-4 unless float32 cannot resolve
-                # a key; analyzer.engine.reference.layer_tolerance), scaled to the tolerance
+                # a key; glam.engine.reference.layer_tolerance), scaled to the tolerance
                 worst = ep.worst_map
                 value = ep.errors[worst] * ep.tolerance / ep.bound(worst) if worst else 0.0
                 checks.append(evaluate(
@@ -1073,7 +1070,7 @@ def make_baseline(
     on_run: Callable[[RunSummary], None] | None = None,
     log: PhaseLog | None = None,
 ) -> list[RunSummary]:
-    """``glam baseline``: :func:`analyzer.runs.analyze_images` with runs marked baseline.
+    """``glam baseline``: :func:`glam.runs.analyze_images` with runs marked baseline.
 
     The per-layer maps are always kept (``store`` is ``maps`` unless ``tensors`` is asked
     for), since ``glam check`` compares them layer by layer.
@@ -1093,13 +1090,13 @@ def make_baseline(
     on_run:
         Called with each run's summary.
     log:
-        Phase log and progress over the images (see :func:`analyzer.runs.analyze_images`).
+        Phase log and progress over the images (see :func:`glam.runs.analyze_images`).
 
     Returns
     -------
     list[RunSummary]
     """
-    from analyzer.runs import analyze_images
+    from glam.runs import analyze_images
 
     opts = replace(options, baseline=True)
     return analyze_images(model, images, archive, opts, progress=progress, on_run=on_run, log=log)
@@ -1123,8 +1120,8 @@ def prepare_baseline(
     UserInputError
         Bad options, a missing image or reference, run names that already exist.
     """
-    from analyzer.archive.hdf5 import check_run_names
-    from analyzer.runs import check_image_files, expand_images, pair_images, run_names
+    from glam.archive.hdf5 import check_run_names
+    from glam.runs import check_image_files, expand_images, pair_images, run_names
 
     options.validate()
     if options.reference is not None and not Path(options.reference).is_file():

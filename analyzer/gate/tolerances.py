@@ -16,7 +16,7 @@ Tolerances come from, in increasing precedence:
 
 A value of ``off`` (or ``false`` in a file) disables a check: it is reported as skipped.
 
->>> from analyzer.gate.tolerances import build_tolerances
+>>> from glam.gate.tolerances import build_tolerances
 >>> tol = build_tolerances(flags=["output_max_abs=2e-3", "fp16*:local_sum_pearson=0.9"])
 >>> tol.for_run("fp16_model__img")["local_sum_pearson"]
 0.9
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from analyzer.errors import UserInputError
+from glam.errors import UserInputError
 
 Comparison = Literal[">=", "<="]
 

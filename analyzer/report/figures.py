@@ -1,6 +1,6 @@
 """Figures of GL-AM runs: the paper's Fig. 3 (local), Fig. 4 (global), Fig. 5 (vs. LAM).
 
-Every function takes :class:`~analyzer.archive.figure_data.FigureData` (plain numpy, never a model)
+Every function takes :class:`~glam.archive.figure_data.FigureData` (plain numpy, never a model)
 and writes one figure (PNG, PDF or SVG from the file's suffix). Figures are built with :class:`matplotlib.figure.Figure` and rendered
 by :class:`~matplotlib.backends.backend_agg.FigureCanvasAgg` directly, so nothing here
 touches pyplot's global state: no backend switch, no windows, no figure registry, and it
@@ -11,12 +11,12 @@ Heat maps use the perceptually uniform ``inferno`` colormap on a fixed [0, 1] sc
 maps of GLAM.md are normalised to [0, 1]); overlays draw the map over a grey version of the
 output image with a per-pixel opacity that grows with the map, so unattributed pixels stay
 visible as image. Small images (up to 256 pixels a side) are drawn with nearest
-interpolation so that pixels stay crisp. A :class:`~analyzer.report.views.Display` (gamma or
+interpolation so that pixels stay crisp. A :class:`~glam.report.views.Display` (gamma or
 log) changes only how values map to colour; the colour bar keeps reading the map's values.
-Small ROIs get a zoomed inset (:func:`~analyzer.report.views.context_box`), and
+Small ROIs get a zoomed inset (:func:`~glam.report.views.context_box`), and
 :func:`attributed_figure` draws the paper's thresholded view (pixels above the mean).
 
->>> from analyzer.report.figures import write_all, compare_figure, compare_table   # doctest: +SKIP
+>>> from glam.report.figures import write_all, compare_figure, compare_table   # doctest: +SKIP
 >>> write_all(data, Path("out/run1"))                                       # doctest: +SKIP
 >>> compare_figure([carn, rrdb, san, rnan, rcan], Path("out/compare.png"))  # doctest: +SKIP
 >>> print(compare_table([carn, rrdb, san, rnan, rcan]))                     # doctest: +SKIP
@@ -34,18 +34,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib import patheffects as pe
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
-
-from analyzer.archive.figure_data import FigureData, LayerKey, sample_indices
-from analyzer.errors import UserInputError
-from analyzer.report.views import (
+from glam.archive.figure_data import FigureData, LayerKey, sample_indices
+from glam.errors import UserInputError
+from glam.report.views import (
     FIGURE_FORMATS,
     Display,
     attributed_mask,
@@ -56,6 +47,14 @@ from analyzer.report.views import (
     zoom,
     zoom_factor,
 )
+from matplotlib import colormaps
+from matplotlib import patheffects as pe
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 __all__ = [
     "DPI",
@@ -497,7 +496,7 @@ def lam_figure(data: FigureData, path: Path, display: Display = _LINEAR) -> Path
     diffusion index at input size, the number LAM papers report) and
     ``attributed_fraction_lam``; GL-AM's gives ``di_local`` / ``attributed_fraction_local``.
     The timing line says which method was faster and by how much
-    (:func:`~analyzer.report.views.speed_text`).
+    (:func:`~glam.report.views.speed_text`).
 
     Parameters
     ----------
@@ -652,7 +651,7 @@ def layers_figure(
     One ``inferno`` panel per key of ``data.local_keys`` or ``data.global_keys`` in
     execution order, titled with the tap index and the (shortened) layer name; local keys
     carry the ROI box. Lists longer than :data:`MAX_LAYER_PANELS` are evenly sampled with
-    :func:`~analyzer.archive.figure_data.sample_indices` (first and last layer kept). The
+    :func:`~glam.archive.figure_data.sample_indices` (first and last layer kept). The
     title says which layers are shown out of how many participating ones ("16 of 45: #0,
     #3, ..."; the total is ``data.local_total`` / ``data.global_total``). A layer whose key
     is zero by GLAM.md's vanishing-weights rule (``LayerKey.vanished``) gets a pink frame

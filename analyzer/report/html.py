@@ -11,7 +11,7 @@ resolution and scaled up in the browser without smoothing, so one image pixel st
 square. Per run the layer explorer shows at most ``max_keys`` layers (evenly sampled, first
 and last kept, and the page says so); its DI curve covers every participating layer.
 
->>> from analyzer.report.html import write_report
+>>> from glam.report.html import write_report
 >>> write_report("runs.h5", "report.html")                       # doctest: +SKIP
 PosixPath('report.html')
 """
@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from analyzer.archive.figure_data import to_rgb_uint8
-from analyzer.archive.hdf5 import open_archive
-from analyzer.archive.report_data import ReportRun, read_report_run
-from analyzer.archive.sanity import SanityRecord
-from analyzer.errors import ArchiveError, MissingDependencyError, UserInputError
+from glam.archive.figure_data import to_rgb_uint8
+from glam.archive.hdf5 import open_archive
+from glam.archive.report_data import ReportRun, read_report_run
+from glam.archive.sanity import SanityRecord
+from glam.errors import ArchiveError, MissingDependencyError, UserInputError
 
 __all__ = ["CMAP", "check_output_path", "write_check_report", "write_report"]
 
@@ -201,7 +200,7 @@ def _write(html: str, path: Path) -> Path:
 
 
 def _common() -> dict[str, Any]:
-    from analyzer.archive.hdf5 import glam_version
+    from glam.archive.hdf5 import glam_version
 
     return {"colorbar": _colorbar_uri(), "cmap": CMAP, "glam_version": glam_version(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -292,9 +291,8 @@ def _sanity_view(rec: SanityRecord | None) -> dict[str, Any] | None:
     """The ``glam sanity`` section of a run: its figure and one table row per map."""
     if rec is None:
         return None
+    from glam.report.sanity_figure import LABELS, sanity_figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    from analyzer.report.sanity_figure import LABELS, sanity_figure
 
     fig = sanity_figure(rec)
     buf = io.BytesIO()

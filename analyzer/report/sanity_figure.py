@@ -1,15 +1,14 @@
 """The ``glam sanity`` figure: similarity against randomized depth and the deletion /
-insertion curves, drawn from an archived :class:`~analyzer.archive.sanity.SanityRecord`."""
+insertion curves, drawn from an archived :class:`~glam.archive.sanity.SanityRecord`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from glam.archive.sanity import THRESHOLD, SanityRecord
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from analyzer.archive.sanity import THRESHOLD, SanityRecord
 
 LABELS = {"local": "GL-AM local Sum", "global": "GL-AM global Sum", "lam": "LAM",
           "saliency": "gradient saliency", "random": "random (mean)"}

@@ -2,7 +2,7 @@
 attributed-pixel masks, honest speed wording and per-layer sample captions.
 
 Plain numpy and matplotlib's colour normalisations (imported only when drawing, so that
-checking options stays cheap); used by :mod:`analyzer.report.figures` and the standalone
+checking options stays cheap); used by :mod:`glam.report.figures` and the standalone
 overlays. Nothing here changes a map's values, only how they are drawn.
 
 >>> speed_text(0.5, 12.0)
@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-
-from analyzer.errors import UserInputError
+from glam.errors import UserInputError
 
 if TYPE_CHECKING:
     from matplotlib.colors import Normalize
@@ -153,7 +152,7 @@ def layer_sample_text(indices: Sequence[int], total: int) -> str:
 
 def attributed_mask(m: np.ndarray) -> np.ndarray:
     """Pixels whose value is above the map's mean: the "attributed pixels" of the paper's
-    Fig. 5 (the same test as :func:`analyzer.engine.metrics.attributed_fraction`)."""
+    Fig. 5 (the same test as :func:`glam.engine.metrics.attributed_fraction`)."""
     a = np.nan_to_num(np.asarray(m, dtype=np.float64))
     return a > a.mean() if a.size else np.zeros(a.shape, dtype=bool)
 

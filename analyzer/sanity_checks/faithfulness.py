@@ -21,11 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from analyzer.engine.lam import gaussian_kernel
-from analyzer.engine.texture import texture_roi
-from analyzer.errors import AnalysisError, ModelError
-from importers.model import ImportedModel
+from glam.engine.lam import gaussian_kernel
+from glam.engine.texture import texture_roi
+from glam.errors import AnalysisError, ModelError
+from glam.importers.model import ImportedModel
 
 
 @dataclass

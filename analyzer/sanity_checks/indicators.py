@@ -15,11 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-
-from analyzer.engine.glam import LayerRecord, layer_keys
-from analyzer.engine.metrics import diffusion_index, gini
-from analyzer.engine.texture import gradient_magnitude
-from analyzer.errors import AnalysisError
+from glam.engine.glam import LayerRecord, layer_keys
+from glam.engine.metrics import diffusion_index, gini
+from glam.engine.texture import gradient_magnitude
+from glam.errors import AnalysisError
 
 
 def layer_dis(layers: Sequence[LayerRecord], out_hw: tuple[int, int]) -> dict[str, np.ndarray]:

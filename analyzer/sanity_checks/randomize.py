@@ -1,6 +1,6 @@
 """Model randomization for the sanity check (Adebayo et al., NeurIPS 2018).
 
-Each tap of an :class:`~importers.model.ImportedModel` is a convolution; its weight (and
+Each tap of an :class:`~glam.importers.model.ImportedModel` is a convolution; its weight (and
 bias) are the tensors :func:`conv_parameters` finds in the tapped graph. :func:`randomized`
 re-initialises the convolutions of chosen taps *in place*, seeded per tap, and restores
 the original values when the block ends (the engine's segmented graphs share these
@@ -19,11 +19,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
+from glam.errors import AnalysisError
+from glam.importers.model import ImportedModel
+from glam.importers.tap import find_conv_nodes
 from torch import fx
-
-from analyzer.errors import AnalysisError
-from importers.model import ImportedModel
-from importers.tap import find_conv_nodes
 
 
 def _attr_tensor(gm: fx.GraphModule, node: object) -> torch.Tensor | None:
@@ -52,7 +51,7 @@ def conv_parameters(model: ImportedModel) -> list[list[torch.Tensor]]:
     if len(nodes) != model.n_taps:
         raise AnalysisError(
             f"the graph has {len(nodes)} convolutions but the model {model.n_taps} taps; "
-            "re-import the model with importers.load"
+            "re-import the model with glam.importers.load"
         )
     out: list[list[torch.Tensor]] = []
     for node in nodes:

@@ -1,4 +1,4 @@
-"""``glam sanity MODEL IMAGE``: run :func:`~analyzer.sanity_checks.workflow.sanity` on an image file
+"""``glam sanity MODEL IMAGE``: run :func:`~glam.sanity_checks.workflow.sanity` on an image file
 and archive the trained model's run with its ``sanity`` group (docs/archive.md)."""
 
 from __future__ import annotations
@@ -8,20 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from analyzer.api import prepare_image
-from analyzer.archive.hdf5 import RunWriter, check_run_names
-from analyzer.archive.sanity import write_sanity
-from analyzer.errors import AnalysisError
-from analyzer.report.sanity_figure import write_sanity_figure
-from analyzer.sanity_checks.faithfulness import step_counts
-from analyzer.sanity_checks.workflow import VARIANTS, SanityResult, check_choices, sanity
-from importers.model import ImportedModel
+from glam.api import prepare_image
+from glam.archive.hdf5 import RunWriter, check_run_names
+from glam.archive.sanity import write_sanity
+from glam.errors import AnalysisError
+from glam.importers.model import ImportedModel
+from glam.report.sanity_figure import write_sanity_figure
+from glam.sanity_checks.faithfulness import step_counts
+from glam.sanity_checks.workflow import VARIANTS, SanityResult, check_choices, sanity
 
 
 @dataclass
 class SanityOptions:
-    """Options of one ``glam sanity`` invocation (see :func:`~analyzer.sanity_checks.workflow.sanity`
+    """Options of one ``glam sanity`` invocation (see :func:`~glam.sanity_checks.workflow.sanity`
     for their meaning); ``crop`` centre-crops the LR input to ``crop x crop`` first."""
 
     roi: tuple[int, int] | None = None

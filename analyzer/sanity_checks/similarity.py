@@ -16,8 +16,7 @@ Saliency Maps", NeurIPS 2018), written here in numpy:
 from __future__ import annotations
 
 import numpy as np
-
-from analyzer.errors import AnalysisError
+from glam.errors import AnalysisError
 
 
 def average_ranks(a: np.ndarray) -> np.ndarray:

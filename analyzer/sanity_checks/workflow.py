@@ -1,4 +1,4 @@
-"""``analyzer.sanity(...)``: does the attribution explain the model? (issue 18)
+"""``glam.sanity(...)``: does the attribution explain the model? (issue 18)
 
 Three groups of evidence for one model, input and ROI, for GL-AM's local and global Sum,
 LAM and a plain gradient saliency baseline (``|dT_ROI/dx|`` summed over channels):
@@ -8,8 +8,8 @@ LAM and a plain gradient saliency baseline (``|dT_ROI/dx|`` summed over channels
    step every map is computed again and compared with the trained model's map (Spearman,
    SSIM, top-k overlap); the **independent** variant re-initialises one block at a time;
 2. **deletion / insertion** of LR pixels in the order of each local attribution (and of
-   random orderings, mean of ``n_random`` seeds), :mod:`analyzer.sanity_checks.faithfulness`;
-3. **indicators** (:mod:`analyzer.sanity_checks.indicators`): per-layer DI, effective receptive
+   random orderings, mean of ``n_random`` seeds), :mod:`glam.sanity_checks.faithfulness`;
+3. **indicators** (:mod:`glam.sanity_checks.indicators`): per-layer DI, effective receptive
    field radii, Gini of the global Sum inside / outside textured regions.
 """
 
@@ -23,18 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from analyzer.api import Result, analyze
-from analyzer.archive.sanity import METHODS, RandomizationRecord, SanityRecord
-from analyzer.engine.glam import compute_glam
-from analyzer.engine.lam import compute_lam
-from analyzer.engine.texture import texture_roi
-from analyzer.errors import AnalysisError, NumericalError
-from analyzer.sanity_checks import faithfulness as faith
-from analyzer.sanity_checks.indicators import erf_radii, layer_dis, texture_gini
-from analyzer.sanity_checks.randomize import conv_parameters, randomized, tap_blocks
-from analyzer.sanity_checks.similarity import similarities
-from importers.model import ImportedModel
+from glam.api import Result, analyze
+from glam.archive.sanity import METHODS, RandomizationRecord, SanityRecord
+from glam.engine.glam import compute_glam
+from glam.engine.lam import compute_lam
+from glam.engine.texture import texture_roi
+from glam.errors import AnalysisError, NumericalError
+from glam.importers.model import ImportedModel
+from glam.sanity_checks import faithfulness as faith
+from glam.sanity_checks.indicators import erf_radii, layer_dis, texture_gini
+from glam.sanity_checks.randomize import conv_parameters, randomized, tap_blocks
+from glam.sanity_checks.similarity import similarities
 
 VARIANTS = ("cascading", "independent")
 
@@ -151,7 +150,7 @@ def sanity(
     Parameters
     ----------
     model, lr, roi, window, reference:
-        As for :func:`analyzer.analyze` (the trained model's analysis is run first, with
+        As for :func:`glam.analyze` (the trained model's analysis is run first, with
         LAM when ``"lam"`` is among ``methods``).
     methods:
         Maps to test, a subset of ``("local", "global", "lam", "saliency")``.
@@ -176,7 +175,7 @@ def sanity(
     lam_fold, lam_sigma, lam_kernel, lam_batch:
         LAM's parameters (a smaller fold makes each randomization step cheaper).
     device:
-        As for :func:`analyzer.analyze`.
+        As for :func:`glam.analyze`.
     on_layer:
         Streaming sink for the trained model's per-layer records (e.g. an archive writer).
     progress:

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 from cli_output import message_lines
 from click.testing import CliRunner
-
-from analyzer.archive import open_archive
-from analyzer.cli import cli
+from glam.archive import open_archive
+from glam.cli import cli
 
 pytestmark = pytest.mark.usefixtures("cached_model_load")
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +72,7 @@ def _glam_subprocess(args: list[object], cwd: Path, fsize: int | None = None,
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "analyzer", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "glam", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, preexec_fn=limit, env=env,
                           timeout=300, **kw)
 
@@ -137,7 +136,7 @@ def test_real_full_filesystem_keeps_archive(two_runs: Path, tiny_model: Path, lr
     filler = full_filesystem / "filler"
     with open(filler, "wb") as fh:  # leave ~64 KiB: less than a run with --store tensors
         fh.write(b"\0" * max(0, free.f_bavail * free.f_frsize - 64 * 1024))
-    cmd = [sys.executable, "-m", "analyzer", "analyze", str(tiny_model), str(lr_image), "-o",
+    cmd = [sys.executable, "-m", "glam", "analyze", str(tiny_model), str(lr_image), "-o",
            str(ar), "--run", "r3", "--window", "8", "--store", "tensors"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     lines = message_lines(done.stderr)
@@ -362,7 +361,7 @@ def test_two_channel_output_refused(tmp_path: Path, lr_image: Path) -> None:
 def test_broken_pipe_is_quiet(two_runs: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r, w = os.pipe()
-    proc = subprocess.Popen([sys.executable, "-m", "analyzer", "ls", str(two_runs)],
+    proc = subprocess.Popen([sys.executable, "-m", "glam", "ls", str(two_runs)],
                             stdout=w, stderr=subprocess.PIPE, env=env, text=True)
     os.close(w)
     os.close(r)  # the reader is gone before glam writes (like `| head -0`)
@@ -375,7 +374,7 @@ def test_sigint_is_one_line(tiny_model: Path, lr_image: Path, tmp_path: Path) ->
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, analyzer.cli as c; print('ready', flush=True); c.main(sys.argv[1:])",
+         "import sys, glam.cli as c; print('ready', flush=True); c.main(sys.argv[1:])",
          "analyze", str(tiny_model), str(lr_image), "-o", str(tmp_path / "a.h5"), "--lam",
          "--lam-fold", "400", "--window", "8"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
@@ -390,8 +389,8 @@ def test_sigint_is_one_line(tiny_model: Path, lr_image: Path, tmp_path: Path) ->
 
 
 def test_library_rejects_bad_parity_tolerance(tiny_model: Path) -> None:
-    import importers
-    from analyzer.errors import UserInputError
+    from glam import importers
+    from glam.errors import UserInputError
 
     real = getattr(importers.load, "__wrapped_real__", importers.load)
     for bad in (float("nan"), -1.0, float("inf")):

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+from glam.archive import open_archive
 from PIL import Image
-
-from analyzer.archive import open_archive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +37,7 @@ def _images(tmp_path: Path, hr_image: Path, n: int) -> Path:
 
 
 def _analyze_cmd(model: Path, images: Path, ar: Path, run: str) -> list[str]:
-    return [sys.executable, "-m", "analyzer", "analyze", str(model), str(images), "-o", str(ar),
+    return [sys.executable, "-m", "glam", "analyze", str(model), str(images), "-o", str(ar),
             "--run", run, "--json", "--store", "tensors", "--window", "8", "--device", "cpu"]
 
 
@@ -117,7 +116,7 @@ def link(src, dst, *args, **kwargs):
     real(src, dst, *args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
 os.link = link
-from analyzer.cli import main
+from glam.cli import main
 main(sys.argv[1:])
 """
 
@@ -137,7 +136,7 @@ def test_kill_at_publish(before: bool, tiny_model: Path, lr_image: Path,
         with open_archive(ar) as a:
             assert a.runs() == ["first"]
             a.verify_run("first")
-    res = subprocess.run([sys.executable, "-m", "analyzer", *args[:-4], "--run", "second",
+    res = subprocess.run([sys.executable, "-m", "glam", *args[:-4], "--run", "second",
                           "--window", "8"], capture_output=True, text=True, env=_env(),
                          cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr

@@ -16,10 +16,9 @@ import make_corpus as mc
 import pytest
 from cli_output import message_lines
 from click.testing import CliRunner
-
-import importers
-from analyzer.cli import cli
-from analyzer.errors import ModelFileError, UnsafeModelError
+from glam import importers
+from glam.cli import cli
+from glam.errors import ModelFileError, UnsafeModelError
 
 pytestmark = pytest.mark.skipif(not mc.PT2.exists(), reason="fixtures/models/ is not built")
 

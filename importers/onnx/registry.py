@@ -1,16 +1,16 @@
 """glam's own registry of ONNX → torch converters, keyed by ``(domain, op_type, opset)``.
 
 onnx2torch 1.5.15 stops at about opset 17 and converts a few ops wrongly (see the import
-study, §2). The converters in :mod:`importers.onnx_converters` fill those gaps. They are
+study, §2). The converters in :mod:`glam.importers.onnx.converters` fill those gaps. They are
 registered here with :func:`register` and installed into onnx2torch's own registry only for
-the duration of a conversion (:func:`importers.onnx_converters.patched_onnx2torch`), so
+the duration of a conversion (:func:`glam.importers.onnx.converters.patched_onnx2torch`), so
 onnx2torch itself is never forked, vendored or permanently modified.
 
 Keys use the *schema* version (``since_version``) of the operator, as onnx2torch does: a
 model at opset 20 that uses ``Pad`` is served by the converter registered for ``Pad``-19,
 the newest ``Pad`` schema not newer than 20.
 
->>> from importers.onnx_registry import register
+>>> from glam.importers.onnx.registry import register
 >>> @register("MyOp", 1, domain="com.example")     # doctest: +SKIP
 ... def _(node, graph): ...
 """
@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import onnx
+from glam.errors import UnsupportedOpsError
 from onnx import defs
-
-from analyzer.errors import UnsupportedOpsError
 
 #: ``converter(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult`` (onnx2torch API).
 Converter = Callable[[Any, Any], Any]

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from glam.errors import ModelFileError
 from onnx import numpy_helper
-
-from analyzer.errors import ModelFileError
 
 __all__ = [
     "convert_opset",

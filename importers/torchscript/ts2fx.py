@@ -41,9 +41,8 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+from glam.errors import ConversionError, first_line
 from torch import fx, nn
-
-from analyzer.errors import ConversionError, first_line
 
 __all__ = ["TS2FXError", "shape_guard", "translate"]
 

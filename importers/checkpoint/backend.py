@@ -4,7 +4,7 @@ Most SR models in circulation are state-dict checkpoints of a few dozen communit
 architectures (ESRGAN, Real-ESRGAN compact, SwinIR, HAT, DAT, OmniSR, SPAN, SAFMN, ...).
 This backend
 
-1. reads the tensors safely (:mod:`importers.checkpoint_safety`: ``torch.load(weights_only=True)``
+1. reads the tensors safely (:mod:`glam.importers.checkpoint.safety`: ``torch.load(weights_only=True)``
    or ``safetensors``; nothing in the file runs);
 2. lets spandrel (the ``community`` extra) detect the architecture and its hyper-parameters
    and build the ``nn.Module``; a checkpoint spandrel does not recognise, and a face
@@ -41,18 +41,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import fx, nn
-
-from analyzer.errors import (
+from glam.errors import (
     ConversionError,
     MissingDependencyError,
     ModelFileError,
     NotSuperResolutionError,
     first_line,
 )
-from importers.checkpoint_safety import CheckpointKind, read_state_dict
-from importers.model import RawGraph
-from importers.probe import probe_input
+from glam.importers.checkpoint.safety import CheckpointKind, read_state_dict
+from glam.importers.model import RawGraph
+from glam.importers.probe import probe_input
+from torch import fx, nn
 
 __all__ = [
     "PadToMultiple",
@@ -103,7 +102,7 @@ def load_checkpoint(path: Path, kind: CheckpointKind, *, is_zip: bool) -> RawGra
     path:
         ``.pth`` / ``.pt`` / ``.ckpt`` (pickle) or ``.safetensors`` file.
     kind:
-        ``"pickle"`` or ``"safetensors"`` (from :func:`importers.detect.detect_format`).
+        ``"pickle"`` or ``"safetensors"`` (from :func:`glam.importers.detect.detect_format`).
     is_zip:
         Whether a pickle checkpoint is a torch zip archive.
 
@@ -180,7 +179,7 @@ def module_from_state_dict(
     Parameters
     ----------
     state_dict:
-        Parameter name to tensor (as read by :func:`importers.checkpoint_safety.read_state_dict`).
+        Parameter name to tensor (as read by :func:`glam.importers.checkpoint.safety.read_state_dict`).
     path:
         Named in messages.
 
@@ -481,7 +480,7 @@ def _inner(module: nn.Module) -> nn.Module:
 
 
 def _export(module: nn.Module, example: torch.Tensor, *, dynamic: bool) -> fx.GraphModule:
-    from importers.export_backend import name_convs, unlifted_module
+    from glam.importers.export.backend import name_convs, unlifted_module
 
     shapes = None
     if dynamic:
@@ -500,7 +499,7 @@ def _symbolic(module: nn.Module) -> fx.GraphModule:
 
 
 def _jit_ts2fx(module: nn.Module, example: torch.Tensor) -> fx.GraphModule:
-    from importers.ts2fx import translate
+    from glam.importers.torchscript.ts2fx import translate
 
     sm = torch.jit.trace(module, (example,), check_trace=False)
     gm, _ = translate(sm, (example,))
@@ -522,7 +521,7 @@ def _self_check(gm: fx.GraphModule, x: torch.Tensor, ref: torch.Tensor, where: s
 
 def _name_convs(gm: fx.GraphModule, strip: str) -> None:
     """Tap names are the spandrel module's qualnames (``strip``: :class:`PadToMultiple`'s prefix)."""
-    from importers.tap import default_tap_name, find_conv_nodes
+    from glam.importers.tap import default_tap_name, find_conv_nodes
 
     for node in find_conv_nodes(gm):
         name = default_tap_name(node)

@@ -11,7 +11,7 @@ The gaps are measured in the import study (``shared/notes/import-findings.md`` Â
   implements the ONNX/onnxruntime arithmetic exactly (separable gathers with ORT's float32
   coordinate maths) and only ``tf_crop_and_resize`` is refused.
 
-Converters are registered in :mod:`importers.onnx_registry` and installed into onnx2torch
+Converters are registered in :mod:`glam.importers.onnx.registry` and installed into onnx2torch
 only inside :func:`patched_onnx2torch`, a context manager that restores onnx2torch's
 registry afterwards. Convolutions always become plain ``nn.Conv*d`` / ``nn.ConvTranspose*d``
 modules (optionally ``nn.Sequential(pad, conv)`` or ``nn.Sequential(conv, crop)``, which the
@@ -19,7 +19,7 @@ ONNX backend splits into separate graph nodes) so that the tap pass finds them.
 
 One module on purpose (over 600 lines): glam's extra onnx2torch converters, one section per
 op family (shape ops, Reduce, Pad, Conv, Resize, small activations, aliases), registered on
-import through :mod:`importers.onnx_registry`; the sections share the attribute and constant
+import through :mod:`glam.importers.onnx.registry`; the sections share the attribute and constant
 helpers at the top.
 """
 
@@ -38,16 +38,15 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from analyzer.errors import (
+from glam.errors import (
     ConversionError,
     GlamError,
     MissingDependencyError,
     UnsupportedOpsError,
     first_line,
 )
-from importers.onnx_registry import entries, qualified_op, register
+from glam.importers.onnx.registry import entries, qualified_op, register
+from torch import nn
 
 
 # ----------------------------------------------------------------------- importing onnx2torch

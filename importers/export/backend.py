@@ -1,4 +1,4 @@
-"""``torch.export`` backend: a ``.pt2`` file to a :class:`~importers.model.RawGraph`.
+"""``torch.export`` backend: a ``.pt2`` file to a :class:`~glam.importers.model.RawGraph`.
 
 The program is loaded with ``torch.export.load``, functionalised with
 ``run_decompositions({})`` (in-place ops such as ``relu_`` and ``add_`` become functional,
@@ -17,10 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from glam.errors import ConversionError, GlamError, ModelFileError, first_line
+from glam.importers.model import RawGraph
 from torch import fx, nn
-
-from analyzer.errors import ConversionError, GlamError, ModelFileError, first_line
-from importers.model import RawGraph
 
 __all__ = ["load_exported", "module_path_of", "name_convs", "unlifted_module"]
 
@@ -33,8 +32,8 @@ def load_exported(path: Path, *, trust_model: bool = False) -> RawGraph:
     path:
         A ``.pt2`` file written by ``torch.export.save``.
     trust_model:
-        Accept operators outside :data:`importers.safety.PURE_OPS`. The file is read with
-        :func:`importers.safety.load_pt2` either way (no arbitrary unpickling, no native code).
+        Accept operators outside :data:`glam.importers.safety.PURE_OPS`. The file is read with
+        :func:`glam.importers.safety.load_pt2` either way (no arbitrary unpickling, no native code).
 
     Returns
     -------
@@ -52,7 +51,7 @@ def load_exported(path: Path, *, trust_model: bool = False) -> RawGraph:
     ConversionError
         When the program cannot be functionalised or turned into a module.
     """
-    from importers import safety
+    from glam.importers import safety
 
     p = Path(path)
     safety.vet_zip(p, "torch.export")
@@ -108,10 +107,10 @@ def unlifted_module(ep: torch.export.ExportedProgram) -> fx.GraphModule:
     """``ep.module()`` made usable by the common pipeline.
 
     ``ExportedProgram.module()`` installs ``train``/``eval`` methods that raise
-    (``importers.load`` calls ``gm.eval()``); they are removed. The ``_guards_fn`` call,
+    (``glam.importers.load`` calls ``gm.eval()``); they are removed. The ``_guards_fn`` call,
     which checks the program's shape guards on the *native* input, is kept: the tap pass
     feeds it the native tensor it computes from the canonical input. The pytree codegen
-    (flat inputs, unflattened outputs) is kept too; ``importers.tap`` resets it on its
+    (flat inputs, unflattened outputs) is kept too; ``glam.importers.tap`` resets it on its
     tapped copy.
     """
     gm = ep.module()
@@ -156,7 +155,7 @@ def module_path_of(node: fx.Node) -> str | None:
 
 def name_convs(gm: fx.GraphModule) -> None:
     """Set ``glam_name`` of every conv node: module path, else the weight's owner path."""
-    from importers.tap import find_conv_nodes
+    from glam.importers.tap import find_conv_nodes
 
     for node in find_conv_nodes(gm):
         name = module_path_of(node)

@@ -1,8 +1,8 @@
-"""TorchScript backend: a ``torch.jit`` file to a :class:`~importers.model.RawGraph`.
+"""TorchScript backend: a ``torch.jit`` file to a :class:`~glam.importers.model.RawGraph`.
 
-Primary route: :func:`importers.ts2fx.translate`, our direct TorchScript -> FX translator
+Primary route: :func:`glam.importers.torchscript.ts2fx.translate`, our direct TorchScript -> FX translator
 (exact, shape-generic, functional, keeps module paths as tap names). When it refuses the
-model (:class:`~importers.ts2fx.TS2FXError`, e.g. data-dependent control flow), the
+model (:class:`~glam.importers.torchscript.ts2fx.TS2FXError`, e.g. data-dependent control flow), the
 fallback is PyTorch's private ``torch._export.converter.TS2EPConverter`` followed by
 ``run_decompositions({})`` (which functionalises) and ``.module()``. That route re-traces
 the module on the example input, so parts of its graph may be specialised to the
@@ -20,13 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from glam.errors import ConventionError, ConversionError, ModelFileError, first_line
+from glam.importers.export.backend import unlifted_module
+from glam.importers.model import RawGraph
+from glam.importers.probe import probe_input
+from glam.importers.torchscript.ts2fx import TS2FXError, translate
 from torch import fx
-
-from analyzer.errors import ConventionError, ConversionError, ModelFileError, first_line
-from importers.export_backend import unlifted_module
-from importers.model import RawGraph
-from importers.probe import probe_input
-from importers.ts2fx import TS2FXError, translate
 
 __all__ = ["load_torchscript", "name_convs_from_weights", "script_kind"]
 
@@ -49,7 +48,7 @@ def load_torchscript(
         Input channels to use (1 or 3); by default the first of 3 and 1 the module runs on.
     trust_model:
         Run the module even if its graph has operators outside
-        :data:`importers.safety.PURE_OPS` (file I/O, custom ops); refused by default.
+        :data:`glam.importers.safety.PURE_OPS` (file I/O, custom ops); refused by default.
 
     Returns
     -------
@@ -66,7 +65,7 @@ def load_torchscript(
     ConversionError
         When both routes fail; the message names both reasons.
     """
-    from importers import safety
+    from glam.importers import safety
 
     p = Path(path)
     safety.vet_zip(p, "TorchScript")
@@ -221,7 +220,7 @@ def _ts2ep(sm: torch.jit.ScriptModule, example: torch.Tensor) -> fx.GraphModule:
 
 def name_convs_from_weights(gm: fx.GraphModule) -> None:
     """Set ``glam_name`` of each conv node to its weight attribute's owner path."""
-    from importers.tap import find_conv_nodes
+    from glam.importers.tap import find_conv_nodes
 
     for node in find_conv_nodes(gm):
         if node.op != "call_function" or len(node.args) < 2:

@@ -1,8 +1,8 @@
-"""ONNX backend: an ``.onnx`` file to a :class:`~importers.model.RawGraph`.
+"""ONNX backend: an ``.onnx`` file to a :class:`~glam.importers.model.RawGraph`.
 
 Steps (see ``shared/notes/import-findings.md`` §2 for why each is needed):
 
-1. :func:`importers.onnx_passes.read_model` loads the file with its external data;
+1. :func:`glam.importers.onnx.passes.read_model` loads the file with its external data;
 2. the graph is validated and sorted, ``Constant`` / ``Identity(initializer)`` nodes are
    folded into initializers;
 3. every node is checked against onnx2torch and glam's registry; when something is
@@ -10,7 +10,7 @@ Steps (see ``shared/notes/import-findings.md`` §2 for why each is needed):
    checked again; what is still missing is reported at once in one
    :class:`UnsupportedOpsError`;
 4. onnx2torch converts the graph with glam's converters patched in
-   (:func:`importers.onnx_converters.patched_onnx2torch`);
+   (:func:`glam.importers.onnx.converters.patched_onnx2torch`);
 5. convolutions wrapped as ``Sequential(conv, crop)`` are split so every convolution is a
    plain ``nn.Conv*d`` call, and each gets ``node.meta["glam_name"]`` (its weight name);
 6. the reference is an onnxruntime session on the *original* file, and
@@ -29,9 +29,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from torch import fx, nn
-
-from analyzer.errors import (
+from glam.errors import (
     ConversionError,
     GlamError,
     MissingDependencyError,
@@ -39,9 +37,9 @@ from analyzer.errors import (
     UnsupportedOpsError,
     first_line,
 )
-from importers.model import RawGraph
-from importers.onnx_converters import o2t_has_converter, patched_onnx2torch
-from importers.onnx_passes import (
+from glam.importers.model import RawGraph
+from glam.importers.onnx.converters import o2t_has_converter, patched_onnx2torch
+from glam.importers.onnx.passes import (
     convert_opset,
     fold_constants,
     infer_shapes,
@@ -49,7 +47,8 @@ from importers.onnx_passes import (
     read_model,
     sort_and_validate,
 )
-from importers.onnx_registry import find, qualified_op, schema_version
+from glam.importers.onnx.registry import find, qualified_op, schema_version
+from torch import fx, nn
 
 #: Opset the model is down-converted to when onnx2torch + glam cannot take the original.
 FALLBACK_OPSET = 17

@@ -10,7 +10,7 @@ object, a custom class) is refused with one line that names the global and says 
 re-save the file. ``.safetensors`` files are read with ``safetensors`` (a JSON header and raw
 tensor bytes; no code in the format).
 
-Zip checkpoints are vetted like TorchScript files first (:func:`importers.safety.vet_zip`).
+Zip checkpoints are vetted like TorchScript files first (:func:`glam.importers.safety.vet_zip`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from analyzer.errors import (
+from glam.errors import (
     GlamError,
     MissingDependencyError,
     ModelFileError,
@@ -58,7 +58,7 @@ def checkpoint_kind(path: Path, head: bytes) -> CheckpointKind | None:
     -------
     CheckpointKind or None
         ``None`` when the content is neither a bare pickle stream nor a safetensors file
-        (zip checkpoints are recognised by :func:`importers.detect.detect_format`).
+        (zip checkpoints are recognised by :func:`glam.importers.detect.detect_format`).
     """
     if head[:2] in _PICKLE_HEADS:
         return "pickle"
@@ -123,7 +123,7 @@ def read_state_dict(path: Path, kind: CheckpointKind, *, is_zip: bool) -> dict[s
             ) from None
     else:
         if is_zip:
-            from importers import safety
+            from glam.importers import safety
 
             safety.vet_zip(p, "checkpoint")
         try:

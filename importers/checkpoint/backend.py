@@ -151,10 +151,18 @@ def _flat(module: nn.Module) -> nn.Module:
 
 
 def _spandrel() -> Any:
+    """spandrel, with the architectures of ``spandrel_extra_arches`` registered too when it
+    is installed (the ``community`` extra: SRFormer, Restormer, MPRNet, ...)."""
     try:
         import spandrel
     except ImportError as exc:
         raise MissingDependencyError("spandrel", "community") from exc
+    try:
+        import spandrel_extra_arches
+    except ImportError:
+        pass
+    else:
+        spandrel_extra_arches.install(ignore_duplicates=True)
     return spandrel
 
 

@@ -9,7 +9,10 @@ unless ``--sizes``, e.g. ``--sizes 64,256``; 2 CPU threads unless ``--threads``;
 * ``glam``: GL-AM, local + global maps (GLAM.md), the engine the CLI uses;
 * ``lam``: LAM with ``fold`` path steps (batched by ``--lam-batch``);
 * ``verify``: the literal GLAM.md reference (:mod:`glam.engine.reference`), the extra cost
-  of ``glam analyze --verify`` (timed once, after the pairs).
+  of ``glam analyze --verify`` (timed once, after the pairs);
+* ``run parity``: one forward of the reference runtime on the analysed input and the
+  comparison, which every analysis adds (:func:`glam.importers.parity.run_parity`;
+  ``run_parity_over_glam``).
 
 Reported: the ratios GL-AM / fb and LAM / GL-AM, and peak memory (resident set growth on
 CPU, ``max_memory_allocated`` on CUDA) of GL-AM versus fb. On CPU each (model, workload)
@@ -189,6 +192,14 @@ def _work(arch: str, workload: str, args: argparse.Namespace) -> dict:
         t_verify = float("nan")
         if not args.no_verify:
             t_verify = timed(lambda: reference_glam(model.graph, x, top, left, args.window))
+        # run parity (issue 26): what every analysis adds, one forward of the reference
+        # runtime on the analysed input and the comparison (median of three)
+        from glam.importers.parity import run_parity
+
+        with torch.no_grad():
+            y_out = model.graph(x)[0][0]
+        t_run_parity = statistics.median(
+            timed(lambda: run_parity(model, x, y_out)) for _ in range(3))
         return {
             "arch": arch,
             "workload": workload,
@@ -198,6 +209,7 @@ def _work(arch: str, workload: str, args: argparse.Namespace) -> dict:
             "pair_ratios": [g / f for f, g in zip(t_fb, t_glam, strict=True)],
             "lam_seconds": t_lam,
             "verify_seconds": t_verify,
+            "run_parity_seconds": t_run_parity,
             "taps": len(model.taps),
             "participating": sum(t.participating for t in model.taps),
             "params": sum(p.numel() for p in net.parameters()),
@@ -270,6 +282,8 @@ def _row(arch: str, size: int, tm: dict, mem: dict, fold: int) -> dict:
         "peak_mib_glam": tm.get("peak_mib_glam", mem.get("glam", {}).get("peak_mib", float("nan"))),
         "verify_seconds": tm["verify_seconds"],
         "verify_over_fb": tm["verify_seconds"] / tm["fb_seconds"],
+        "run_parity_seconds": tm.get("run_parity_seconds", float("nan")),
+        "run_parity_over_glam": tm.get("run_parity_seconds", float("nan")) / tm["glam_seconds"],
         "device": tm["device"],
     }
     errors = [m["error"] for m in mem.values() if "error" in m]
@@ -343,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     header = (
         f"{'model':8} {'LR':>4} {'taps':>5} {'part':>5} {'fb s':>8} {'GL-AM s':>8} {'GL-AM/fb':>9} "
-        f"{'LAM s':>8} {'LAM/GL-AM':>10} {'mem fb':>8} {'mem GL-AM':>10} {'verify/fb':>10}"
+        f"{'LAM s':>8} {'LAM/GL-AM':>10} {'mem fb':>8} {'mem GL-AM':>10} {'verify/fb':>10} "
+        f"{'runpar/GL-AM':>12}"
     )
     print(
         f"GL-AM benchmark: {','.join(map(str, args.sizes))} LR, {args.preset} models, "
@@ -372,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{arch:8} {size:4d} {row['taps']:5d} {row['participating']:5d} "
                 f"{row['fb_seconds']:8.3f} {row['glam_seconds']:8.3f} {row['glam_over_fb']:9.2f} "
                 f"{row['lam_seconds']:8.2f} {row['lam_over_glam']:10.1f} "
-                f"{row['peak_mib_fb']:7.0f}M {row['peak_mib_glam']:9.0f}M {row['verify_over_fb']:10.1f}",
+                f"{row['peak_mib_fb']:7.0f}M {row['peak_mib_glam']:9.0f}M {row['verify_over_fb']:10.1f} "
+                f"{row['run_parity_over_glam']:12.2f}",
                 flush=True,
             )
             _write(args, rows)

@@ -173,6 +173,25 @@ def _eager_input(arch_id: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _in_subprocess(arch: str, args: argparse.Namespace) -> Row:
+    """``run_arch`` in a fresh process with a time limit (an export can take minutes)."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--one", arch, "--format", args.format,
+           "--threads", str(args.threads)] + (["--sanity"] if args.sanity else [])
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return Row(arch=arch, error=f"timeout: over {args.timeout:.0f} s",
+                   seconds={"import": time.perf_counter() - t0})
+    for line in proc.stdout.splitlines():
+        if line.startswith("ROW "):
+            return Row(**json.loads(line[4:]))
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return Row(arch=arch, error=f"process exited {proc.returncode}: {tail[:300]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the matrix and print the Markdown table (and, with ``--json``, the rows)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -181,13 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sanity", action="store_true")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=600,
+                    help="seconds per architecture (each runs in its own process)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one arch, JSON out
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.one:
+        with tempfile.TemporaryDirectory() as tmp:
+            row = run_arch(args.one, Path(tmp), fmt=args.format, sanity=args.sanity)
+        print("ROW " + json.dumps(asdict(row)))
+        return 0
     rows = []
     print(HEADER, flush=True)
     for arch in args.archs:
-        with tempfile.TemporaryDirectory() as tmp:
-            row = run_arch(arch, Path(tmp), fmt=args.format, sanity=args.sanity)
+        row = _in_subprocess(arch, args)
         rows.append(row)
         print(row.markdown(), flush=True)
         if args.json:

@@ -146,7 +146,8 @@ def load_checkpoint(path: Path, kind: CheckpointKind, *, is_zip: bool) -> RawGra
 def _flat(module: nn.Module) -> nn.Module:
     """:class:`FlatOutputs` inside :class:`PadToMultiple` (which crops the image outputs)."""
     if isinstance(module, PadToMultiple):
-        return PadToMultiple(FlatOutputs(module.model), module.multiple, module.scale).eval()
+        return PadToMultiple(FlatOutputs(module.model), module.multiple, module.scale,
+                             module.minimum, module.square).eval()
     return FlatOutputs(module).eval()
 
 
@@ -232,14 +233,17 @@ def module_from_state_dict(
     module = desc.model.eval().float()
     for prm in module.parameters():
         prm.requires_grad_(False)
-    multiple = int(meta["size_requirements"]["multiple_of"])
+    req = meta["size_requirements"]
+    multiple, minimum, square = int(req["multiple_of"]), int(req["minimum"]), bool(req["square"])
     window = window_size(module)
-    if multiple > 1:
-        module = PadToMultiple(module, multiple, int(desc.scale)).eval()
+    if multiple > 1 or minimum or square:
+        module = PadToMultiple(module, multiple, int(desc.scale), minimum, square).eval()
+        needs = ", ".join(x for x in (
+            f"a multiple of {multiple}" if multiple > 1 else "",
+            f"at least {minimum} pixels" if minimum else "", "square" if square else "") if x)
         warnings.append(
-            f"{arch} needs input sizes that are a multiple of {multiple}; glam pads each input "
-            f"to the next multiple of {multiple} (reflect, bottom/right, as spandrel does) and "
-            "crops the output back"
+            f"{arch} needs input sizes that are {needs}; glam pads each input as spandrel does "
+            "(bottom/right, reflect, replicate beyond what reflect can) and crops the output back"
         )
     elif window:
         warnings.append(

@@ -31,7 +31,9 @@ import copy
 import math
 import operator
 import re
+import traceback
 import warnings as pywarnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,6 +41,8 @@ import torch
 from glam.errors import ConversionError, first_line
 from glam.importers.probe import probe_input
 from torch import fx, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 __all__ = [
     "CHECK_SIZES",
@@ -47,6 +51,7 @@ __all__ = [
     "FlatOutputs",
     "PadToMultiple",
     "Trace",
+    "pad_like_spandrel",
     "trace_module",
     "window_size",
 ]
@@ -59,31 +64,66 @@ CHECK_SIZES = {"the probe size": PROBE_SIZE, "a second input size": SECOND_SIZE,
                f"the odd size {ODD_SIZE[0]}x{ODD_SIZE[1]}": ODD_SIZE,
                f"the small size {SMALL_SIZE[0]}x{SMALL_SIZE[1]}": SMALL_SIZE}
 _SELF_CHECK_RTOL = 1e-5
-#: padding modes tried, in order, for the pad-and-crop graph (the model's own mode wins)
-PAD_MODES = ("reflect", "constant", "replicate")
+#: padding modes tried, in order, for the pad-and-crop graph (the model's own mode wins):
+#: ``reflect-or-constant`` reflects where reflect can and pads zeros where the input is too
+#: small for it (GRL: ``try: reflect`` ``except: constant``)
+PAD_MODES = ("reflect", "constant", "replicate", "reflect-or-constant")
 #: the largest input side the derived dynamic dimensions allow (a multiple of every m)
 _MAX_SIDE = 8192
-_GUARD_MULTIPLE = re.compile(r"%\s*(\d+)")
+_GUARD_MODULUS = re.compile(r"%\s*(\d+)")
+_GUARD_DIVISOR = re.compile(r"//\s*(\d+)")
+
+
+def padded_side(d: object, multiple: int, minimum: int = 0) -> object:
+    """The side ``d`` padded to spandrel's requirement: at least ``minimum``, rounded up to a
+    multiple of ``multiple`` (ints or SymInts)."""
+    d = torch.sym_max(d, minimum) if minimum else d
+    return (d + multiple - 1) // multiple * multiple
+
+
+def pad_like_spandrel(x: torch.Tensor, multiple: int, minimum: int = 0, square: bool = False,
+                      mode: str = "reflect") -> torch.Tensor:
+    """Pad ``x`` on the bottom / right to spandrel's size requirements as
+    ``spandrel.__helpers.size_req.pad_tensor`` does: reflect as far as reflect can (size - 1),
+    the rest replicate. Other modes (``"constant"``, ``"replicate"``) pad in one step;
+    ``"reflect-or-constant"`` reflects, or pads zeros when reflect cannot (a pad not smaller
+    than the side)."""
+    h, w = x.shape[-2], x.shape[-1]
+    ph, pw = padded_side(h, multiple, minimum), padded_side(w, multiple, minimum)
+    if square:
+        ph = pw = torch.sym_max(ph, pw)
+    ph, pw = ph - h, pw - w
+    if mode == "reflect-or-constant":
+        mode = "reflect" if ph < h and pw < w else "constant"
+        return nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
+    if mode != "reflect":
+        return nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
+    rh, rw = torch.sym_min(ph, h - 1), torch.sym_min(pw, w - 1)
+    x = nn.functional.pad(x, (0, rw, 0, rh), mode="reflect")
+    return nn.functional.pad(x, (0, pw - rw, 0, ph - rh), mode="replicate")
 
 
 class PadToMultiple(nn.Module):
-    """Pad the input to a multiple of ``multiple`` (reflect, bottom/right), crop the output.
+    """Pad the input to spandrel's size requirements (a multiple of ``multiple``, at least
+    ``minimum``, square if asked), crop the output.
 
-    The same padding spandrel's ``ImageModelDescriptor.__call__`` applies for a model whose
-    ``size_requirements.multiple_of`` is above 1 (without its final clamp, which would cut
-    the gradients GL-AM needs).
+    The padding spandrel's ``ImageModelDescriptor.__call__`` applies (:func:`pad_like_spandrel`:
+    reflect on the bottom / right, replicate beyond what reflect can), without its final
+    clamp, which would cut the gradients GL-AM needs.
     """
 
-    def __init__(self, model: nn.Module, multiple: int, scale: int) -> None:
+    def __init__(self, model: nn.Module, multiple: int, scale: int, minimum: int = 0,
+                 square: bool = False) -> None:
         super().__init__()
         self.model = model
         self.multiple = int(multiple)
         self.scale = int(scale)
+        self.minimum = int(minimum)
+        self.square = bool(square)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         h, w = x.shape[-2], x.shape[-1]
-        m = self.multiple
-        x = nn.functional.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
+        x = pad_like_spandrel(x, self.multiple, self.minimum, self.square)
         y = self.model(x)
         if isinstance(y, tuple):  # FlatOutputs inside: crop the images, keep side outputs
             return tuple(o[..., : h * self.scale, : w * self.scale] if o.dim() == 4 else o
@@ -196,8 +236,8 @@ def trace_module(target: nn.Module, example: torch.Tensor) -> Trace:
     """
     checks = _Checks(target, int(example.shape[1]))
     inner, wrappers = _unwrap(target)
-    req = _required_multiple(target)
-    window = window_size(inner)
+    req, minimum, square = _requirements(target)
+    window = own_pad_multiple(inner)
     scale = _scale(checks)
     unpadded = _rewrap(inner, wrappers, pad=False)  # what the pad-and-crop path exports
     errors: dict[str, str] = {}
@@ -208,14 +248,15 @@ def trace_module(target: nn.Module, example: torch.Tensor) -> Trace:
     def pad_path(m: int, why: str) -> Trace | None:
         nonlocal partial
         m = math.lcm(m, req)
-        if m in tried or m < 2:
+        if m in tried or (m < 2 and not square):
             return None
         tried.add(m)
-        name = "pad-to-window" if why == "window" else f"pad-to-multiple {m}"
+        name = ("pad-to-window" if why == "window" else
+                f"pad-to-multiple {m}" if m > 1 else "pad-to-size")
         try:
             with pywarnings.catch_warnings():
                 pywarnings.simplefilter("ignore")
-                gm = _export_multiple(unpadded, example, m)
+                gm = _export_multiple(unpadded, example, m, minimum, square)
         except Exception as exc:  # noqa: BLE001 - each route fails in its own way
             errors[f"torch.export for multiples of {m}"] = first_line(exc, 200)
             return None
@@ -223,24 +264,26 @@ def trace_module(target: nn.Module, example: torch.Tensor) -> Trace:
         for mode in modes:
             route = f"torch.export + {name} ({mode})"
             try:
-                wrapped = _pad_wrapped(gm, m, scale, mode)
+                wrapped = _pad_wrapped(gm, scale, m, mode, minimum, square)
                 checks.run(wrapped)
             except Exception as exc:  # noqa: BLE001 - the next mode
                 errors[route] = first_line(exc, 200)
                 continue
             return Trace(_named(wrapped, unpadded), route, errors)
-        aligned = probe_input(int(example.shape[1]), *(_aligned(d, m) for d in PROBE_SIZE))
+        aligned = probe_input(int(example.shape[1]), *_aligned_size(PROBE_SIZE, m, minimum, square))
         try:
             _compare(gm, target, aligned)
-            partial = partial or Trace(_named(gm, unpadded), f"torch.export (multiples of {m})",
-                                       errors, multiple=m)
+            if m > 1:
+                partial = partial or Trace(_named(gm, unpadded),
+                                           f"torch.export (multiples of {m})", errors, multiple=m)
         except Exception as exc:  # noqa: BLE001 - not even at multiples
             errors[f"torch.export (multiples of {m})"] = first_line(exc, 200)
         return None
 
     # 1. the multiple the model (or spandrel) pads to, padded outside the export
-    if req > 1 or window:
-        found = pad_path(window or req, "window" if window else "multiple")
+    if req > 1 or window or square:  # (a minimum size alone: the whole-module routes pad)
+        found = pad_path(window or req,
+                         "window" if window and window == window_size(inner) else "multiple")
         if found is not None:
             return found
     # 2. whole-module routes
@@ -308,21 +351,43 @@ def _rewrap(inner: nn.Module, wrappers: list[nn.Module], *, pad: bool) -> nn.Mod
         if isinstance(w, FlatOutputs):
             m = FlatOutputs(m)
         elif pad:
-            m = PadToMultiple(m, w.multiple, w.scale)
+            m = PadToMultiple(m, w.multiple, w.scale, w.minimum, w.square)
     return m
 
 
-def _required_multiple(target: nn.Module) -> int:
+def _requirements(target: nn.Module) -> tuple[int, int, bool]:
+    """spandrel's ``(multiple, minimum, square)`` the target pads to (``(1, 0, False)``)."""
     _, wrappers = _unwrap(target)
-    return next((w.multiple for w in wrappers if isinstance(w, PadToMultiple)), 1)
+    pad = next((w for w in wrappers if isinstance(w, PadToMultiple)), None)
+    return (pad.multiple, pad.minimum, pad.square) if pad is not None else (1, 0, False)
+
+
+def _int_attr(module: nn.Module, name: str) -> int | None:
+    v = getattr(module, name, None)
+    if isinstance(v, (tuple, list)) and v:
+        v = v[0]
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 1 else None
 
 
 def window_size(module: nn.Module) -> int | None:
-    """The attention window a model pads its input to (``module.window_size``), if any."""
-    ws = getattr(module, "window_size", None)
-    if isinstance(ws, (tuple, list)) and ws:
-        ws = ws[0]
-    return int(ws) if isinstance(ws, int) and ws > 1 else None
+    """The attention window of a model (``module.window_size``), if any."""
+    return _int_attr(module, "window_size")
+
+
+#: attributes naming the multiple a model pads its input to in its own forward, in the
+#: order they take precedence (GRL pads to ``pad_size`` 64, not to its window 32;
+#: NAFNet / KBNet to ``padder_size``; SwinIR, HAT, OmniSR to ``window_size``;
+#: MixDehazeNet to ``patch_size``)
+PAD_ATTRIBUTES = ("pad_size", "padder_size", "window_size", "patch_size")
+
+
+def own_pad_multiple(module: nn.Module) -> int | None:
+    """The multiple a model pads its input to itself (:data:`PAD_ATTRIBUTES`), if any."""
+    for name in PAD_ATTRIBUTES:
+        m = _int_attr(module, name)
+        if m is not None:
+            return m
+    return None
 
 
 def _scale(checks: _Checks) -> int:
@@ -330,15 +395,23 @@ def _scale(checks: _Checks) -> int:
     return max(1, int(ref.shape[-2]) // PROBE_SIZE[0])
 
 
-def _aligned(d: int, m: int) -> int:
-    return -(-int(d) // m) * m
+def _aligned_size(size: tuple[int, int], m: int, minimum: int = 0,
+                  square: bool = False) -> tuple[int, int]:
+    """``size`` padded to the requirements (ints)."""
+    h, w = (int(padded_side(int(d), m, minimum)) for d in size)
+    return (max(h, w),) * 2 if square else (h, w)
 
 
 def _guard_multiples(errors: dict[str, str]) -> list[int]:
-    """The moduli in failed routes' shape guards (``x.size()[2] % 64``), largest first."""
-    found = {int(n) for text in errors.values() if "Guard" in text or "guard" in text
-             for n in _GUARD_MULTIPLE.findall(text) if 1 < int(n) <= 256}
-    return sorted(found, reverse=True)
+    """The multiples failed routes' shape guards name: moduli (``x.size()[2] % 64``,
+    largest first), then divisors (``2 * ((x.size()[3] - 1) // 2)``: RealCUGAN's even
+    sizes)."""
+    texts = [t for t in errors.values() if "Guard" in t or "guard" in t]
+    out: list[int] = []
+    for pattern in (_GUARD_MODULUS, _GUARD_DIVISOR):
+        found = {int(n) for t in texts for n in pattern.findall(t) if 1 < int(n) <= 256}
+        out += [m for m in sorted(found, reverse=True) if m not in out]
+    return out
 
 
 def _compare(gm: fx.GraphModule, target: nn.Module, x: torch.Tensor) -> None:
@@ -385,13 +458,16 @@ def _export_dynamic(module: nn.Module, example: torch.Tensor) -> tuple[fx.GraphM
     return gm, _value_reads(gm)
 
 
-def _export_multiple(module: nn.Module, example: torch.Tensor, m: int) -> fx.GraphModule:
+def _export_multiple(module: nn.Module, example: torch.Tensor, m: int, minimum: int = 0,
+                     square: bool = False) -> fx.GraphModule:
     """``module`` exported for inputs whose sides are multiples of ``m`` (at an aligned
-    example): the model's own padding to ``m`` is then a no-op the graph may specialise."""
-    h, w = (_aligned(d, m) for d in example.shape[-2:])
+    example, at least ``minimum``, square if asked): the model's own padding to ``m`` is
+    then a no-op the graph may specialise."""
+    h, w = _aligned_size(tuple(int(d) for d in example.shape[-2:]), m, minimum, square)
     aligned = probe_input(int(example.shape[1]), h, w)
-    dh = torch.export.Dim("h_blocks", min=1, max=_MAX_SIDE // m)
-    dw = torch.export.Dim("w_blocks", min=1, max=_MAX_SIDE // m)
+    low = max(1, -(-minimum // m))
+    dh = torch.export.Dim("h_blocks", min=low, max=_MAX_SIDE // m)
+    dw = dh if square else torch.export.Dim("w_blocks", min=low, max=_MAX_SIDE // m)
     try:
         return _export(module, aligned, dynamic=True, shapes=({2: m * dh, 3: m * dw},))
     except Exception:  # noqa: BLE001 - some models reject derived dims; AUTO then
@@ -405,25 +481,73 @@ def _symbolic(module: nn.Module) -> fx.GraphModule:
 
 
 def _jit_ts2fx(module: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, str]:
-    """``torch.jit.trace`` + ``ts2fx``; a TracerWarning about a tensor turned into a Python
-    value means the trace holds the branch that value chose."""
+    """``torch.jit.trace`` + ``ts2fx``, and where the model reads an input-dependent value as
+    a Python number (the trace then holds the branch that value chose)."""
     from glam.importers.torchscript.ts2fx import translate
 
     with pywarnings.catch_warnings(record=True) as caught:
         pywarnings.simplefilter("always")
         sm = torch.jit.trace(module, (example,), check_trace=False)
-    # "Converting a tensor to a Python index / boolean ...", "Iterating over a tensor ...":
-    # the trace holds what the value was here (sizes too; the four-size checks passed)
-    values = [str(w.message).splitlines()[0].split(". ")[0] for w in caught
-              if issubclass(w.category, torch.jit.TracerWarning)
-              and "might cause the trace to be incorrect" in str(w.message)]
+    # "Converting a tensor to a Python boolean ...", "Iterating over a tensor ...": during
+    # tracing sizes are tensors too, so the warning alone does not tell a size from a value;
+    # the eager run does
+    warned = any(issubclass(w.category, torch.jit.TracerWarning)
+                 and "might cause the trace to be incorrect" in str(w.message) for w in caught)
     gm, _ = translate(sm, (example,))
-    return gm, (f"torch.jit.trace: {values[0]}" if values else "")
+    return gm, (eager_value_reads(module, example) if warned else "")
 
 
-def _pad_wrapped(gm: fx.GraphModule, m: int, scale: int, mode: str) -> fx.GraphModule:
-    """One flat FX graph: pad (``mode``, bottom/right) to a multiple of ``m``, the exported
-    graph, crop the output(s) back to ``scale`` times the input.
+class _Taint(TorchDispatchMode):
+    """Marks every tensor computed from the input and records where such a tensor's value is
+    read as a Python number (``item``, ``bool``, ``int``, iteration as an index)."""
+
+    _READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default)
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__()
+        self.tainted: dict[int, weakref.ref[torch.Tensor]] = {id(x): weakref.ref(x)}
+        self.read: str = ""
+
+    def _has(self, t: object) -> bool:
+        ref = self.tainted.get(id(t))
+        return ref is not None and ref() is t
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(a, torch.Tensor) and self._has(a)
+               for a in tree_flatten((args, kwargs or {}))[0]):
+            if func in self._READS and not self.read:
+                self.read = f"{func} at {_model_frame()}"
+            for o in tree_flatten(out)[0]:
+                if isinstance(o, torch.Tensor):
+                    self.tainted[id(o)] = weakref.ref(o)
+        return out
+
+
+def _model_frame() -> str:
+    """``file.py:310 in forward``: the innermost frame of the model's own code."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        path = frame.filename.replace("\\", "/")
+        if "/torch/" not in path and "/glam/" not in path and "/importers/" not in path:
+            return f"{path.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name}"
+    return "an unknown place"
+
+
+def eager_value_reads(module: nn.Module, x: torch.Tensor) -> str:
+    """Where ``module``, run eagerly on ``x``, first reads a value computed from ``x`` as a
+    Python number (a gate choosing experts, ``if x.mean() > t``); ``""`` when it reads none.
+    A trace of such a model holds the branch that value chose."""
+    mode = _Taint(x)
+    with torch.no_grad(), mode:
+        module(x)
+    return mode.read
+
+
+def _pad_wrapped(gm: fx.GraphModule, scale: int, m: int, mode: str, minimum: int = 0,
+                 square: bool = False) -> fx.GraphModule:
+    """One flat FX graph: pad (:func:`pad_like_spandrel` with ``mode``, bottom/right) to a
+    multiple of ``m`` (at least ``minimum``, square if asked), the exported graph, crop the
+    output(s) back to ``scale`` times the input.
 
     Built by graph surgery (the exported graph's nodes are copied after the padding nodes);
     its ``_guards_fn`` call is dropped, the padding guarantees the sizes it checks. The conv
@@ -438,13 +562,7 @@ def _pad_wrapped(gm: fx.GraphModule, m: int, scale: int, mode: str) -> fx.GraphM
     h = g.call_function(torch.ops.aten.sym_size.int, (x, 2))
     w = g.call_function(torch.ops.aten.sym_size.int, (x, 3))
 
-    def pad_of(d: fx.Node) -> fx.Node:
-        r = g.call_function(operator.mod, (d, m))
-        return g.call_function(operator.mod, (g.call_function(operator.sub, (m, r)), m))
-
-    padded = g.call_function(
-        torch.nn.functional.pad, (x, (0, pad_of(w), 0, pad_of(h))), {"mode": mode}
-    )
+    padded = g.call_function(pad_like_spandrel, (x, m, minimum, square, mode))
     placeholders = [n for n in inner.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise ConversionError(f"the exported graph has {len(placeholders)} inputs, not 1")

@@ -245,10 +245,10 @@ def module_from_state_dict(
             f"{arch} needs input sizes that are {needs}; glam pads each input as spandrel does "
             "(bottom/right, reflect, replicate beyond what reflect can) and crops the output back"
         )
-    elif window:
+    if window:
         warnings.append(
             f"{arch} attends within windows of {window}x{window} pixels: the model pads each "
-            f"input to a multiple of {window} itself (reflect) and crops its output"
+            f"input to a multiple of {window} itself and crops its output"
         )
     if window:
         meta["window_size"] = window

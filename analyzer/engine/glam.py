@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import warnings as pywarnings
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast
@@ -29,7 +28,7 @@ from glam.engine.maps import (
     resize,
     resized_stack,
 )
-from glam.engine.segments import SegmentedGraph, build_segmented
+from glam.engine.segments import SegmentCache, SegmentedGraph
 from glam.engine.texture import texture_roi
 from glam.errors import AnalysisError, NumericalError
 from glam.importers.model import ImportedModel
@@ -47,12 +46,10 @@ class LayerRecord:
 
     Attributes
     ----------
-    index, name, op, parent, participating:
-        The tap (``parent`` at the analysed input size; ``-1`` is the model input).
-    reason:
-        Why the tap does not participate (``""`` when it does; GLAM.md: a batch-folded or
-        1x1 output). A non-participating tap's ``local_map`` is ``A`` of the gradient's
-        first batch element, kept for completeness; it enters no map.
+    index, name, op, parent, participating, reason:
+        The tap (``parent`` at the analysed input size; ``-1`` is the model input); why it
+        does not participate (``""`` when it does; its ``local_map``, of the gradient's
+        first batch element, then enters no map).
     shape:
         Tap output shape ``(1, C, H_j, W_j)``.
     local_map:
@@ -182,42 +179,7 @@ def layer_keys(maps: Sequence[torch.Tensor], size: Sequence[int]) -> list[torch.
     return list(layer_key_stack(maps, size)) if maps else []
 
 
-class _SegmentCache:
-    """Segmented graphs and ``parent(j)`` per participation pattern (participation depends
-    on the input size), per graph.
-
-    Keyed by the graph module itself through weak references, never by ``id()``: a graph
-    that is freed can leave its ``id`` to a new graph, which would then be analysed with the
-    old graph's segments (seen when a test swapped ``model.graph``). An entry goes when its
-    graph does.
-    """
-
-    def __init__(self) -> None:
-        self._cache: weakref.WeakKeyDictionary[
-            torch.nn.Module, dict[tuple[bool, ...], SegmentedGraph]
-        ] = weakref.WeakKeyDictionary()
-        self._parents: weakref.WeakKeyDictionary[
-            torch.nn.Module, dict[tuple[bool, ...], list[int]]
-        ] = weakref.WeakKeyDictionary()
-
-    def get(
-        self, model: ImportedModel, flags: Sequence[bool], example: torch.Tensor
-    ) -> SegmentedGraph:
-        per_graph = self._cache.setdefault(model.graph, {})
-        key = tuple(flags)
-        if key not in per_graph:
-            per_graph[key] = build_segmented(model.graph, flags, example)
-        return per_graph[key]
-
-    def parents(self, model: ImportedModel, flags: Sequence[bool]) -> list[int]:
-        per_graph = self._parents.setdefault(model.graph, {})
-        key = tuple(flags)
-        if key not in per_graph:
-            per_graph[key] = model.parents(flags)
-        return per_graph[key]
-
-
-_SEGMENTS = _SegmentCache()
+_SEGMENTS = SegmentCache()
 
 
 @dataclass

@@ -24,12 +24,17 @@ chain of small *segments*: the segment of a cut point computes its value from th
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from glam.importers.tap import VALUE_KIND, ProbeInterpreter
 from torch import fx
+
+if TYPE_CHECKING:
+    from glam.importers.model import ImportedModel
 
 X = -1  # stands for the model input in segment read lists
 
@@ -243,3 +248,38 @@ def build_segmented(
         inner_taps=inner,
         tap_ancestors=[anc[n] | ({tap_index[n]} if n in part_taps else set()) for n in cut_nodes],
     )
+
+
+class SegmentCache:
+    """Segmented graphs and ``parent(j)`` per participation pattern (participation depends
+    on the input size), per graph.
+
+    Keyed by the graph module itself through weak references, never by ``id()``: a graph
+    that is freed can leave its ``id`` to a new graph, which would then be analysed with the
+    old graph's segments (seen when a test swapped ``model.graph``). An entry goes when its
+    graph does.
+    """
+
+    def __init__(self) -> None:
+        self._cache: weakref.WeakKeyDictionary[
+            torch.nn.Module, dict[tuple[bool, ...], SegmentedGraph]
+        ] = weakref.WeakKeyDictionary()
+        self._parents: weakref.WeakKeyDictionary[
+            torch.nn.Module, dict[tuple[bool, ...], list[int]]
+        ] = weakref.WeakKeyDictionary()
+
+    def get(
+        self, model: ImportedModel, flags: Sequence[bool], example: torch.Tensor
+    ) -> SegmentedGraph:
+        per_graph = self._cache.setdefault(model.graph, {})
+        key = tuple(flags)
+        if key not in per_graph:
+            per_graph[key] = build_segmented(model.graph, flags, example)
+        return per_graph[key]
+
+    def parents(self, model: ImportedModel, flags: Sequence[bool]) -> list[int]:
+        per_graph = self._parents.setdefault(model.graph, {})
+        key = tuple(flags)
+        if key not in per_graph:
+            per_graph[key] = model.parents(flags)
+        return per_graph[key]

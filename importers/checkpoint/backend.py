@@ -38,14 +38,8 @@ from glam.errors import (
     first_line,
 )
 from glam.importers.checkpoint.safety import CheckpointKind, read_state_dict
-from glam.importers.checkpoint.tracing import (
-    PROBE_SIZE,
-    FlatOutputs,
-    PadToMultiple,
-    flatten_outputs,
-    trace_module,
-    window_size,
-)
+from glam.importers.checkpoint.tracing import PROBE_SIZE, trace_module, window_size
+from glam.importers.checkpoint.wrappers import FlatOutputs, PadToMultiple, flatten_outputs
 from glam.importers.model import RawGraph
 from glam.importers.probe import probe_input
 from torch import nn

@@ -31,30 +31,24 @@ import copy
 import math
 import operator
 import re
-import traceback
 import warnings as pywarnings
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from glam.errors import ConversionError, first_line
+from glam.importers.checkpoint.specialisation import eager_value_reads, graph_value_reads
+from glam.importers.checkpoint.wrappers import (
+    FlatOutputs,
+    PadToMultiple,
+    flatten_outputs,
+    pad_like_spandrel,
+    padded_side,
+)
 from glam.importers.probe import probe_input
 from torch import fx, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
-__all__ = [
-    "CHECK_SIZES",
-    "PAD_MODES",
-    "PROBE_SIZE",
-    "FlatOutputs",
-    "PadToMultiple",
-    "Trace",
-    "pad_like_spandrel",
-    "trace_module",
-    "window_size",
-]
+__all__ = ["CHECK_SIZES", "PAD_MODES", "PROBE_SIZE", "Trace", "trace_module", "window_size"]
 
 PROBE_SIZE = (40, 36)
 SECOND_SIZE = (48, 48)
@@ -72,86 +66,6 @@ PAD_MODES = ("reflect", "constant", "replicate", "reflect-or-constant")
 _MAX_SIDE = 8192
 _GUARD_MODULUS = re.compile(r"%\s*(\d+)")
 _GUARD_DIVISOR = re.compile(r"//\s*(\d+)")
-
-
-def padded_side(d: object, multiple: int, minimum: int = 0) -> object:
-    """The side ``d`` padded to spandrel's requirement: at least ``minimum``, rounded up to a
-    multiple of ``multiple`` (ints or SymInts)."""
-    d = torch.sym_max(d, minimum) if minimum else d
-    return (d + multiple - 1) // multiple * multiple
-
-
-def pad_like_spandrel(x: torch.Tensor, multiple: int, minimum: int = 0, square: bool = False,
-                      mode: str = "reflect") -> torch.Tensor:
-    """Pad ``x`` on the bottom / right to spandrel's size requirements as
-    ``spandrel.__helpers.size_req.pad_tensor`` does: reflect as far as reflect can (size - 1),
-    the rest replicate. Other modes (``"constant"``, ``"replicate"``) pad in one step;
-    ``"reflect-or-constant"`` reflects, or pads zeros when reflect cannot (a pad not smaller
-    than the side)."""
-    h, w = x.shape[-2], x.shape[-1]
-    ph, pw = padded_side(h, multiple, minimum), padded_side(w, multiple, minimum)
-    if square:
-        ph = pw = torch.sym_max(ph, pw)
-    ph, pw = ph - h, pw - w
-    if mode == "reflect-or-constant":
-        mode = "reflect" if ph < h and pw < w else "constant"
-        return nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
-    if mode != "reflect":
-        return nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
-    rh, rw = torch.sym_min(ph, h - 1), torch.sym_min(pw, w - 1)
-    x = nn.functional.pad(x, (0, rw, 0, rh), mode="reflect")
-    return nn.functional.pad(x, (0, pw - rw, 0, ph - rh), mode="replicate")
-
-
-class PadToMultiple(nn.Module):
-    """Pad the input to spandrel's size requirements (a multiple of ``multiple``, at least
-    ``minimum``, square if asked), crop the output.
-
-    The padding spandrel's ``ImageModelDescriptor.__call__`` applies (:func:`pad_like_spandrel`:
-    reflect on the bottom / right, replicate beyond what reflect can), without its final
-    clamp, which would cut the gradients GL-AM needs.
-    """
-
-    def __init__(self, model: nn.Module, multiple: int, scale: int, minimum: int = 0,
-                 square: bool = False) -> None:
-        super().__init__()
-        self.model = model
-        self.multiple = int(multiple)
-        self.scale = int(scale)
-        self.minimum = int(minimum)
-        self.square = bool(square)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        h, w = x.shape[-2], x.shape[-1]
-        x = pad_like_spandrel(x, self.multiple, self.minimum, self.square)
-        y = self.model(x)
-        if isinstance(y, tuple):  # FlatOutputs inside: crop the images, keep side outputs
-            return tuple(o[..., : h * self.scale, : w * self.scale] if o.dim() == 4 else o
-                         for o in y)
-        return y[..., : h * self.scale, : w * self.scale]
-
-
-class FlatOutputs(nn.Module):
-    """A model returning nested outputs (MMRealSR: ``(image, [degree, degree])``) as one
-    flat tuple of tensors, in order, so that each output can be named and compared."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(flatten_outputs(self.model(x)))
-
-
-def flatten_outputs(out: object) -> list[torch.Tensor]:
-    """The tensors of a (nested) model output, depth first."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in flatten_outputs(o)]
-    if isinstance(out, dict):
-        return [t for o in out.values() for t in flatten_outputs(o)]
-    return []
 
 
 @dataclass
@@ -423,22 +337,6 @@ def _compare(gm: fx.GraphModule, target: nn.Module, x: torch.Tensor) -> None:
             raise ConversionError(f"differs from the module at {tuple(x.shape[-2:])}")
 
 
-def _value_reads(gm: fx.GraphModule) -> str:
-    """Where the graph reads a tensor value that depends on the input as a Python number
-    (``aten.item`` / ``_local_scalar_dense``): the trace then holds the branch that value
-    chose at the probe input. ``""`` when it reads none."""
-    from glam.importers.differentiable import node_location
-
-    reads = (torch.ops.aten.item.default, torch.ops.aten._local_scalar_dense.default)
-    from_input: set[fx.Node] = set()
-    for node in gm.graph.nodes:
-        if node.op == "placeholder" or any(a in from_input for a in node.all_input_nodes):
-            from_input.add(node)
-        if node.op == "call_function" and node.target in reads and node in from_input:
-            return f"{node.target} at node {node.name}{node_location(node)}"
-    return ""
-
-
 def _export(module: nn.Module, example: torch.Tensor, *, dynamic: bool,
             shapes: object = None) -> fx.GraphModule:
     from glam.importers.export.backend import name_convs, unlifted_module
@@ -455,7 +353,7 @@ def _export(module: nn.Module, example: torch.Tensor, *, dynamic: bool,
 
 def _export_dynamic(module: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, str]:
     gm = _export(module, example, dynamic=True)
-    return gm, _value_reads(gm)
+    return gm, graph_value_reads(gm)
 
 
 def _export_multiple(module: nn.Module, example: torch.Tensor, m: int, minimum: int = 0,
@@ -495,52 +393,6 @@ def _jit_ts2fx(module: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule
                  and "might cause the trace to be incorrect" in str(w.message) for w in caught)
     gm, _ = translate(sm, (example,))
     return gm, (eager_value_reads(module, example) if warned else "")
-
-
-class _Taint(TorchDispatchMode):
-    """Marks every tensor computed from the input and records where such a tensor's value is
-    read as a Python number (``item``, ``bool``, ``int``, iteration as an index)."""
-
-    _READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default)
-
-    def __init__(self, x: torch.Tensor) -> None:
-        super().__init__()
-        self.tainted: dict[int, weakref.ref[torch.Tensor]] = {id(x): weakref.ref(x)}
-        self.read: str = ""
-
-    def _has(self, t: object) -> bool:
-        ref = self.tainted.get(id(t))
-        return ref is not None and ref() is t
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        if any(isinstance(a, torch.Tensor) and self._has(a)
-               for a in tree_flatten((args, kwargs or {}))[0]):
-            if func in self._READS and not self.read:
-                self.read = f"{func} at {_model_frame()}"
-            for o in tree_flatten(out)[0]:
-                if isinstance(o, torch.Tensor):
-                    self.tainted[id(o)] = weakref.ref(o)
-        return out
-
-
-def _model_frame() -> str:
-    """``file.py:310 in forward``: the innermost frame of the model's own code."""
-    for frame in reversed(traceback.extract_stack()[:-2]):
-        path = frame.filename.replace("\\", "/")
-        if "/torch/" not in path and "/glam/" not in path and "/importers/" not in path:
-            return f"{path.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name}"
-    return "an unknown place"
-
-
-def eager_value_reads(module: nn.Module, x: torch.Tensor) -> str:
-    """Where ``module``, run eagerly on ``x``, first reads a value computed from ``x`` as a
-    Python number (a gate choosing experts, ``if x.mean() > t``); ``""`` when it reads none.
-    A trace of such a model holds the branch that value chose."""
-    mode = _Taint(x)
-    with torch.no_grad(), mode:
-        module(x)
-    return mode.read
 
 
 def _pad_wrapped(gm: fx.GraphModule, scale: int, m: int, mode: str, minimum: int = 0,

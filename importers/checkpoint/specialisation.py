@@ -1,0 +1,85 @@
+"""Does a trace hold a branch chosen by a tensor value?
+
+A model that reads a value computed from its input as a Python number (a mixture-of-experts
+gate choosing its experts with ``topk`` and a Python loop, ``if x.mean() > t``) runs a
+different network on another input; any trace of it holds the choice made at the probe
+input. :func:`graph_value_reads` finds such reads left in an exported graph
+(``aten.item`` of an input-dependent tensor); :func:`eager_value_reads` finds them by running
+the module once eagerly with every tensor computed from the input marked (a ``torch.jit.trace``
+TracerWarning alone does not tell a size read from a value read: during tracing, sizes are
+tensors too).
+"""
+
+from __future__ import annotations
+
+import traceback
+import weakref
+
+import torch
+from torch import fx, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+__all__ = ["eager_value_reads", "graph_value_reads"]
+
+
+def graph_value_reads(gm: fx.GraphModule) -> str:
+    """Where the graph reads a tensor value that depends on the input as a Python number
+    (``aten.item`` / ``_local_scalar_dense``): the trace then holds the branch that value
+    chose at the probe input. ``""`` when it reads none."""
+    from glam.importers.differentiable import node_location
+
+    reads = (torch.ops.aten.item.default, torch.ops.aten._local_scalar_dense.default)
+    from_input: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or any(a in from_input for a in node.all_input_nodes):
+            from_input.add(node)
+        if node.op == "call_function" and node.target in reads and node in from_input:
+            return f"{node.target} at node {node.name}{node_location(node)}"
+    return ""
+
+
+class _Taint(TorchDispatchMode):
+    """Marks every tensor computed from the input and records where such a tensor's value is
+    read as a Python number (``item``, ``bool``, ``int``, iteration as an index)."""
+
+    _READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default)
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__()
+        self.tainted: dict[int, weakref.ref[torch.Tensor]] = {id(x): weakref.ref(x)}
+        self.read: str = ""
+
+    def _has(self, t: object) -> bool:
+        ref = self.tainted.get(id(t))
+        return ref is not None and ref() is t
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(a, torch.Tensor) and self._has(a)
+               for a in tree_flatten((args, kwargs or {}))[0]):
+            if func in self._READS and not self.read:
+                self.read = f"{func} at {_model_frame()}"
+            for o in tree_flatten(out)[0]:
+                if isinstance(o, torch.Tensor):
+                    self.tainted[id(o)] = weakref.ref(o)
+        return out
+
+
+def _model_frame() -> str:
+    """``file.py:310 in forward``: the innermost frame of the model's own code."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        path = frame.filename.replace("\\", "/")
+        if "/torch/" not in path and "/glam/" not in path and "/importers/" not in path:
+            return f"{path.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name}"
+    return "an unknown place"
+
+
+def eager_value_reads(module: nn.Module, x: torch.Tensor) -> str:
+    """Where ``module``, run eagerly on ``x``, first reads a value computed from ``x`` as a
+    Python number (a gate choosing experts, ``if x.mean() > t``); ``""`` when it reads none.
+    A trace of such a model holds the branch that value chose."""
+    mode = _Taint(x)
+    with torch.no_grad(), mode:
+        module(x)
+    return mode.read

@@ -380,6 +380,7 @@ def analyze(
             shape=maps.shapes[t.index],
             parent=maps.parents[t.index],
             participating=maps.participating[t.index],
+            reason=maps.reasons[t.index],
         )
         for t in model.taps
     ]

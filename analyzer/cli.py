@@ -409,6 +409,7 @@ def inspect(
         click.echo(_json_line({"schema_version": 1, **s}))
         _fail_on_engine_parity(parity)
         return
+    from glam.archive.taps import tap_row, taps_summary
     from glam.runs import format_table
 
     meta = s.get("metadata") or {}
@@ -443,12 +444,10 @@ def inspect(
     for w in s.get("warnings", []):
         click.echo(f"warning    {w}")
     taps = s["taps"]
-    n_part = sum(1 for t in taps if t["participating"])
-    click.echo(f"taps       {len(taps)} convolution(s), {n_part} participating")
+    click.echo(f"taps       {taps_summary(taps)}")
     rows = [("index", "name", "op", "shape", "parent", "part.")]
     for t in taps:
-        rows.append((str(t["index"]), t["name"], t["op"], "x".join(map(str, t["shape"])),
-                     str(t["parent"]), "yes" if t["participating"] else "no"))
+        rows.append(tap_row(t))
     click.echo(format_table(rows))
     if parity is not None:
         click.echo(f"verify     {_parity_line(parity)} on {Path(parity['image']).name}")
@@ -696,6 +695,7 @@ def _f(v: Any) -> float | None:
 def show(archive: str, run: str, as_json: bool) -> None:
     """Show RUN of ARCHIVE: metrics, provenance and a tap summary."""
     from glam.archive.hdf5 import open_archive
+    from glam.archive.taps import tap_row, taps_summary
     from glam.runs import _fmt, format_table
 
     with open_archive(archive) as ar:
@@ -728,15 +728,13 @@ def show(archive: str, run: str, as_json: bool) -> None:
                    f"({par.get('max_abs_error', float('nan')):.3g} vs {par.get('reference')})")
     for wmsg in rd.warnings:
         click.echo(f"warning    {wmsg}")
-    n_part = sum(1 for t in rd.taps if t["participating"])
-    click.echo(f"taps       {len(rd.taps)} convolution(s), {n_part} participating")
+    click.echo(f"taps       {taps_summary(rd.taps)}")
     rows = [("index", "name", "op", "shape", "parent", "part.")]
     shown = rd.taps if len(rd.taps) <= 24 else rd.taps[:12] + rd.taps[-6:]
     for i, t in enumerate(shown):
         if len(rd.taps) > 24 and i == 12:
             rows.append(("...", f"({len(rd.taps) - 18} more)", "", "", "", ""))
-        rows.append((str(t["index"]), t["name"], t["op"], "x".join(map(str, t["shape"])),
-                     str(t["parent"]), "yes" if t["participating"] else "no"))
+        rows.append(tap_row(t))
     click.echo(format_table(rows))
     ep = rd.engine_parity
     if ep:

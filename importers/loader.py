@@ -41,7 +41,7 @@ from glam.importers.model import (
 )
 from glam.importers.probe import probe_input
 from glam.importers.size_rule import ODD_OFFSET, probe_size_rule
-from glam.importers.tap import participating, tap_ancestry, tap_graph
+from glam.importers.tap import participation, tap_ancestry, tap_graph
 from glam.importers.torchscript.jit_builtin_ids import keep_retired_ops_alive
 from torch import fx, nn
 
@@ -312,7 +312,8 @@ def finish_import(
         n_outputs=len(raw.output_names),
     )
     ancestors, shapes, y = tap_ancestry(tapped, x)
-    flags = [participating(s) for s in shapes]
+    reasons = [participation(s) for s in shapes]
+    flags = [not r for r in reasons]
     parents = parents_from_ancestors(ancestors, flags)
     taps = [
         TapInfo(
@@ -322,6 +323,7 @@ def finish_import(
             shape=tuple(int(d) for d in shapes[i]),
             parent=parents[i],
             participating=flags[i],
+            reason=reasons[i],
         )
         for i, t in enumerate(tap_nodes)
     ]

@@ -80,7 +80,11 @@ class TapInfo:
         ``parent(j)`` of GLAM.md at the probe input: the latest participating tap that is a
         graph ancestor, or ``-1`` for the model input.
     participating:
-        4-D output with ``H > 1`` and ``W > 1`` at the probe input.
+        4-D output of batch size 1 with ``H > 1`` and ``W > 1`` at the probe input
+        (GLAM.md "Participating taps").
+    reason:
+        Why the tap does not participate (``""`` when it does), e.g. ``"batch-folded
+        (output 25x16x8x8: ...)"`` for a conv on windows stacked in the batch axis.
     """
 
     index: int
@@ -89,6 +93,7 @@ class TapInfo:
     shape: tuple[int, ...]
     parent: int
     participating: bool
+    reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

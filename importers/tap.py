@@ -517,6 +517,29 @@ def tap_ancestry(
     return ancestors, shapes, y
 
 
+def participation(shape: tuple[int, ...]) -> str:
+    """Why a tap with output ``shape`` does not participate (GLAM.md "Participating taps"),
+    or ``""`` when it does.
+
+    A tap participates when its output is 4-D with batch size 1 (the input's) and spatial
+    extent ``H > 1``, ``W > 1``. A conv that runs on a batch-folded tensor (windows of the
+    image stacked in the batch axis, e.g. ``25 x 16 x 8 x 8`` at a 40x40 input) has no
+    single position in the image's frame: it is archived with this reason and enters no map.
+    """
+    dims = "x".join(str(int(d)) for d in shape)
+    if len(shape) != 4:
+        return f"not 4-D (output {dims})"
+    if shape[0] != 1:
+        return (
+            f"batch-folded (output {dims}: {int(shape[0])} parts of the image stacked in the "
+            "batch axis)"
+        )
+    if shape[2] <= 1 or shape[3] <= 1:
+        return f"no spatial extent (output {dims})"
+    return ""
+
+
 def participating(shape: tuple[int, ...]) -> bool:
-    """GLAM.md "participating taps": 4-D output with ``H > 1`` and ``W > 1``."""
-    return len(shape) == 4 and shape[2] > 1 and shape[3] > 1
+    """GLAM.md "participating taps": 4-D output of batch size 1 with ``H > 1`` and ``W > 1``
+    (:func:`participation` says why not)."""
+    return not participation(shape)

@@ -587,6 +587,7 @@ class RunWriter:
                 "op": rec.op,
                 "parent": int(rec.parent),
                 "participating": bool(rec.participating),
+                "participation": str(getattr(rec, "reason", "")),
                 "shape": [int(d) for d in rec.shape],
                 "local_weights_vanish": bool(rec.local_vanished),
                 "global_weights_vanish": bool(rec.global_vanished),
@@ -794,6 +795,7 @@ class RunWriter:
         ck(t, "op", _str_array([x.op for x in taps]))
         ck(t, "parent", np.array([x.parent for x in taps], dtype=np.int32))
         ck(t, "participating", np.array([x.participating for x in taps], dtype=bool))
+        ck(t, "reason", _str_array([x.reason for x in taps]))
         ds = ck(t, "shape", shapes)
         ds.attrs["padding"] = -1
 
@@ -1296,10 +1298,13 @@ class Archive:
             parents = t["parent"][()].tolist()
             part = t["participating"][()].tolist()
             shapes = t["shape"][()].tolist()
+            # archives written before 2026-12-06 have no reasons (and no batch-folded taps)
+            reasons = [_py(x) for x in t["reason"][()]] if "reason" in t else [""] * len(names)
             for i in range(len(names)):
                 taps.append({"index": i, "name": names[i], "op": ops[i],
                              "shape": [d for d in shapes[i] if d >= 0],
-                             "parent": int(parents[i]), "participating": bool(part[i])})
+                             "parent": int(parents[i]), "participating": bool(part[i]),
+                             "reason": reasons[i]})
         return RunData(
             name=name,
             attrs=attrs,

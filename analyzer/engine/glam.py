@@ -33,7 +33,7 @@ from glam.engine.segments import SegmentedGraph, build_segmented
 from glam.engine.texture import texture_roi
 from glam.errors import AnalysisError, NumericalError
 from glam.importers.model import ImportedModel
-from glam.importers.tap import participating
+from glam.importers.tap import participation
 
 StoreMode = Literal["maps", "tensors"]
 PerLayerMode = Literal["auto", "per-layer", "batched", "compiled"]
@@ -49,6 +49,10 @@ class LayerRecord:
     ----------
     index, name, op, parent, participating:
         The tap (``parent`` at the analysed input size; ``-1`` is the model input).
+    reason:
+        Why the tap does not participate (``""`` when it does; GLAM.md: a batch-folded or
+        1x1 output). A non-participating tap's ``local_map`` is ``A`` of the gradient's
+        first batch element, kept for completeness; it enters no map.
     shape:
         Tap output shape ``(1, C, H_j, W_j)``.
     local_map:
@@ -74,6 +78,7 @@ class LayerRecord:
     participating: bool
     shape: tuple[int, ...]
     local_map: np.ndarray
+    reason: str = ""
     global_map: np.ndarray | None = None
     global_grad_map: np.ndarray | None = None
     activation_energy: np.ndarray | None = None
@@ -94,6 +99,7 @@ class GlamMaps:
     parents: list[int]
     participating: list[bool]
     shapes: list[tuple[int, ...]]
+    reasons: list[str] = field(default_factory=list)  # why a tap does not participate
     layers: list[LayerRecord] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -494,7 +500,8 @@ def compute_glam(
         seg = _SEGMENTS.get(model, flags, x)
         with torch.enable_grad():
             y, taps, values, leaves = seg.module(x)
-        actual = [participating(tuple(t.shape)) for t in taps]
+        reasons = [participation(tuple(t.shape)) for t in taps]
+        actual = [not r for r in reasons]
         if actual == flags:
             break
         flags = actual
@@ -547,6 +554,7 @@ def compute_glam(
                 op=model.taps[i].op,
                 parent=parents[i],
                 participating=flags[i],
+                reason=reasons[i],
                 shape=tuple(int(d) for d in taps[i].shape),
                 local_map=local.raw[i].cpu().numpy() if local_host is None else local_host[i],
                 local_vanished=flags[i] and local.vanished[i],
@@ -590,6 +598,7 @@ def compute_glam(
         parents=parents,
         participating=flags,
         shapes=[tuple(int(d) for d in t.shape) for t in taps],
+        reasons=reasons,
         layers=layers,
         timings=timings,
         warnings=warn,

@@ -143,7 +143,8 @@ def reference_parents(graph: fx.GraphModule, x: torch.Tensor) -> tuple[list[int]
         _, taps = kinds.run(x.detach())
     out_node = next(n for n in graph.graph.nodes if n.op == "output")
     tap_nodes = list(out_node.args[0][1])
-    part = [t.dim() == 4 and t.shape[2] > 1 and t.shape[3] > 1 for t in taps]
+    # GLAM.md: 4-D, batch size 1 (a batch-folded tap has no place in the image), H, W > 1
+    part = [t.dim() == 4 and t.shape[0] == 1 and t.shape[2] > 1 and t.shape[3] > 1 for t in taps]
     parents = []
     for node in tap_nodes:
         seen: set[fx.Node] = set()

@@ -32,6 +32,7 @@ from glam.archive.figure_data import to_rgb_uint8
 from glam.archive.hdf5 import open_archive
 from glam.archive.report_data import ReportRun, read_report_run
 from glam.archive.sanity import SanityRecord
+from glam.archive.taps import not_participating
 from glam.errors import ArchiveError, MissingDependencyError, UserInputError
 
 __all__ = ["CMAP", "check_output_path", "write_check_report", "write_report"]
@@ -271,6 +272,7 @@ def _run_view(rr: ReportRun, slug: str) -> dict[str, Any]:
         "name": rd.name, "slug": slug, "model": fd.model_name, "attrs": rd.attrs, "metrics": m,
         "images": images, "local": local, "global": glob, "lam": lam, "layers": layers,
         "n_layers": n, "n_sampled": rr.n_sampled, "n_taps": len(rd.taps),
+        "not_participating": not_participating(rd.taps),
         "curve": {"di_local": _curve([v.di_local for v in rr.layers], n),
                   "di_global": _curve([v.di_global for v in rr.layers], n),
                   "af_local": _curve([None if v.af_local is None else 100 * v.af_local

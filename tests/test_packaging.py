@@ -117,7 +117,7 @@ def test_wheel_in_a_fresh_venv_imports_glam(wheel: Path, tmp_path: Path) -> None
 def test_archive_written_as_analyzer_stays_readable(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs archived before the rename record ``analyzer.engine.reference.reference_glam``
-    as their parity reference; ``glam ls`` / ``show`` still read them (the string is kept
+    as their parity reference; ``glam ls`` / ``show`` / ``export`` / ``report`` still read them (the string is kept
     as provenance, never imported)."""
     import glam.fixtures as fixtures
 
@@ -137,3 +137,7 @@ def test_archive_written_as_analyzer_stays_readable(tmp_path: Path,
     res = runner.invoke(cli, ["show", "old.h5", "old"])
     assert res.exit_code == 0, res.output
     assert "engine parity  passed" in res.output
+    res = runner.invoke(cli, ["export", "old.h5", "old", "--to", "out"])
+    assert res.exit_code == 0 and any(Path("out").rglob("*.npy")), res.output
+    res = runner.invoke(cli, ["report", "old.h5", "-o", "old.html"])
+    assert res.exit_code == 0 and Path("old.html").stat().st_size > 0, res.output

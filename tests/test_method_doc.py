@@ -416,6 +416,16 @@ def test_doc_numbers_are_the_computed_numbers(steps: Steps, result: glam.Result)
     assert np.abs(lam_doc - result.lam.map).max() <= 0.005 + LAM_TOL
 
 
+def test_engine_modules_point_to_the_method() -> None:
+    import ast
+
+    for name in ("glam", "reference", "lam", "metrics", "maps"):
+        path = ROOT / "analyzer" / "engine" / f"{name}.py"
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        assert "docs/method.md" in doc, f"glam.engine.{name}'s docstring does not point to docs/method.md"
+    assert "](docs/method.md)" in (ROOT / "README.md").read_text()
+
+
 if __name__ == "__main__":  # print the document's blocks
     for name, text in doc_blocks(recompute()).items():
         print(f"<!-- example:{name} -->\n```\n{text}\n```\n" if name != "taps" else

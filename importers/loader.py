@@ -31,6 +31,7 @@ from glam.importers.conventions import (
 )
 from glam.importers.detect import detect_format
 from glam.importers.device_pass import follow_input_device
+from glam.importers.differentiable import make_differentiable, probe_backward
 from glam.importers.model import (
     Conventions,
     ImportedModel,
@@ -41,7 +42,7 @@ from glam.importers.model import (
 )
 from glam.importers.probe import probe_input
 from glam.importers.size_rule import ODD_OFFSET, probe_size_rule
-from glam.importers.tap import participation, tap_ancestry, tap_graph
+from glam.importers.tap import functionalize_inplace, participation, tap_ancestry, tap_graph
 from glam.importers.torchscript.jit_builtin_ids import keep_retired_ops_alive
 from torch import fx, nn
 
@@ -300,6 +301,12 @@ def finish_import(
                 f"{size[0] + ODD_OFFSET[0]}x{size[1] + ODD_OFFSET[1]}; which input sizes it "
                 "accepts is unknown"
             )
+    # the graph that parity proves is the graph that is analysed: in-place ops functional,
+    # ops without a derivative rewritten (glam.importers.differentiable)
+    inplace_warnings = functionalize_inplace(gm)
+    rewritten_ops = make_differentiable(gm)
+    if rewritten_ops:
+        metadata["rewritten_ops"] = rewritten_ops
     x = probe_input(channels, *size)
     t_parity = time.perf_counter()
     parity = check_parity(raw, gm, x, conv, tolerance)
@@ -311,6 +318,7 @@ def finish_import(
         output_index=out_idx,
         n_outputs=len(raw.output_names),
     )
+    probe_backward(tapped, x)
     ancestors, shapes, y = tap_ancestry(tapped, x)
     reasons = [participation(s) for s in shapes]
     flags = [not r for r in reasons]
@@ -341,7 +349,8 @@ def finish_import(
         conventions=conv,
         parity=parity,
         metadata=metadata,
-        warnings=list(raw.warnings) + range_warnings + size_warnings + tap_warnings,
+        warnings=list(raw.warnings) + range_warnings + size_warnings + inplace_warnings
+        + tap_warnings,
         input_names=list(raw.input_names),
         output_names=list(raw.output_names),
         timings={"parity": t_parity},

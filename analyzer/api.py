@@ -39,7 +39,8 @@ from glam.engine.reference import EngineParity, ParityMeter, reference_glam
 from glam.errors import AnalysisError, UserInputError
 from glam.images import crop_reference, downscale_psnr, hr_to_lr, read_image, to_tensor
 from glam.importers.loader import sha256_of
-from glam.importers.model import ImportedModel, TapInfo
+from glam.importers.model import ImportedModel, ParityReport, TapInfo
+from glam.importers.parity import run_parity as check_run_parity
 from glam.importers.size_rule import check_input_size
 from glam.progress import PhaseLog
 
@@ -163,6 +164,9 @@ class Result:
     input_crop: tuple[int, int, int, int] | None = None
     engine_parity: EngineParity | None = None
     peak_memory_bytes: int | None = None  # GL-AM's peak device memory (CUDA only)
+    run_parity: ParityReport | None = None
+    """The analysed output against the reference runtime on this input
+    (:func:`glam.importers.parity.run_parity`); ``None`` when the model has no reference."""
 
 
 def default_roi(out_hw: tuple[int, int], window: int) -> tuple[int, int]:
@@ -280,6 +284,9 @@ def analyze(
         the graph cannot run (not a multiple of ``metadata["input_multiple"]``).
     NumericalError
         NaN/Inf in the output or gradients.
+    ParityError
+        The output differs from the reference runtime's on this input (a branch the trace
+        baked in, a size-specialised graph): nothing of this input may be archived.
     """
     dev = resolve_device(device)
     if not isinstance(lr, torch.Tensor):
@@ -318,6 +325,13 @@ def analyze(
     if log is not None:
         n_part = sum(bool(v) for v in maps.participating)
         log.done("GL-AM", seconds_glam, f"{n_part} participating layers")
+    # the graph against the original model on this very input (raises before anything is
+    # archived when a trace was right at the probe sizes but is not here)
+    run_parity = check_run_parity(model, x, maps.output)
+    if log is not None and run_parity is not None:
+        log.done("run parity", run_parity.seconds,
+                 f"max |error| {run_parity.max_abs_error:.2g} on the analysed "
+                 f"{int(x.shape[-2])}x{int(x.shape[-1])} input against {run_parity.reference}")
     warnings += maps.warnings
     metrics: dict[str, float] = {
         "di_local": diffusion_index(maps.local["sum"]),
@@ -400,6 +414,7 @@ def analyze(
             **maps.timings,
             **({"lam": lam_res.seconds} if lam_res else {}),
             **({"verify": parity.seconds} if parity else {}),
+            **({"run_parity": run_parity.seconds} if run_parity else {}),
         },
         taps=taps,
         device=str(dev),
@@ -407,6 +422,7 @@ def analyze(
         input_crop=crop,
         engine_parity=parity,
         peak_memory_bytes=maps.peak_memory_bytes,
+        run_parity=run_parity,
     )
 
 

@@ -114,13 +114,18 @@ def _silence_stdout() -> None:
 
 
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    from glam.importers.quiet import set_passthrough
+
     if value:
         ctx.meta[_DEBUG] = True
+    # what exporters print while a model is imported: captured, or on stderr with --debug
+    set_passthrough(bool(ctx.meta.get(_DEBUG)))
     return value
 
 
 def debug_option(f: F) -> F:
-    """``--debug`` / ``-v``: print tracebacks of errors."""
+    """``--debug`` / ``-v``: print tracebacks of errors, and what the exporters print while
+    a model is imported (captured otherwise, in ``metadata["import_log"]``)."""
     return click.option(
         "--debug",
         "-v",
@@ -128,7 +133,7 @@ def debug_option(f: F) -> F:
         expose_value=False,
         is_eager=True,
         callback=_set_debug,
-        help="Print the traceback of errors.",
+        help="Print the traceback of errors and the exporters' own output during import.",
     )(f)
 
 
@@ -726,6 +731,12 @@ def show(archive: str, run: str, as_json: bool) -> None:
     if par:
         click.echo(f"  parity         {'passed' if par.get('passed') else 'FAILED'} "
                    f"({par.get('max_abs_error', float('nan')):.3g} vs {par.get('reference')})")
+    rp = p.get("run_parity", {})
+    if rp:
+        shape = "x".join(str(int(d)) for d in list(rp.get("input_shape", []))[-2:])
+        click.echo(f"  run parity     {'passed' if rp.get('passed') else 'FAILED'} "
+                   f"({rp.get('max_abs_error', float('nan')):.3g} on the analysed {shape} input "
+                   f"vs {rp.get('reference')})")
     for wmsg in rd.warnings:
         click.echo(f"warning    {wmsg}")
     click.echo(f"taps       {taps_summary(rd.taps)}")

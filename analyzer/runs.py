@@ -253,6 +253,7 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
     engine_parity: dict[str, Any] | None = None
+    run_parity: dict[str, Any] | None = None  # the output against the reference on this input
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (non-finite floats become ``None``)."""
@@ -266,6 +267,7 @@ class RunSummary:
             "warnings": list(self.warnings),
             "figures": list(self.figures),
             **({"engine_parity": self.engine_parity} if self.engine_parity is not None else {}),
+            **({"run_parity": self.run_parity} if self.run_parity is not None else {}),
         }
 
 
@@ -549,6 +551,7 @@ def analyze_one(
         metrics=dict(result.metrics),
         warnings=list(dict.fromkeys([*model.warnings, *result.warnings])),
         engine_parity=_parity_summary(model, result),
+        run_parity=result.run_parity.to_dict() if result.run_parity is not None else None,
     )
     if options.figures is not None:
         t = time.perf_counter()

@@ -1,24 +1,36 @@
-"""Importers: ONNX, TorchScript and ``torch.export`` SR models to tapped ``torch.fx`` graphs.
+"""Importers: ONNX, TorchScript, ``torch.export`` and checkpoint SR models to tapped ``torch.fx``
+graphs.
 
->>> import glam.importers
->>> model = glam.importers.load("fixtures/models/rcan_small_x2.legacy.onnx")  # doctest: +SKIP
+>>> from glam import importers
+>>> model = importers.load("fixtures/models/rcan_small_x2.legacy.onnx")  # doctest: +SKIP
 >>> y, taps = model(x)                                                  # doctest: +SKIP
+
+The public names are loaded lazily, so that importing a light module of this package
+(:mod:`glam.importers.quiet`, :mod:`glam.importers.detect`'s callers in the CLI) does not
+import torch.
 """
 
 from __future__ import annotations
 
-from glam.importers.detect import detect_format
-from glam.importers.loader import from_module, load, sha256_of
-from glam.importers.model import Conventions, ImportedModel, ParityReport, RawGraph, TapInfo
+_LAZY = {
+    "Conventions": "glam.importers.model",
+    "ImportedModel": "glam.importers.model",
+    "ParityReport": "glam.importers.model",
+    "RawGraph": "glam.importers.model",
+    "TapInfo": "glam.importers.model",
+    "detect_format": "glam.importers.detect",
+    "from_module": "glam.importers.loader",
+    "load": "glam.importers.loader",
+    "sha256_of": "glam.importers.loader",
+}
 
-__all__ = [
-    "Conventions",
-    "ImportedModel",
-    "ParityReport",
-    "RawGraph",
-    "TapInfo",
-    "detect_format",
-    "from_module",
-    "load",
-    "sha256_of",
-]
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'glam.importers' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

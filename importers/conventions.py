@@ -99,6 +99,41 @@ def select_output(names: Sequence[str], output: str | int | None) -> int:
     return list(names).index(output)
 
 
+def choose_image_output(
+    run: NativeRunner, layout: InputLayout, channels: int, names: Sequence[str]
+) -> tuple[int, str | None]:
+    """The output to analyse when a model has several and none was asked for: the first
+    that is an image (4-D, 1 or 3 channels, at least as large as the input), with a note
+    naming the choice and the other outputs; ``(0, None)`` for a single output.
+
+    Raises
+    ------
+    ConventionError
+        When no output is an image.
+    """
+    if len(names) <= 1:
+        return 0, None
+    size = layout.fixed_size or DEFAULT_PROBE_SIZE
+    with torch.no_grad():
+        outs = run(to_native(probe_input(channels, *size), layout.layout, 1))
+    shapes = [list(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in outs]
+    for i, o in enumerate(outs):
+        if not (isinstance(o, torch.Tensor) and o.dim() == 4 and o.is_floating_point()):
+            continue
+        c, h, w = _spatial(o, layout.layout)
+        if c in (1, 3) and h >= size[0] and w >= size[1]:
+            others = ", ".join(f"{n} {s}" for j, (n, s) in enumerate(zip(names, shapes, strict=False)) if j != i)
+            return i, (
+                f"the model returns {len(outs)} outputs; glam analyses {names[i]} "
+                f"{shapes[i]}, the first image output (others: {others}; choose with --output)"
+            )
+    raise ConventionError(
+        f"none of the model's {len(outs)} outputs is an image of 1 or 3 channels at least as "
+        f"large as the input ({', '.join(f'{n} {s}' for n, s in zip(names, shapes, strict=False))}); "
+        "glam analyses SR models"
+    )
+
+
 def _spatial(y: torch.Tensor, layout: str) -> tuple[int, int, int]:
     if y.dim() != 4:
         raise NotSuperResolutionError(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-import warnings as pywarnings
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +13,13 @@ from glam.errors import (
     ConventionError,
     GlamError,
     ModelError,
-    ParityError,
     UserInputError,
     first_line,
 )
 from glam.importers.conventions import (
     DEFAULT_PROBE_SIZE,
     SECOND_PROBE_DELTA,
+    choose_image_output,
     detect_input_range,
     forced_range_warning,
     infer_input_layout,
@@ -35,12 +34,13 @@ from glam.importers.differentiable import make_differentiable, probe_backward
 from glam.importers.model import (
     Conventions,
     ImportedModel,
-    ParityReport,
     RawGraph,
     TapInfo,
     parents_from_ancestors,
 )
+from glam.importers.parity import check_parity, native_runner
 from glam.importers.probe import probe_input
+from glam.importers.quiet import captured
 from glam.importers.size_rule import ODD_OFFSET, probe_size_rule
 from glam.importers.tap import functionalize_inplace, participation, tap_ancestry, tap_graph
 from glam.importers.torchscript.jit_builtin_ids import keep_retired_ops_alive
@@ -137,18 +137,22 @@ def load(
         )
     p = Path(path)
     fmt = detect_format(p)
-    raw = _raw_graph(p, fmt, in_channels, trust_model)
-    imported = finish_import(
-        raw,
-        path=str(p),
-        sha256=sha256_of(p),
-        in_channels=in_channels,
-        layout=layout,
-        input_range=input_range,
-        output=output,
-        tolerance=tolerance,
-        probe_size=probe_size,
-    )
+    # exporters and tracers print graphs and warnings; the user sees glam's lines
+    with captured() as log:
+        raw = _raw_graph(p, fmt, in_channels, trust_model)
+        imported = finish_import(
+            raw,
+            path=str(p),
+            sha256=sha256_of(p),
+            in_channels=in_channels,
+            layout=layout,
+            input_range=input_range,
+            output=output,
+            tolerance=tolerance,
+            probe_size=probe_size,
+        )
+    if log.text():
+        imported.metadata["import_log"] = log.text()
     if fmt == "checkpoint":
         from glam.importers.checkpoint.backend import reconcile_metadata
 
@@ -204,14 +208,6 @@ def from_module(
     return imported
 
 
-def _native_runner(gm: fx.GraphModule):
-    def run(x: torch.Tensor) -> list[torch.Tensor]:
-        out = gm(x)
-        return list(out) if isinstance(out, (tuple, list)) else [out]
-
-    return run
-
-
 def finish_import(
     raw: RawGraph,
     *,
@@ -233,11 +229,15 @@ def finish_import(
     for prm in gm.parameters():
         prm.requires_grad_(False)
     lay = infer_input_layout(raw.input_shape, layout=layout, channels=in_channels)
-    run = _native_runner(gm)
+    run = native_runner(gm)
     channels = lay.channels
     if channels is None:
         channels = _guess_channels(run, lay)
-    out_idx = select_output(raw.output_names, output)
+    output_note = None
+    if output is None:
+        out_idx, output_note = choose_image_output(run, lay, channels, raw.output_names)
+    else:
+        out_idx = select_output(raw.output_names, output)
     try:
         meas = measure_scale(run, lay, channels, out_idx, probe_size)
     except GlamError:
@@ -286,6 +286,9 @@ def finish_import(
     )
     metadata = dict(raw.metadata)
     size_warnings: list[str] = []
+    if output_note is not None:
+        metadata["output_choice"] = output_note
+        size_warnings.append(output_note)
     if lay.fixed_size is None and meas.source == "two sizes":
         size2 = (size[0] + SECOND_PROBE_DELTA[0], size[1] + SECOND_PROBE_DELTA[1])
         rule = probe_size_rule(run, lay.layout, channels, out_idx, (size, size2), conv.output_size)
@@ -354,6 +357,7 @@ def finish_import(
         input_names=list(raw.input_names),
         output_names=list(raw.output_names),
         timings={"parity": t_parity},
+        reference=raw.reference,
     )
 
 
@@ -371,75 +375,4 @@ def _guess_channels(run, lay) -> int:
         "could not find the number of input channels (tried 3 and 1): "
         + "; ".join(errors)
         + "; pass --in-channels"
-    )
-
-
-
-def check_parity(
-    raw: RawGraph,
-    gm: fx.GraphModule,
-    x: torch.Tensor,
-    conv: Conventions,
-    tolerance: float,
-) -> ParityReport:
-    """Compare every output of the converted graph with the original model on ``x``.
-
-    The error is measured on the canonical [0, 1] scale (native outputs divided by the input
-    range). Raises :class:`ParityError` above ``tolerance``, naming the first diverging node
-    when the backend can find it.
-    """
-    native = to_native(x, conv.layout, conv.input_range).contiguous()
-    with torch.no_grad(), pywarnings.catch_warnings():
-        pywarnings.simplefilter("ignore")
-        outs = _native_runner(gm)(native)
-    try:
-        ref = raw.reference([native.numpy().copy()])
-    except GlamError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any runtime failure of the original model
-        raise ModelError(f"the original model failed to run ({raw.reference_name}): {first_line(exc)}") from None
-    if len(ref) != len(outs):
-        raise ParityError(
-            f"the converted graph returns {len(outs)} outputs, the original {len(ref)}",
-            float("inf"),
-        )
-    err = 0.0
-    for o, r in zip(outs, ref, strict=True):
-        o_np = o.detach().float().numpy()
-        r_np = np.asarray(r, dtype=np.float32)
-        if o_np.shape != r_np.shape:
-            raise ParityError(
-                f"output shape {list(o_np.shape)} of the converted graph differs from the "
-                f"original's {list(r_np.shape)}",
-                float("inf"),
-            )
-        if o_np.size:
-            diff = np.abs(o_np - r_np) / conv.input_range
-            e = float(np.nanmax(diff)) if np.isfinite(diff).any() else float("inf")
-            if np.isnan(diff).any():
-                e = float("inf")
-            err = max(err, e)
-    passed = err <= tolerance
-    node = None
-    if not passed:
-        if raw.first_divergence is not None:
-            try:
-                node = raw.first_divergence([native.numpy().copy()])
-            except Exception:  # noqa: BLE001 - diagnosis is best effort
-                node = None
-        where = f"; first diverging node: {node}" if node else ""
-        raise ParityError(
-            f"imported graph differs from {raw.reference_name} by max abs error {err:.3g} > "
-            f"tolerance {tolerance:g}{where}; the conversion is not faithful (raise --tolerance "
-            "only if you accept this error)",
-            err,
-            node,
-        )
-    return ParityReport(
-        reference=raw.reference_name,
-        max_abs_error=err,
-        passed=passed,
-        tolerance=tolerance,
-        input_shape=tuple(native.shape),
-        first_divergence=node,
     )

@@ -164,6 +164,7 @@ class ParityReport:
     tolerance: float
     input_shape: tuple[int, ...]
     first_divergence: str | None = None
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -194,6 +195,13 @@ class ImportedModel:
     output_names: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds of the import's steps that a phase log reports (``parity``)."""
+    reference: Callable[[list[np.ndarray]], list[np.ndarray]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """Runs the original model on native numpy inputs (:attr:`RawGraph.reference`): the
+    analysis checks its output against it on every analysed input
+    (:func:`glam.importers.parity.run_parity`). ``None``: nothing to check against (e.g. a
+    weight-randomised copy)."""
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         return self.graph(x)

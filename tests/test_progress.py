@@ -163,7 +163,7 @@ def test_cli_quiet_threads_and_figure_format(
     assert torch.get_num_threads() == 1
     phases = [ln.split()[1] for ln in res.stderr.splitlines() if ln.startswith("glam: ")
               and not ln.startswith("glam: note")]
-    assert phases == ["import", "parity", "GL-AM", "figures", "total"]
+    assert phases == ["import", "parity", "GL-AM", "run", "figures", "total"]  # run parity
     assert "1 thread(s)" in res.stderr
     figs = tmp_path / "f" / "r"
     assert (figs / "local.svg").is_file() and (figs / "attributed.svg").is_file()

@@ -857,6 +857,10 @@ class RunWriter:
         conv["fixed_size"] = conv["fixed_size"] or [-1, -1]  # (-1, -1): any input size
         _set_attrs(cg, conv)
         _set_attrs(pg.create_group("parity"), model.parity.to_dict())
+        # the analysed output against the reference runtime on this input (a run whose
+        # check failed is never archived)
+        if getattr(result, "run_parity", None) is not None:
+            _set_attrs(pg.create_group("run_parity"), result.run_parity.to_dict())
 
         # engine parity (--verify): the engine against the literal GLAM.md reference
         if result.engine_parity is not None:
@@ -1091,7 +1095,8 @@ class RunData:
         ``{"local/sum": {"di": ..., "attributed_fraction": ...}, ...}``.
     provenance:
         Versions, command line, options; ``provenance["conventions"]``,
-        ``provenance["parity"]`` are dicts.
+        ``provenance["parity"]`` (import, probe input) and ``provenance["run_parity"]``
+        (the analysed input; runs written since 2026-12-06) are dicts.
     input, output, reference, input_rgb:
         Arrays (``reference``/``input_rgb`` may be ``None``).
     local, global_:
@@ -1272,7 +1277,7 @@ class Archive:
         attrs = _attrs(g)
         prov = _attrs(g["provenance"]) if "provenance" in g else {}
         if "provenance" in g:
-            for sub in ("conventions", "parity"):
+            for sub in ("conventions", "parity", "run_parity"):
                 if sub in g["provenance"]:
                     prov[sub] = _attrs(g["provenance"][sub])
             conv = prov.get("conventions", {})

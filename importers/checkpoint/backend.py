@@ -1,39 +1,29 @@
 """Checkpoint backend: a ``.pth`` / ``.safetensors`` SR state dict through spandrel.
 
 Most SR models in circulation are state-dict checkpoints of a few dozen community
-architectures (ESRGAN, Real-ESRGAN compact, SwinIR, HAT, DAT, OmniSR, SPAN, SAFMN, ...).
-This backend
+architectures (ESRGAN, Real-ESRGAN compact, SwinIR, HAT, DAT, OmniSR, SPAN, SAFMN, PLKSR,
+DITN, SeemoRe, ...). This backend
 
-1. reads the tensors safely (:mod:`glam.importers.checkpoint.safety`: ``torch.load(weights_only=True)``
-   or ``safetensors``; nothing in the file runs);
+1. reads the tensors safely (:mod:`glam.importers.checkpoint.safety`:
+   ``torch.load(weights_only=True)`` or ``safetensors``; nothing in the file runs);
 2. lets spandrel (the ``community`` extra) detect the architecture and its hyper-parameters
    and build the ``nn.Module``; a checkpoint spandrel does not recognise, and a face
    restoration or inpainting model, is refused; a restoration model at scale 1 (denoising,
    deblurring, ...) is imported with a warning that says so;
-3. wraps the module in :class:`PadToMultiple` when spandrel says its input sizes must be a
-   multiple of some ``m`` (padding the way spandrel's own call does: reflect on the bottom /
-   right, output cropped back), and reports it; architectures that pad to their attention
-   window themselves (SwinIR, HAT, OmniSR) are reported with their window;
-4. traces it into an FX graph: ``torch.export`` with dynamic height and width first, then
-   ``torch.fx.symbolic_trace``, then ``torch.jit.trace`` + glam's ``ts2fx``, and last a
-   ``torch.export`` specialised to the probe size (a fixed-size graph, reported). Each
-   candidate must reproduce the module at the probe size, at a second size and at an odd
-   size (no multiple of any window) before it is taken; the reasons the earlier routes
-   failed are kept in ``metadata["route_errors"]``. A dynamic export that reproduces the
-   module at the first two sizes but whose shape guards refuse the odd one (SwinIR, HAT:
-   ``torch.export`` specialises the model's pad-to-window to "no padding needed") is
-   wrapped: the input is padded outside the graph to a multiple of the window with the
-   model's own mode (reflect for SwinIR / HAT, zeros for OmniSR: the first of
-   :data:`PAD_MODES` that passes the four self-checks) and the output cropped. When no mode
-   passes, that graph is kept when no later route is size-generic: it accepts input sizes
-   that are multiples of the window, ``metadata["input_multiple"]`` and a warning say so.
+3. wraps the module so that glam analyses it as spandrel runs it: :class:`PadToMultiple`
+   when spandrel says its input sizes must be a multiple of some ``m`` (reflect padding on
+   the bottom / right, output cropped back), :class:`FlatOutputs` when it returns more
+   than an image (MMRealSR's degradation estimates, MPRNet's stage outputs: every output is
+   named, the first image output is analysed and the choice recorded);
+4. traces it with :func:`glam.importers.checkpoint.tracing.trace_module`: any size the
+   model accepts (pad-and-crop for size multiples and attention windows), a branch chosen
+   by a tensor value recorded as such, a fixed-size graph only as the last resort.
 
 The parity reference is the spandrel module itself; tap names are its module qualnames.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings as pywarnings
 from pathlib import Path
@@ -42,16 +32,23 @@ from typing import Any
 import numpy as np
 import torch
 from glam.errors import (
-    ConversionError,
     MissingDependencyError,
     ModelFileError,
     NotSuperResolutionError,
     first_line,
 )
 from glam.importers.checkpoint.safety import CheckpointKind, read_state_dict
+from glam.importers.checkpoint.tracing import (
+    PROBE_SIZE,
+    FlatOutputs,
+    PadToMultiple,
+    flatten_outputs,
+    trace_module,
+    window_size,
+)
 from glam.importers.model import RawGraph
 from glam.importers.probe import probe_input
-from torch import fx, nn
+from torch import nn
 
 __all__ = [
     "PadToMultiple",
@@ -59,40 +56,7 @@ __all__ = [
     "load_checkpoint",
     "module_from_state_dict",
     "reconcile_metadata",
-    "trace_module",
 ]
-
-PROBE_SIZE = (40, 36)
-SECOND_SIZE = (48, 48)
-ODD_SIZE = (43, 37)  # no multiple of any window: a specialising shape guard shows here
-SMALL_SIZE = (21, 19)  # small and odd: guards specialised to the probe's size range show here
-_SELF_CHECK_RTOL = 1e-5
-#: padding modes tried, in order, for the pad-to-window wrapper (the model's own mode wins)
-PAD_MODES = ("reflect", "constant", "replicate")
-ROUTES = ("torch.export", "fx.symbolic_trace", "jit.trace+ts2fx", "torch.export (static)")
-
-
-class PadToMultiple(nn.Module):
-    """Pad the input to a multiple of ``multiple`` (reflect, bottom/right), crop the output.
-
-    The same padding spandrel's ``ImageModelDescriptor.__call__`` applies for a model whose
-    ``size_requirements.multiple_of`` is above 1 (without its final clamp, which would cut
-    the gradients GL-AM needs).
-    """
-
-    def __init__(self, model: nn.Module, multiple: int, scale: int) -> None:
-        super().__init__()
-        self.model = model
-        self.multiple = int(multiple)
-        self.scale = int(scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2], x.shape[-1]
-        m = self.multiple
-        x = nn.functional.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
-        y = self.model(x)
-        return y[..., : h * self.scale, : w * self.scale]
-
 
 def load_checkpoint(path: Path, kind: CheckpointKind, *, is_zip: bool) -> RawGraph:
     """Load a state-dict checkpoint as an untapped FX graph of the module spandrel builds.
@@ -124,50 +88,81 @@ def load_checkpoint(path: Path, kind: CheckpointKind, *, is_zip: bool) -> RawGra
     metadata["checkpoint"] = kind
     c_in = int(metadata["spandrel_channels"][0])
     example = probe_input(c_in, *PROBE_SIZE)
+    with torch.no_grad():
+        first = module(example.clone())
+    if not isinstance(first, torch.Tensor):
+        # several outputs: named in order; the conventions pick the image one
+        module = _flat(module)
+    n_out = len(flatten_outputs(first))
     t0 = time.perf_counter()
-    gm, route, errors, fixed, multiple = trace_module(module, example)
-    metadata["route"] = route
-    if multiple is not None:
-        metadata["input_multiple"] = multiple
-        what = f"multiples of {multiple} (the model's window)" if multiple else "some sizes"
-        warnings.append(
-            f"traced with {route}, whose shape guards specialise the model's pad-to-window: the "
-            f"graph accepts only input sizes that are {what}; pad or crop inputs to such a "
-            f"size ({errors.get(route, '')})"
-        )
+    trace = trace_module(module, example)
+    metadata["route"] = trace.route
     metadata["conversion_s"] = round(time.perf_counter() - t0, 3)
-    if errors:
-        metadata["route_errors"] = errors
-    if fixed:
+    if trace.errors:
+        metadata["route_errors"] = trace.errors
+    if trace.specialised:
+        metadata["specialised"] = trace.specialised
+        metadata["specialised_detail"] = trace.detail
+    if trace.multiple is not None:
+        metadata["input_multiple"] = trace.multiple
         warnings.append(
-            f"traced with {route}, specialised to the probe size {PROBE_SIZE[0]}x{PROBE_SIZE[1]} "
-            f"(earlier routes failed: {'; '.join(f'{k}: {v}' for k, v in errors.items())}); "
-            "the graph only accepts that input size"
+            f"traced with {trace.route}: no padding mode reproduces the model off a multiple "
+            f"of {trace.multiple}, so the graph accepts only input sizes that are multiples of "
+            f"{trace.multiple}; pad or crop inputs to such a size"
+        )
+    if trace.specialised == "values":
+        warnings.append(
+            f"traced with {trace.route}, which holds the branch a tensor value chose at the "
+            f"probe input ({trace.detail}; no route keeps the model's data-dependent control "
+            "flow); every analysis checks the output against the spandrel module on the "
+            "analysed input and refuses an input that takes another branch"
+        )
+    if trace.fixed:
+        warnings.append(
+            f"traced with {trace.route}, specialised to the probe size {PROBE_SIZE[0]}x"
+            f"{PROBE_SIZE[1]} (no size-generic route worked: "
+            f"{'; '.join(f'{k}: {v}' for k, v in trace.errors.items())}); the graph only "
+            "accepts that input size"
         )
 
     def reference(inputs: list[np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
             out = module(*[torch.from_numpy(np.array(a, copy=True)) for a in inputs])
-        return [out.detach().cpu().numpy()]
+        return [o.detach().cpu().numpy() for o in flatten_outputs(out)]
 
     return RawGraph(
-        gm=gm,
+        gm=trace.gm,
         format="checkpoint",
         reference=reference,
         reference_name=f"spandrel {metadata['architecture']} module",
         input_names=["input"],
-        output_names=["output"],
-        input_shape=(1, c_in, *(PROBE_SIZE if fixed else (None, None))),
+        output_names=["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)],
+        input_shape=(1, c_in, *(PROBE_SIZE if trace.fixed else (None, None))),
         metadata=metadata,
         warnings=warnings,
     )
 
 
+def _flat(module: nn.Module) -> nn.Module:
+    """:class:`FlatOutputs` inside :class:`PadToMultiple` (which crops the image outputs)."""
+    if isinstance(module, PadToMultiple):
+        return PadToMultiple(FlatOutputs(module.model), module.multiple, module.scale).eval()
+    return FlatOutputs(module).eval()
+
+
 def _spandrel() -> Any:
+    """spandrel, with the architectures of ``spandrel_extra_arches`` registered too when it
+    is installed (the ``community`` extra: SRFormer, Restormer, MPRNet, ...)."""
     try:
         import spandrel
     except ImportError as exc:
         raise MissingDependencyError("spandrel", "community") from exc
+    try:
+        import spandrel_extra_arches
+    except ImportError:
+        pass
+    else:
+        spandrel_extra_arches.install(ignore_duplicates=True)
     return spandrel
 
 
@@ -238,7 +233,7 @@ def module_from_state_dict(
     for prm in module.parameters():
         prm.requires_grad_(False)
     multiple = int(meta["size_requirements"]["multiple_of"])
-    window = _window_size(module)
+    window = window_size(module)
     if multiple > 1:
         module = PadToMultiple(module, multiple, int(desc.scale)).eval()
         warnings.append(
@@ -307,227 +302,6 @@ def reconcile_metadata(metadata: dict[str, Any], scale: int, channels: tuple[int
             f"{channels[0]}->{channels[1]}; glam uses its own"
         )
     return out
-
-
-def _window_size(module: nn.Module) -> int | None:
-    ws = getattr(module, "window_size", None)
-    if isinstance(ws, (tuple, list)) and ws:
-        ws = ws[0]
-    return int(ws) if isinstance(ws, int) and ws > 1 else None
-
-
-# ------------------------------------------------------------------------------- tracing
-
-
-def trace_module(
-    module: nn.Module, example: torch.Tensor
-) -> tuple[fx.GraphModule, str, dict[str, str], bool, int | None]:
-    """Trace ``module`` to an untapped FX graph through the first route that reproduces it.
-
-    Parameters
-    ----------
-    module:
-        The eval-mode module (the parity reference).
-    example:
-        A native input at the probe size.
-
-    Returns
-    -------
-    tuple[fx.GraphModule, str, dict[str, str], bool, int | None]
-        The graph (conv nodes carry ``glam_name``, the module qualname), the route taken
-        (one of :data:`ROUTES`), why each other route failed, whether the graph is
-        specialised to the probe size, and ``None`` for a size-generic graph, else the
-        multiple its input sizes must be (the model's window; 0 when unknown).
-
-    Raises
-    ------
-    ConversionError
-        When no route reproduces the module; the message names every route's reason.
-    """
-    with torch.no_grad():
-        ref1 = module(example)
-        second = probe_input(example.shape[1], *SECOND_SIZE)
-        ref2 = module(second)
-        odd = probe_input(example.shape[1], *ODD_SIZE)
-        ref3 = module(odd)
-        small = probe_input(example.shape[1], *SMALL_SIZE)
-        ref4 = module(small)
-    errors: dict[str, str] = {}
-    partial: tuple[fx.GraphModule, str] | None = None
-    window = _window_size(_inner(module))
-    aligned = example
-    if window and (example.shape[-2] % window or example.shape[-1] % window):
-        h, w = (-(-int(d) // window) * window for d in example.shape[-2:])
-        aligned = probe_input(example.shape[1], h, w)
-    builders = (
-        (ROUTES[0], lambda: _export(module, aligned, dynamic=True), False),
-        (ROUTES[1], lambda: _symbolic(module), False),
-        (ROUTES[2], lambda: _jit_ts2fx(module, example), False),
-        (ROUTES[3], lambda: _export(module, example, dynamic=False), True),
-    )
-    strip = "model." if isinstance(module, PadToMultiple) else ""
-    for route, build, fixed in builders:
-        if fixed and partial is not None:
-            break
-        try:
-            with pywarnings.catch_warnings():
-                pywarnings.simplefilter("ignore")
-                gm = build()
-                if gm is not None and aligned is not example and route == ROUTES[0]:
-                    with torch.no_grad():
-                        _self_check(gm, aligned, module(aligned), "the aligned probe size")
-                    raise _Partial()
-                _self_check(gm, example, ref1, "the probe size")
-                if not fixed:
-                    _self_check(gm, second, ref2, "a second input size")
-        except _Partial:
-            errors[route] = f"shape guards hold only for multiples of the window {window}"
-            partial = partial or (gm, route)
-            continue
-        except Exception as exc:  # noqa: BLE001 - each route fails in its own way
-            errors[route] = first_line(exc, 200)
-            continue
-        try:
-            if not fixed:
-                with pywarnings.catch_warnings():
-                    pywarnings.simplefilter("ignore")
-                    _self_check(gm, odd, ref3, f"the odd size {ODD_SIZE[0]}x{ODD_SIZE[1]}")
-                    _self_check(gm, small, ref4, f"the small size {SMALL_SIZE[0]}x{SMALL_SIZE[1]}")
-        except Exception as exc:  # noqa: BLE001 - a shape guard refusing the odd size
-            errors[route] = first_line(exc, 200)
-            if partial is None:
-                partial = (gm, route)
-            continue
-        _name_convs(gm, strip)
-        return gm, route, errors, fixed, None
-    if partial is not None and window:
-        # the graph holds for multiples of the window: pad outside it exactly as the model
-        # pads itself (reflect, bottom/right) and crop, which makes it size-generic
-        gm, route = partial
-        scale = int(ref1.shape[-2]) // int(example.shape[-2])
-        # the padding mode is the model's own: SwinIR and HAT reflect, OmniSR pads zeros
-        for mode in PAD_MODES:
-            try:
-                with pywarnings.catch_warnings():
-                    pywarnings.simplefilter("ignore")
-                    wrapped = _pad_wrapped(gm, window, scale, mode)
-                    for xi, ri, where in ((example, ref1, "the probe size"),
-                                          (second, ref2, "a second size"),
-                                          (odd, ref3, "an odd size"), (small, ref4, "a small size")):
-                        _self_check(wrapped, xi, ri, where)
-                _name_convs(wrapped, strip)
-                return wrapped, f"{route} + pad-to-window ({mode})", errors, False, None
-            except Exception as exc:  # noqa: BLE001 - the next mode, else the window-multiple graph
-                errors[f"{route} + pad-to-window ({mode})"] = first_line(exc, 200)
-    if partial is not None:
-        gm, route = partial
-        _name_convs(gm, strip)
-        return gm, route, errors, False, window or 0
-    raise ConversionError(
-        "cannot trace the spandrel module: " + "; ".join(f"{k}: {v}" for k, v in errors.items())
-    )
-
-
-class _Partial(Exception):
-    """A dynamic export whose shape guards hold only for multiples of the model's window."""
-
-
-def _pad_wrapped(gm: fx.GraphModule, window: int, scale: int, mode: str) -> fx.GraphModule:
-    """One flat FX graph: pad (``mode``) to a multiple of ``window``, the exported graph, crop.
-
-    Built by graph surgery (the exported graph's nodes are copied after the padding nodes);
-    its ``_guards_fn`` call is dropped, the padding guarantees the sizes it checks. The conv
-    nodes keep their ``nn_module_stack`` metadata and hence their names.
-    """
-    import operator
-
-    inner = copy.deepcopy(gm)
-    for node in list(inner.graph.nodes):
-        if node.op == "call_module" and str(node.target) == "_guards_fn":
-            inner.graph.erase_node(node)
-    g = fx.Graph()
-    x = g.placeholder("x")
-    h = g.call_function(torch.ops.aten.sym_size.int, (x, 2))
-    w = g.call_function(torch.ops.aten.sym_size.int, (x, 3))
-
-    def pad_of(d: fx.Node) -> fx.Node:
-        r = g.call_function(operator.mod, (d, window))
-        return g.call_function(operator.mod, (g.call_function(operator.sub, (window, r)), window))
-
-    padded = g.call_function(
-        torch.nn.functional.pad, (x, (0, pad_of(w), 0, pad_of(h))), {"mode": mode}
-    )
-    placeholders = [n for n in inner.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise ConversionError(f"the exported graph has {len(placeholders)} inputs, not 1")
-    out = g.graph_copy(inner.graph, {placeholders[0]: padded})
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    y = g.call_function(
-        operator.getitem,
-        (out, (Ellipsis, slice(None, g.call_function(operator.mul, (h, scale))),
-               slice(None, g.call_function(operator.mul, (w, scale))))),
-    )
-    g.output(y)
-    outer = fx.GraphModule(inner, g)
-    for name in ("train", "eval"):
-        outer.__dict__.pop(name, None)
-    return outer
-
-
-def _inner(module: nn.Module) -> nn.Module:
-    return module.model if isinstance(module, PadToMultiple) else module
-
-
-def _export(module: nn.Module, example: torch.Tensor, *, dynamic: bool) -> fx.GraphModule:
-    from glam.importers.export.backend import name_convs, unlifted_module
-
-    shapes = None
-    if dynamic:
-        auto = torch.export.Dim.AUTO
-        shapes = ({2: auto, 3: auto},)
-    ep = torch.export.export(module, (example,), dynamic_shapes=shapes, strict=False)
-    gm = unlifted_module(ep.run_decompositions({}))
-    name_convs(gm)
-    return gm
-
-
-def _symbolic(module: nn.Module) -> fx.GraphModule:
-    # on a copy: a forward that assigns attributes (SPAN: ``self.mean = self.mean.type_as(x)``)
-    # would leave a Proxy in the reference module
-    return fx.symbolic_trace(copy.deepcopy(module))
-
-
-def _jit_ts2fx(module: nn.Module, example: torch.Tensor) -> fx.GraphModule:
-    from glam.importers.torchscript.ts2fx import translate
-
-    sm = torch.jit.trace(module, (example,), check_trace=False)
-    gm, _ = translate(sm, (example,))
-    return gm
-
-
-def _self_check(gm: fx.GraphModule, x: torch.Tensor, ref: torch.Tensor, where: str) -> None:
-    with torch.no_grad():
-        out = gm(x.clone())
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if not isinstance(out, torch.Tensor) or out.shape != ref.shape:
-        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConversionError(f"output {got} at {where}, the module gives {list(ref.shape)}")
-    err = float((out.float() - ref.float()).abs().max())
-    if not err <= _SELF_CHECK_RTOL * max(1.0, float(ref.abs().max())):
-        raise ConversionError(f"differs from the module by {err:.3g} at {where}")
-
-
-def _name_convs(gm: fx.GraphModule, strip: str) -> None:
-    """Tap names are the spandrel module's qualnames (``strip``: :class:`PadToMultiple`'s prefix)."""
-    from glam.importers.tap import default_tap_name, find_conv_nodes
-
-    for node in find_conv_nodes(gm):
-        name = default_tap_name(node)
-        if strip and name.startswith(strip):
-            name = name[len(strip):]
-        node.meta["glam_name"] = name
 
 
 def _version(dist: str) -> str:

@@ -1,0 +1,486 @@
+"""Tracing a spandrel module to an FX graph that reproduces it at any input size it accepts.
+
+The module is the parity reference; every candidate graph must reproduce it at four sizes
+(:data:`CHECK_SIZES`: the probe, a second size, an odd size that is no multiple of any
+window, a small odd size) before it is taken. In order:
+
+1. **Pad-and-crop, when the model needs a size multiple.** spandrel's ``size_requirements``
+   (SAFMN, DITN: the input must be a multiple of ``m``) or the model's own pad-to-window
+   (SwinIR, HAT, OmniSR pad each input to their window ``w``). The model is exported with
+   ``torch.export`` for inputs that are multiples of ``m`` (derived dynamic dimensions
+   ``m * d``), and the graph pads outside the export exactly as the model (or spandrel)
+   pads, with the padding mode that reproduces it (reflect for SwinIR / HAT and spandrel,
+   zeros for OmniSR), and crops the output. ``torch.export`` of the unpadded model would
+   specialise the pad to the probe size's case.
+2. **Whole-module routes**: ``torch.export`` with dynamic height and width,
+   ``torch.fx.symbolic_trace``, ``torch.jit.trace`` + glam's ``ts2fx``. A route that read a
+   tensor value as a Python number while tracing (a mixture-of-experts gate choosing its
+   experts, ``x.item()`` in a branch) holds the branch taken at the probe input: it is
+   kept only when no other route works, and the import records it
+   (``metadata["specialised"] = "values"``) so that the analysis-time parity check names
+   the cause when an image takes another branch.
+3. **Pad-and-crop for the multiples a failed route's shape guards name** (GRL:
+   ``(64 - H % 64) % 64 == 0``).
+4. A graph valid only for multiples of some ``m`` (``multiple``), then, as the last resort,
+   ``torch.export`` specialised to the probe size (``fixed``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+import re
+import warnings as pywarnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from glam.errors import ConversionError, first_line
+from glam.importers.probe import probe_input
+from torch import fx, nn
+
+__all__ = [
+    "CHECK_SIZES",
+    "PAD_MODES",
+    "PROBE_SIZE",
+    "FlatOutputs",
+    "PadToMultiple",
+    "Trace",
+    "trace_module",
+    "window_size",
+]
+
+PROBE_SIZE = (40, 36)
+SECOND_SIZE = (48, 48)
+ODD_SIZE = (43, 37)  # no multiple of any window: a specialising shape guard shows here
+SMALL_SIZE = (21, 19)  # small and odd: guards specialised to the probe's size range show here
+CHECK_SIZES = {"the probe size": PROBE_SIZE, "a second input size": SECOND_SIZE,
+               f"the odd size {ODD_SIZE[0]}x{ODD_SIZE[1]}": ODD_SIZE,
+               f"the small size {SMALL_SIZE[0]}x{SMALL_SIZE[1]}": SMALL_SIZE}
+_SELF_CHECK_RTOL = 1e-5
+#: padding modes tried, in order, for the pad-and-crop graph (the model's own mode wins)
+PAD_MODES = ("reflect", "constant", "replicate")
+#: the largest input side the derived dynamic dimensions allow (a multiple of every m)
+_MAX_SIDE = 8192
+_GUARD_MULTIPLE = re.compile(r"%\s*(\d+)")
+
+
+class PadToMultiple(nn.Module):
+    """Pad the input to a multiple of ``multiple`` (reflect, bottom/right), crop the output.
+
+    The same padding spandrel's ``ImageModelDescriptor.__call__`` applies for a model whose
+    ``size_requirements.multiple_of`` is above 1 (without its final clamp, which would cut
+    the gradients GL-AM needs).
+    """
+
+    def __init__(self, model: nn.Module, multiple: int, scale: int) -> None:
+        super().__init__()
+        self.model = model
+        self.multiple = int(multiple)
+        self.scale = int(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        h, w = x.shape[-2], x.shape[-1]
+        m = self.multiple
+        x = nn.functional.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
+        y = self.model(x)
+        if isinstance(y, tuple):  # FlatOutputs inside: crop the images, keep side outputs
+            return tuple(o[..., : h * self.scale, : w * self.scale] if o.dim() == 4 else o
+                         for o in y)
+        return y[..., : h * self.scale, : w * self.scale]
+
+
+class FlatOutputs(nn.Module):
+    """A model returning nested outputs (MMRealSR: ``(image, [degree, degree])``) as one
+    flat tuple of tensors, in order, so that each output can be named and compared."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(flatten_outputs(self.model(x)))
+
+
+def flatten_outputs(out: object) -> list[torch.Tensor]:
+    """The tensors of a (nested) model output, depth first."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in flatten_outputs(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in flatten_outputs(o)]
+    return []
+
+
+@dataclass
+class Trace:
+    """The graph :func:`trace_module` chose and how.
+
+    Attributes
+    ----------
+    gm:
+        The untapped graph (conv nodes carry ``glam_name``, the module qualname).
+    route:
+        How it was made, e.g. ``"torch.export + pad-to-window (reflect)"``.
+    errors:
+        Why each route tried before it failed (or was passed over).
+    fixed:
+        Specialised to the probe size (the last resort).
+    multiple:
+        ``None`` for a graph that takes any size, else the multiple its input sizes must be.
+    specialised:
+        ``"values"`` when the trace holds a branch chosen by a tensor value at the probe
+        input, ``"size"`` for a fixed-size graph, else ``None``.
+    detail:
+        What was specialised (the node and model location of the value read).
+    """
+
+    gm: fx.GraphModule
+    route: str
+    errors: dict[str, str] = field(default_factory=dict)
+    fixed: bool = False
+    multiple: int | None = None
+    specialised: str | None = None
+    detail: str = ""
+
+
+class _Checks:
+    """The target module's outputs at :data:`CHECK_SIZES`, and the comparison of a graph
+    with them."""
+
+    def __init__(self, target: nn.Module, channels: int) -> None:
+        self.inputs = {where: probe_input(channels, *size) for where, size in CHECK_SIZES.items()}
+        with torch.no_grad():
+            self.refs = {w: flatten_outputs(target(x.clone())) for w, x in self.inputs.items()}
+
+    def run(self, gm: fx.GraphModule, sizes: tuple[str, ...] | None = None) -> None:
+        """Raise :class:`ConversionError` where ``gm`` differs from the module."""
+        for where in sizes or tuple(self.inputs):
+            with torch.no_grad(), pywarnings.catch_warnings():
+                pywarnings.simplefilter("ignore")
+                outs = flatten_outputs(gm(self.inputs[where].clone()))
+            refs = self.refs[where]
+            if len(outs) != len(refs):
+                raise ConversionError(f"{len(outs)} outputs at {where}, the module gives {len(refs)}")
+            for out, ref in zip(outs, refs, strict=True):
+                if out.shape != ref.shape:
+                    raise ConversionError(
+                        f"output {list(out.shape)} at {where}, the module gives {list(ref.shape)}"
+                    )
+                err = float((out.float() - ref.float()).abs().max()) if out.numel() else 0.0
+                if not err <= _SELF_CHECK_RTOL * max(1.0, float(ref.abs().max()) if ref.numel() else 1.0):
+                    raise ConversionError(f"differs from the module by {err:.3g} at {where}")
+
+
+def trace_module(target: nn.Module, example: torch.Tensor) -> Trace:
+    """Trace ``target`` to an untapped FX graph that reproduces it (module docstring).
+
+    Parameters
+    ----------
+    target:
+        The eval-mode module as glam analyses it (the parity reference), possibly wrapped in
+        :class:`PadToMultiple` and/or :class:`FlatOutputs`.
+    example:
+        A native input at the probe size.
+
+    Returns
+    -------
+    Trace
+
+    Raises
+    ------
+    ConversionError
+        When no route reproduces the module; the message names every route's reason.
+    """
+    checks = _Checks(target, int(example.shape[1]))
+    inner, wrappers = _unwrap(target)
+    req = _required_multiple(target)
+    window = window_size(inner)
+    scale = _scale(checks)
+    unpadded = _rewrap(inner, wrappers, pad=False)  # what the pad-and-crop path exports
+    errors: dict[str, str] = {}
+    tried: set[int] = set()
+    value_fallback: Trace | None = None
+    partial: Trace | None = None
+
+    def pad_path(m: int, why: str) -> Trace | None:
+        nonlocal partial
+        m = math.lcm(m, req)
+        if m in tried or m < 2:
+            return None
+        tried.add(m)
+        name = "pad-to-window" if why == "window" else f"pad-to-multiple {m}"
+        try:
+            with pywarnings.catch_warnings():
+                pywarnings.simplefilter("ignore")
+                gm = _export_multiple(unpadded, example, m)
+        except Exception as exc:  # noqa: BLE001 - each route fails in its own way
+            errors[f"torch.export for multiples of {m}"] = first_line(exc, 200)
+            return None
+        modes = ("reflect",) + tuple(p for p in PAD_MODES if p != "reflect") if req > 1 else PAD_MODES
+        for mode in modes:
+            route = f"torch.export + {name} ({mode})"
+            try:
+                wrapped = _pad_wrapped(gm, m, scale, mode)
+                checks.run(wrapped)
+            except Exception as exc:  # noqa: BLE001 - the next mode
+                errors[route] = first_line(exc, 200)
+                continue
+            return Trace(_named(wrapped, unpadded), route, errors)
+        aligned = probe_input(int(example.shape[1]), *(_aligned(d, m) for d in PROBE_SIZE))
+        try:
+            _compare(gm, target, aligned)
+            partial = partial or Trace(_named(gm, unpadded), f"torch.export (multiples of {m})",
+                                       errors, multiple=m)
+        except Exception as exc:  # noqa: BLE001 - not even at multiples
+            errors[f"torch.export (multiples of {m})"] = first_line(exc, 200)
+        return None
+
+    # 1. the multiple the model (or spandrel) pads to, padded outside the export
+    if req > 1 or window:
+        found = pad_path(window or req, "window" if window else "multiple")
+        if found is not None:
+            return found
+    # 2. whole-module routes
+    routes: tuple[tuple[str, Callable[[], tuple[fx.GraphModule, str]]], ...] = (
+        ("torch.export", lambda: _export_dynamic(target, example)),
+        ("fx.symbolic_trace", lambda: (_symbolic(target), "")),
+        ("jit.trace+ts2fx", lambda: _jit_ts2fx(target, example)),
+    )
+    for route, build in routes:
+        try:
+            gm, values = build()
+            checks.run(gm)
+        except Exception as exc:  # noqa: BLE001 - each route fails in its own way
+            errors[route] = first_line(exc, 200)
+            continue
+        if values:
+            value_fallback = value_fallback or Trace(
+                _named(gm, target), route, dict(errors), specialised="values", detail=values)
+            errors[route] = f"passed over: it holds a branch chosen by a tensor value ({values})"
+            continue
+        return Trace(_named(gm, target), route, errors)
+    # 3. the multiples the failed routes' shape guards name
+    for m in _guard_multiples(errors):
+        found = pad_path(m, "multiple")
+        if found is not None:
+            return found
+    # 4. fallbacks
+    if value_fallback is not None:
+        value_fallback.errors = errors
+        return value_fallback
+    if partial is not None:
+        partial.errors = errors
+        return partial
+    try:
+        with pywarnings.catch_warnings():
+            pywarnings.simplefilter("ignore")
+            gm = _export(target, example, dynamic=False)
+            checks.run(gm, ("the probe size",))
+    except Exception as exc:  # noqa: BLE001
+        errors["torch.export (static)"] = first_line(exc, 200)
+        raise ConversionError(
+            "cannot trace the spandrel module: " + "; ".join(f"{k}: {v}" for k, v in errors.items())
+        ) from None
+    return Trace(_named(gm, target), "torch.export (static)", errors, fixed=True,
+                 specialised="size", detail=f"the probe size {PROBE_SIZE[0]}x{PROBE_SIZE[1]}")
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _unwrap(target: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
+    """The innermost model and the wrappers around it, outermost first."""
+    wrappers: list[nn.Module] = []
+    m = target
+    while isinstance(m, (PadToMultiple, FlatOutputs)):
+        wrappers.append(m)
+        m = m.model
+    return m, wrappers
+
+
+def _rewrap(inner: nn.Module, wrappers: list[nn.Module], *, pad: bool) -> nn.Module:
+    """``inner`` in the same wrappers, without :class:`PadToMultiple` unless ``pad``."""
+    m = inner
+    for w in reversed(wrappers):
+        if isinstance(w, FlatOutputs):
+            m = FlatOutputs(m)
+        elif pad:
+            m = PadToMultiple(m, w.multiple, w.scale)
+    return m
+
+
+def _required_multiple(target: nn.Module) -> int:
+    _, wrappers = _unwrap(target)
+    return next((w.multiple for w in wrappers if isinstance(w, PadToMultiple)), 1)
+
+
+def window_size(module: nn.Module) -> int | None:
+    """The attention window a model pads its input to (``module.window_size``), if any."""
+    ws = getattr(module, "window_size", None)
+    if isinstance(ws, (tuple, list)) and ws:
+        ws = ws[0]
+    return int(ws) if isinstance(ws, int) and ws > 1 else None
+
+
+def _scale(checks: _Checks) -> int:
+    ref = checks.refs["the probe size"][0]
+    return max(1, int(ref.shape[-2]) // PROBE_SIZE[0])
+
+
+def _aligned(d: int, m: int) -> int:
+    return -(-int(d) // m) * m
+
+
+def _guard_multiples(errors: dict[str, str]) -> list[int]:
+    """The moduli in failed routes' shape guards (``x.size()[2] % 64``), largest first."""
+    found = {int(n) for text in errors.values() if "Guard" in text or "guard" in text
+             for n in _GUARD_MULTIPLE.findall(text) if 1 < int(n) <= 256}
+    return sorted(found, reverse=True)
+
+
+def _compare(gm: fx.GraphModule, target: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad(), pywarnings.catch_warnings():
+        pywarnings.simplefilter("ignore")
+        outs, refs = flatten_outputs(gm(x.clone())), flatten_outputs(target(x.clone()))
+    for o, r in zip(outs, refs, strict=True):
+        if o.shape != r.shape or float((o - r).abs().max()) > _SELF_CHECK_RTOL * max(1.0, float(r.abs().max())):
+            raise ConversionError(f"differs from the module at {tuple(x.shape[-2:])}")
+
+
+def _value_reads(gm: fx.GraphModule) -> str:
+    """Where the graph reads a tensor value that depends on the input as a Python number
+    (``aten.item`` / ``_local_scalar_dense``): the trace then holds the branch that value
+    chose at the probe input. ``""`` when it reads none."""
+    from glam.importers.differentiable import node_location
+
+    reads = (torch.ops.aten.item.default, torch.ops.aten._local_scalar_dense.default)
+    from_input: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or any(a in from_input for a in node.all_input_nodes):
+            from_input.add(node)
+        if node.op == "call_function" and node.target in reads and node in from_input:
+            return f"{node.target} at node {node.name}{node_location(node)}"
+    return ""
+
+
+def _export(module: nn.Module, example: torch.Tensor, *, dynamic: bool,
+            shapes: object = None) -> fx.GraphModule:
+    from glam.importers.export.backend import name_convs, unlifted_module
+
+    if dynamic and shapes is None:
+        auto = torch.export.Dim.AUTO
+        shapes = ({2: auto, 3: auto},)
+    ep = torch.export.export(module, (example,), dynamic_shapes=shapes if dynamic else None,
+                             strict=False)
+    gm = unlifted_module(ep.run_decompositions({}))
+    name_convs(gm)
+    return gm
+
+
+def _export_dynamic(module: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, str]:
+    gm = _export(module, example, dynamic=True)
+    return gm, _value_reads(gm)
+
+
+def _export_multiple(module: nn.Module, example: torch.Tensor, m: int) -> fx.GraphModule:
+    """``module`` exported for inputs whose sides are multiples of ``m`` (at an aligned
+    example): the model's own padding to ``m`` is then a no-op the graph may specialise."""
+    h, w = (_aligned(d, m) for d in example.shape[-2:])
+    aligned = probe_input(int(example.shape[1]), h, w)
+    dh = torch.export.Dim("h_blocks", min=1, max=_MAX_SIDE // m)
+    dw = torch.export.Dim("w_blocks", min=1, max=_MAX_SIDE // m)
+    try:
+        return _export(module, aligned, dynamic=True, shapes=({2: m * dh, 3: m * dw},))
+    except Exception:  # noqa: BLE001 - some models reject derived dims; AUTO then
+        return _export(module, aligned, dynamic=True)
+
+
+def _symbolic(module: nn.Module) -> fx.GraphModule:
+    # on a copy: a forward that assigns attributes (SPAN: ``self.mean = self.mean.type_as(x)``)
+    # would leave a Proxy in the reference module
+    return fx.symbolic_trace(copy.deepcopy(module))
+
+
+def _jit_ts2fx(module: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, str]:
+    """``torch.jit.trace`` + ``ts2fx``; a TracerWarning about a tensor turned into a Python
+    value means the trace holds the branch that value chose."""
+    from glam.importers.torchscript.ts2fx import translate
+
+    with pywarnings.catch_warnings(record=True) as caught:
+        pywarnings.simplefilter("always")
+        sm = torch.jit.trace(module, (example,), check_trace=False)
+    # "Converting a tensor to a Python index / boolean ...", "Iterating over a tensor ...":
+    # the trace holds what the value was here (sizes too; the four-size checks passed)
+    values = [str(w.message).splitlines()[0].split(". ")[0] for w in caught
+              if issubclass(w.category, torch.jit.TracerWarning)
+              and "might cause the trace to be incorrect" in str(w.message)]
+    gm, _ = translate(sm, (example,))
+    return gm, (f"torch.jit.trace: {values[0]}" if values else "")
+
+
+def _pad_wrapped(gm: fx.GraphModule, m: int, scale: int, mode: str) -> fx.GraphModule:
+    """One flat FX graph: pad (``mode``, bottom/right) to a multiple of ``m``, the exported
+    graph, crop the output(s) back to ``scale`` times the input.
+
+    Built by graph surgery (the exported graph's nodes are copied after the padding nodes);
+    its ``_guards_fn`` call is dropped, the padding guarantees the sizes it checks. The conv
+    nodes keep their ``nn_module_stack`` metadata and hence their names.
+    """
+    inner = copy.deepcopy(gm)
+    for node in list(inner.graph.nodes):
+        if node.op == "call_module" and str(node.target) == "_guards_fn":
+            inner.graph.erase_node(node)
+    g = fx.Graph()
+    x = g.placeholder("x")
+    h = g.call_function(torch.ops.aten.sym_size.int, (x, 2))
+    w = g.call_function(torch.ops.aten.sym_size.int, (x, 3))
+
+    def pad_of(d: fx.Node) -> fx.Node:
+        r = g.call_function(operator.mod, (d, m))
+        return g.call_function(operator.mod, (g.call_function(operator.sub, (m, r)), m))
+
+    padded = g.call_function(
+        torch.nn.functional.pad, (x, (0, pad_of(w), 0, pad_of(h))), {"mode": mode}
+    )
+    placeholders = [n for n in inner.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise ConversionError(f"the exported graph has {len(placeholders)} inputs, not 1")
+    out = g.graph_copy(inner.graph, {placeholders[0]: padded})
+    hs = g.call_function(operator.mul, (h, scale))
+    ws = g.call_function(operator.mul, (w, scale))
+
+    def crop(o: fx.Node) -> fx.Node:
+        return g.call_function(operator.getitem, (o, (Ellipsis, slice(None, hs), slice(None, ws))))
+
+    if isinstance(out, (tuple, list)):
+        # image outputs (4-D) are cropped; side outputs (a degradation estimate) pass
+        out = tuple(crop(o) if _is_image(o) else o for o in out)
+    else:
+        out = crop(out)
+    g.output(out)
+    outer = fx.GraphModule(inner, g)
+    for name in ("train", "eval"):
+        outer.__dict__.pop(name, None)
+    return outer
+
+
+def _is_image(node: fx.Node) -> bool:
+    val = node.meta.get("val")
+    return getattr(val, "dim", lambda: 4)() == 4
+
+
+def _named(gm: fx.GraphModule, traced: nn.Module) -> fx.GraphModule:
+    """Tap names are the spandrel module's qualnames, without the ``model.`` prefix of each
+    glam wrapper around the module that was traced."""
+    from glam.importers.tap import default_tap_name, find_conv_nodes
+
+    strip = "model." * len(_unwrap(traced)[1])
+    for node in find_conv_nodes(gm):
+        name = default_tap_name(node)
+        if strip and name.startswith(strip):
+            name = name[len(strip):]
+        node.meta["glam_name"] = name
+    return gm

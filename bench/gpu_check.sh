@@ -8,7 +8,7 @@
 # Writes into $OUT (a fresh temporary folder when unset): gpu_check.log (everything printed),
 # env.json, pytest.xml, bench.json and gpu_check.json (the summary: tests passed/failed/
 # skipped with reasons, the benchmark rows, the targets with their values, and a
-# Markdown table for the README). Five files, one folder: what the device tool brings back.
+# Markdown table for docs/performance.md). Five files, one folder: what the device tool brings back.
 #
 # Wheels: packages the device machine lacks travel with the tree in .whl/ (ignored through
 # .git/info/exclude, named in the run's `carry`); they are installed with --no-deps into

@@ -6,7 +6,7 @@ the GPU, onnxruntime's providers, numba, a C compiler for ``torch.compile``) as 
 ``DIR`` (``env.json``, ``pytest.xml``, ``bench.json``) and writes ``DIR/gpu_check.json``:
 the tests run, passed, failed and skipped (with reasons), the benchmark rows, the issue's
 performance targets each with its value and whether it was met (``null`` off CUDA: a CPU
-run measures nothing about a GPU), and a Markdown table for the README.
+run measures nothing about a GPU), and a Markdown table for docs/performance.md.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def targets(rows: list[dict[str, Any]], on_gpu: bool) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]], device: str) -> str:
-    """The benchmark rows as a Markdown table (what the README shows)."""
+    """The benchmark rows as a Markdown table (what docs/performance.md shows)."""
     lines = [
         f"| model | LR | taps | fwd+bwd s | GL-AM s | GL-AM/fb | LAM s (batch) | LAM/GL-AM | "
         f"peak MiB fb | peak MiB GL-AM |  <!-- {device} -->",

@@ -1,4 +1,4 @@
-"""The README's sanity table: ``glam sanity`` on the real models of ``../shared/models``.
+"""docs/sanity.md's table: ``glam sanity`` on the real models of ``../shared/models``.
 
 Run ``python -m bench.sanity_table [OUT_DIR] [MODEL_STEM ...]`` from the repository root
 (needs ``../shared``; the stems choose models, e.g. ``srgan_x4``). Settings (small enough for 2 shared CPU cores): Urban100 ``img_001`` LR

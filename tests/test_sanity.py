@@ -311,7 +311,7 @@ URBAN = SHARED / "data" / "Urban100" / "image_SRF_4" / "img_001_SRF_4_LR.png"
 @pytest.mark.skipif(not (CARN_M.is_file() and URBAN.is_file()),
                     reason="no ../shared CARN-M x4 model or Urban100 image")
 def test_sanity_on_pretrained_carn_m_matches_the_readme_table(tmp_path: Path) -> None:
-    """The README's finding on CARN-M x4 / Urban100 img_001 (reduced settings: 24x24 LR crop,
+    """docs/sanity.md's finding on CARN-M x4 / Urban100 img_001 (reduced settings: 24x24 LR crop,
     3 blocks, LAM fold 4, 5 % steps): the real orderings beat random deletion and insertion
     by a wide margin, the global Sum decorrelates once every tap is random, the local Sum
     does not."""

@@ -4,7 +4,7 @@ Cost: one forward pass through the segmented graph (:mod:`glam.engine.segments`)
 backward pass for the local map, run segment by segment, and one short walk per
 participating layer for the global map, about one more backward in all, not ``n``
 (:mod:`glam.engine.backward`). Per-layer keys are resized in batches and streamed into
-the Consensus / Variation / Sum accumulators (:mod:`glam.engine.maps`)."""
+the Consensus / Variation / Sum accumulators (:mod:`glam.engine.maps`). See ``docs/method.md``."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ Path-integrated gradients along a progressive Gaussian blur path with the offici
 numerics: kernels and path images in float64 (``cv2.filter2D`` with reflect-101 borders
 becomes a torch conv with ``pad(mode="reflect")``), cast to float32 before the model.
 Path steps are independent, so they are evaluated in batches of ``lam_batch``.
+LAM as glam computes it, beside GL-AM: ``docs/method.md`` ("LAM, the baseline").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Map algebra of GLAM.md: ``N`` (normalise), ``R`` (bicubic resize), ``A`` (Grad-CAM key)
 and the per-map helpers the engine builds on (the Consensus / Variation / Sum accumulation
-lives in :mod:`glam.engine.accumulate`)."""
+lives in :mod:`glam.engine.accumulate`). Defined in ``docs/method.md`` ("Building blocks")."""
 
 from __future__ import annotations
 

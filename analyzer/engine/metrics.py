@@ -1,4 +1,7 @@
-"""Metrics of GLAM.md: LAM's diffusion index, attributed fraction, MSE / PSNR."""
+"""Metrics of GLAM.md: LAM's diffusion index, attributed fraction, MSE / PSNR.
+
+Defined, with the rest of the method, in ``docs/method.md`` ("Metrics").
+"""
 
 from __future__ import annotations
 

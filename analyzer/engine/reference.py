@@ -8,6 +8,7 @@ closed-form gradients. It is slow (each global gradient walks the autograd graph
 input, that :func:`glam.engine.glam.compute_glam` gives the maps of GLAM.md
 (:func:`engine_parity`). It reads nothing from the engine: ancestry, participation, the
 texture objective and the map algebra are all restated here.
+The method it restates, in the project's words and with a worked example: ``docs/method.md``.
 """
 
 from __future__ import annotations

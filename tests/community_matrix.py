@@ -15,11 +15,14 @@ import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "fixtures"))
@@ -46,6 +49,8 @@ class Row:
     convs_run: int = 0
     folded: int = 0
     folded_eager: int = 0
+    dead_convs: int = 0
+    untapped: list[str] = field(default_factory=list)  # convs that run and count, no tap
     participating: int = 0
     verify: str = ""
     lam: str = ""
@@ -85,26 +90,69 @@ def analysis_size(arch_id: str) -> tuple[int, int]:
     return h, w
 
 
-def convs_that_run(module: nn.Module, x: torch.Tensor, arch_id: str) -> tuple[list[str], int]:
-    """Qualnames of the ``nn.Conv*`` modules that run on ``x`` (in call order, one per call)
-    and how many of those calls saw a batch other than 1 (a batch-folded input)."""
-    ran: list[str] = []
-    folded = 0
+class _Dataflow(TorchDispatchMode):
+    """Records which tensors each op read and wrote (by identity; every tensor is kept alive
+    for the run, so identities are not reused)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made_from: dict[int, list[int]] = {}
+        self.keep: list[torch.Tensor] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        ins = [id(a) for a in tree_flatten((args, kwargs or {}))[0] if isinstance(a, torch.Tensor)]
+        written = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        schema = func._schema
+        if schema.arguments and schema.arguments[0].alias_info is not None \
+                and schema.arguments[0].alias_info.is_write and isinstance(args[0], torch.Tensor):
+            # an in-place write (x[:, :k] = conv(...)): the tensor and the base it views now
+            # hold what the op read
+            written += [args[0]] + ([args[0]._base] if args[0]._base is not None else [])
+        for o in written:
+            self.made_from.setdefault(id(o), []).extend(i for i in ins if i != id(o))
+            self.keep.append(o)
+        self.keep += [a for a in tree_flatten((args, kwargs or {}))[0] if isinstance(a, torch.Tensor)]
+        return out
+
+    def reaches(self, outputs: list[torch.Tensor]) -> set[int]:
+        """Identities of every tensor the outputs were computed from (and the outputs)."""
+        seen: set[int] = set()
+        stack = [id(o) for o in outputs]
+        while stack:
+            t = stack.pop()
+            if t not in seen:
+                seen.add(t)
+                stack.extend(self.made_from.get(t, ()))
+        return seen
+
+
+def convs_that_run(module: nn.Module, x: torch.Tensor, arch_id: str) -> tuple[list[str], int, int]:
+    """Qualnames of the ``nn.Conv*`` modules that run on ``x`` and whose result the output
+    is computed from (in call order, one per call), how many of those calls saw a batch
+    other than 1 (a batch-folded input), and how many calls ran for nothing (dead code:
+    HVI-CIDNet overwrites one block's result; exporters drop such convs, there is nothing
+    to tap)."""
+    calls: list[tuple[str, torch.Tensor, bool]] = []
     names = {m: n for n, m in module.named_modules()}
 
-    def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], _out: object) -> None:
-        nonlocal folded
-        ran.append(names[mod])
-        folded += int(inp[0].shape[0] != 1)
+    def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        calls.append((names[mod], out, inp[0].shape[0] != 1))
 
     hooks = [m.register_forward_hook(hook) for m in module.modules()
              if isinstance(m, nn.modules.conv._ConvNd)]
+    flow = _Dataflow()
     try:
-        ca.forward(arch_id, module, x)
+        with torch.no_grad(), flow:
+            if ca.ARCHS[arch_id].stochastic:
+                torch.manual_seed(0)
+            outputs = ca._tensors(module(x.clone()))
     finally:
         for h in hooks:
             h.remove()
-    return ran, folded
+    used = flow.reaches(outputs)
+    live = [(n, f) for n, o, f in calls if id(o) in used]
+    return [n for n, _ in live], sum(f for _, f in live), len(calls) - len(live)
 
 
 def run_arch(arch_id: str, folder: Path, *, fmt: str = "safetensors", sanity: bool = False) -> Row:
@@ -132,8 +180,11 @@ def run_arch(arch_id: str, folder: Path, *, fmt: str = "safetensors", sanity: bo
             h, w = ca.BASE_SIZE  # the probe input: the branch the trace holds
         x = probe_input(model.conventions.in_channels, h, w)
         eager = ca.build(arch_id)
-        ran, row.folded_eager = convs_that_run(eager, _eager_input(arch_id, x), arch_id)
+        ran, row.folded_eager, row.dead_convs = convs_that_run(eager, _eager_input(arch_id, x),
+                                                               arch_id)
         row.convs_run = len(ran)
+        tapped = Counter(t.name.split("#")[0] for t in model.taps)
+        row.untapped = sorted((Counter(ran) - tapped).elements())
         t1 = time.perf_counter()
         res = glam.analyze(model, x, window=8, verify=True, keep_layers=False)
         row.seconds["analyze"] = time.perf_counter() - t1

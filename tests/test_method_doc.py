@@ -10,9 +10,10 @@ so the document cannot drift from the code.
 
 Tolerances. The engine works in float32 (``eps = 2**-23``), this recomputation in float64.
 A Grad-CAM key whose channel weights cancel to a ratio ``r = max|alpha_c| / max mean|g_c|``
-is resolved by float32 only to about ``8 eps / r`` (``glam.engine.reference.KEY_RESOLUTION``),
-and the final maps inherit that; the example's smallest kept ratio is 0.016, so the bound
-is ``8 eps / 0.016 = 6.0e-5`` (measured: 2.7e-7). LAM has no cancelling weights (one input
+is resolved by float32 only to a few ``eps / r`` (``glam.engine.reference.KEY_RESOLUTION``
+holds two float32 implementations to 32 eps / r); this recomputation is float64, one
+float32 rounding away, so it takes ``8 eps / r``; the example's smallest kept ratio is
+0.016, so the bound is ``8 eps / 0.016 = 6.0e-5`` (measured: 2.7e-7). LAM has no cancelling weights (one input
 channel) and its ReLU inputs stay 1e-3 from 0 on every path image (checked below), so
 float32 resolves it to a few ulps of its depth: ``64 eps = 7.6e-6`` (measured: 8e-8).
 Printed numbers are rounded: a printed value must be the computed one to half a unit of

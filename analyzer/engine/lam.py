@@ -158,7 +158,7 @@ def compute_lam(
         try:
             with torch.enable_grad():
                 y = model.graph(z)[0]
-        except (RuntimeError, ValueError) as exc:
+        except (RuntimeError, ValueError, IndexError) as exc:  # IndexError: a mask of batch 1
             if batch == 1:
                 raise ModelError(f"the model failed on a LAM path image: {exc}") from None
             warnings.append(

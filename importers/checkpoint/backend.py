@@ -138,7 +138,8 @@ def load_checkpoint(path: Path, kind: CheckpointKind, *, is_zip: bool) -> RawGra
 
 
 def _flat(module: nn.Module) -> nn.Module:
-    """:class:`FlatOutputs` inside :class:`PadToMultiple` (which crops the image outputs)."""
+    """:class:`FlatOutputs` inside :class:`PadToMultiple` (which crops the image outputs),
+    so that every route traces a flat tuple of tensors."""
     if isinstance(module, PadToMultiple):
         return PadToMultiple(FlatOutputs(module.model), module.multiple, module.scale,
                              module.minimum, module.square).eval()

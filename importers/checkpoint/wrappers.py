@@ -81,9 +81,9 @@ class PadToMultiple(nn.Module):
         h, w = x.shape[-2], x.shape[-1]
         x = pad_like_spandrel(x, self.multiple, self.minimum, self.square)
         y = self.model(x)
-        if isinstance(y, tuple):  # FlatOutputs inside: crop the images, keep side outputs
+        if not isinstance(y, torch.Tensor):  # several outputs: crop the images, keep the rest
             return tuple(o[..., : h * self.scale, : w * self.scale] if o.dim() == 4 else o
-                         for o in y)
+                         for o in flatten_outputs(y))
         return y[..., : h * self.scale, : w * self.scale]
 
 

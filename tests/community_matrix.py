@@ -210,15 +210,11 @@ def run_arch(arch_id: str, folder: Path, *, fmt: str = "safetensors", sanity: bo
 def _eager_input(arch_id: str, x: torch.Tensor) -> torch.Tensor:
     """``x`` as the raw spandrel module takes it (DRUNet: + its noise-level map), padded as
     spandrel pads it (so that the convs that run are those of the analysed call)."""
+    from glam.importers.checkpoint.wrappers import pad_like_spandrel
+
     spec = ca.ARCHS[arch_id]
-    _minimum, multiple, square = spec.size_req
-    h, w = int(x.shape[-2]), int(x.shape[-1])
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if square:
-        side = max(h + ph, w + pw)
-        ph, pw = side - h, side - w
-    if ph or pw:
-        x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
+    minimum, multiple, square = spec.size_req
+    x = pad_like_spandrel(x, multiple, minimum, square)
     if spec.in_channels == 4:
         x = torch.cat([x, torch.full_like(x[:, :1], 15 / 255)], dim=1)
     return x

@@ -39,7 +39,6 @@ DEFAULT_ARCHS = (
     "RCAN",      # channel attention (1x1 taps that do not participate); in-place input scaling
     "DnCNN",     # restoration at x1, BatchNorm (folded normalisation)
     "MoSR",      # a 2025 architecture
-
 )
 ARCH_IDS = ca.supported_ids() if FULL else [a for a in DEFAULT_ARCHS if a in ca.supported_ids()]
 

@@ -134,8 +134,9 @@ def test_check_can_require_engine_parity(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_layer_bounds_follow_the_float32_resolution_of_the_key() -> None:
     """GLAM.md's 1e-4 holds everywhere except on a per-layer map whose Grad-CAM weights
-    nearly vanish: there float32 resolves the key only to ~8 eps / r (measured on a
-    generated graph: r = 4.3e-4, two correct float32 implementations 1.0e-4 apart)."""
+    nearly vanish: there float32 resolves the key only to a few eps / r (measured between
+    two correct float32 implementations: 1.0e-4 at r = 4.3e-4 on a generated graph, 2.6e-4
+    at r = 7.8e-3 on HVI-CIDNet; the bound is 32 eps / r)."""
     from glam.engine.reference import (
         ENGINE_PARITY_TOLERANCE,
         ParityMeter,
@@ -146,7 +147,8 @@ def test_layer_bounds_follow_the_float32_resolution_of_the_key() -> None:
     assert layer_tolerance(0.5) == ENGINE_PARITY_TOLERANCE
     assert layer_tolerance(float("inf")) == ENGINE_PARITY_TOLERANCE  # g == 0: exact
     assert layer_tolerance(5e-5) == ENGINE_PARITY_TOLERANCE  # vanished: both exactly 0
-    assert layer_tolerance(4.3e-4) == pytest.approx(8 * 2**-23 / 4.3e-4)
+    assert layer_tolerance(4.3e-4) == pytest.approx(32 * 2**-23 / 4.3e-4)
+    assert layer_tolerance(7.8e-3) > 2.6e-4  # HVI-CIDNet's measured key (community matrix)
     ref_map = torch.rand(6, 5, generator=torch.Generator().manual_seed(1)).numpy()
     ref_map /= ref_map.max()
     zero = {k: torch.zeros(4, 4).numpy() for k in ("consensus", "variation", "sum")}
@@ -165,4 +167,4 @@ def test_layer_bounds_follow_the_float32_resolution_of_the_key() -> None:
     assert not bad.passed and bad.worst_map == "layers/local" and bad.worst_layer["layers/local"] == 0
     ill = parity(4.3e-4, 5e-4)  # the same error on a layer float32 cannot resolve better
     assert ill.passed and ill.bound("layers/local") > 5e-4
-    assert "float32 resolution" in parity(4.3e-4, 3e-3).describe()
+    assert "float32 resolution" in parity(4.3e-4, 3e-2).describe()

@@ -59,6 +59,11 @@ def pad_like_spandrel(x: torch.Tensor, multiple: int, minimum: int = 0, square: 
     return nn.functional.pad(x, (0, pw - rw, 0, ph - rh), mode="replicate")
 
 
+# torch.fx.symbolic_trace records the padding as one call (its size arithmetic branches on
+# sizes, which a symbolic proxy cannot); torch.export and torch.jit.trace trace through it
+torch.fx.wrap("pad_like_spandrel")
+
+
 class PadToMultiple(nn.Module):
     """Pad the input to spandrel's size requirements (a multiple of ``multiple``, at least
     ``minimum``, square if asked), crop the output.
@@ -81,7 +86,7 @@ class PadToMultiple(nn.Module):
         h, w = x.shape[-2], x.shape[-1]
         x = pad_like_spandrel(x, self.multiple, self.minimum, self.square)
         y = self.model(x)
-        if not isinstance(y, torch.Tensor):  # several outputs: crop the images, keep the rest
+        if isinstance(y, (tuple, list, dict)):  # several outputs: crop the images, keep the rest
             return tuple(o[..., : h * self.scale, : w * self.scale] if o.dim() == 4 else o
                          for o in flatten_outputs(y))
         return y[..., : h * self.scale, : w * self.scale]

@@ -27,12 +27,16 @@ window, a small odd size) before it is taken. In order:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import operator
+import os
 import re
+import signal
+import threading
 import warnings as pywarnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -106,6 +110,13 @@ class _Checks:
 
     def __init__(self, target: nn.Module, channels: int) -> None:
         self.inputs = {where: probe_input(channels, *size) for where, size in CHECK_SIZES.items()}
+        req, minimum, square = _requirements(target)
+        padded = {_aligned_size(size, req, minimum, square) for size in CHECK_SIZES.values()}
+        if len(padded) == 1:
+            # every check size pads to the same input (Uformer: 128x128): one more that
+            # pads to another, or a graph fixed to that size would pass
+            side = max(next(iter(padded))) + 1
+            self.inputs[f"the size {side}x{side}"] = probe_input(channels, side, side)
         with torch.no_grad():
             self.refs = {w: flatten_outputs(target(x.clone())) for w, x in self.inputs.items()}
 
@@ -337,6 +348,43 @@ def _compare(gm: fx.GraphModule, target: nn.Module, x: torch.Tensor) -> None:
             raise ConversionError(f"differs from the module at {tuple(x.shape[-2:])}")
 
 
+class ExportBudgetExceeded(ConversionError):
+    """A dynamic ``torch.export`` ran past :func:`export_budget` seconds."""
+
+
+def export_budget() -> float:
+    """Seconds one dynamic ``torch.export`` may take before glam tries the next route
+    (``GLAM_EXPORT_BUDGET_S``, default 120). Its symbolic shape reasoning (sympy) can run
+    for many minutes on some window transformers (DCTLSA, Uformer: over 10 minutes on a
+    2-core machine) where ``torch.jit.trace`` takes a second."""
+    try:
+        return float(os.environ.get("GLAM_EXPORT_BUDGET_S", "120"))
+    except ValueError:
+        return 120.0
+
+
+@contextlib.contextmanager
+def _time_limited(seconds: float) -> Iterator[None]:
+    """Raise :class:`ExportBudgetExceeded` in the block after ``seconds`` (main thread and
+    POSIX only; elsewhere no limit). The alarm interrupts Python code (sympy), never C++."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() \
+            or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(_sig: int, _frame: object) -> None:
+        raise ExportBudgetExceeded(
+            f"gave up after {seconds:g} s of symbolic shape reasoning (GLAM_EXPORT_BUDGET_S)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _export(module: nn.Module, example: torch.Tensor, *, dynamic: bool,
             shapes: object = None) -> fx.GraphModule:
     from glam.importers.export.backend import name_convs, unlifted_module
@@ -344,9 +392,11 @@ def _export(module: nn.Module, example: torch.Tensor, *, dynamic: bool,
     if dynamic and shapes is None:
         auto = torch.export.Dim.AUTO
         shapes = ({2: auto, 3: auto},)
-    ep = torch.export.export(module, (example,), dynamic_shapes=shapes if dynamic else None,
-                             strict=False)
-    gm = unlifted_module(ep.run_decompositions({}))
+    with _time_limited(export_budget() if dynamic else 0):
+        ep = torch.export.export(module, (example,), dynamic_shapes=shapes if dynamic else None,
+                                 strict=False)
+        ep = ep.run_decompositions({})
+    gm = unlifted_module(ep)
     name_convs(gm)
     return gm
 
@@ -368,6 +418,8 @@ def _export_multiple(module: nn.Module, example: torch.Tensor, m: int, minimum: 
     dw = dh if square else torch.export.Dim("w_blocks", min=low, max=_MAX_SIDE // m)
     try:
         return _export(module, aligned, dynamic=True, shapes=({2: m * dh, 3: m * dw},))
+    except ExportBudgetExceeded:
+        raise
     except Exception:  # noqa: BLE001 - some models reject derived dims; AUTO then
         return _export(module, aligned, dynamic=True)
 

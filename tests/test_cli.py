@@ -456,7 +456,8 @@ def test_demo(tiny_model: Path, tmp_path: Path) -> None:
     assert "faster than LAM; both exclude a " in res.stdout and "warm-up" in res.stdout
     phases = [ln.split()[1] for ln in res.stderr.splitlines() if ln.startswith("glam: ")
               and not ln.startswith(("glam: LAM path", "glam: note"))]
-    assert phases == ["import", "parity", "warm-up", "GL-AM", "LAM", "figures", "report", "total"]
+    assert phases == ["threads", "import", "parity", "warm-up", "GL-AM", "LAM", "figures",
+                      "report", "total"]
     ar = tmp_path / "demo" / "demo.h5"
     with open_archive(ar) as a:
         (run,) = a.runs()

@@ -1,5 +1,5 @@
 """What this process may use of the machine: CPUs (affinity, cgroup quota, other processes'
-load) and memory (cgroup limit, ``MemAvailable``), read from Linux's ``/proc`` and
+load) and memory (cgroup limit, ``MemAvailable``, ``ulimit -v``), read from Linux's ``/proc`` and
 ``/sys/fs/cgroup`` (issue 23). Standard library only; every reader returns ``None`` where
 the information does not exist (another OS, no cgroup limit), never raises.
 
@@ -205,16 +205,20 @@ class MemoryBudget:
         The tightest cgroup memory limit minus the cgroup's current use.
     cgroup_limit:
         That limit.
+    address_space_free:
+        ``ulimit -v`` (``RLIMIT_AS``) minus the process's current virtual size.
     """
 
     mem_available: int | None = None
     cgroup_free: int | None = None
     cgroup_limit: int | None = None
+    address_space_free: int | None = None
 
     @property
     def available(self) -> int | None:
-        """The smaller of the two, or ``None`` when neither is known."""
-        vals = [v for v in (self.mem_available, self.cgroup_free) if v is not None]
+        """The smallest of the three, or ``None`` when none is known."""
+        vals = [v for v in (self.mem_available, self.cgroup_free, self.address_space_free)
+                if v is not None]
         return min(vals) if vals else None
 
     def describe(self) -> str:
@@ -222,12 +226,18 @@ class MemoryBudget:
         avail = self.available
         if avail is None:
             return "unknown"
-        text = f"{avail / 2**30:.1f} GiB"
-        if self.cgroup_free is not None and avail == self.cgroup_free:
-            text += f" (cgroup limit {self.cgroup_limit / 2**30:.1f} GiB)"  # type: ignore[operator]
+        text = _size(avail)
+        if self.address_space_free is not None and avail == self.address_space_free:
+            text += " (ulimit -v)"
+        elif self.cgroup_free is not None and avail == self.cgroup_free:
+            text += f" (cgroup limit {_size(self.cgroup_limit or 0)})"
         else:
             text += " (MemAvailable)"
         return text
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 0.1 * 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _int(text: str | None) -> int | None:
@@ -265,4 +275,21 @@ def memory_budget(proc: Path = _PROC, root: Path = _CGROUP) -> MemoryBudget:
         f = max(0, lim - (used or 0))
         if free is None or f < free:
             free, limit = f, lim
-    return MemoryBudget(avail, free, limit)
+    return MemoryBudget(avail, free, limit, _address_space_free(proc))
+
+
+def _address_space_free(proc: Path) -> int | None:
+    """``RLIMIT_AS`` (``ulimit -v``) minus ``VmSize``, ``None`` without a limit."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        return None
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return None
+    text = _read(proc / "self" / "status") or ""
+    for line in text.splitlines():
+        if line.startswith("VmSize:"):
+            return max(0, soft - int(line.split()[1]) * 1024)
+    return None

@@ -190,28 +190,6 @@ def image_size(path: str | Path) -> tuple[int, int]:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def estimate_bytes(model: ImportedModel, lr_pixels: int, options: AnalyzeOptions) -> int:
-    """Rough peak memory of one analysis of an LR image of ``lr_pixels`` pixels.
-
-    Activations of every tap (measured at the probe size) scale with the input area; the
-    engine keeps them, their gradients and the per-layer keys (about 4 float32 copies),
-    plus the output-size maps; LAM adds ``lam_batch`` forward/backward passes.
-    """
-    c = model.conventions
-    probe = 40 * 36
-    per_px = 0.0
-    for t in model.taps:
-        n = 1
-        for d in t.shape:
-            n *= int(d)
-        per_px += n / probe
-    s2 = float(c.scale) ** 2
-    floats = lr_pixels * (4 * per_px + 16 * s2 + 8)
-    if options.lam:
-        floats += lr_pixels * options.lam_batch * 2 * per_px
-    return int(floats * 4)
-
-
 def check_image_files(paired: ImagePairs) -> None:
     """Read every image's and reference's header (cheap) before the model import, so that a
     missing or unreadable file is reported before seconds of waiting.
@@ -226,19 +204,43 @@ def check_image_files(paired: ImagePairs) -> None:
 
 
 def check_image_sizes(model: ImportedModel, files: Sequence[Path], options: AnalyzeOptions) -> None:
-    """Refuse images above the pixel limit before any work (exit 2, estimated memory)."""
+    """Refuse, before any work (exit 2), images above the pixel limit and images whose
+    analysis would not fit the memory available (:func:`glam.memory.check_memory`: the
+    estimate against the cgroup limit, ``MemAvailable`` or the GPU's free memory).
+
+    Raises
+    ------
+    AnalysisError
+        Above ``--max-pixels``, with the estimated memory.
+    InsufficientMemoryError
+        The estimate does not fit; names the estimate, the memory available and the options
+        that would fit.
+    """
+    from glam.engine.device import resolve_device
+    from glam.memory import check_memory, estimate_memory
+
     limit = options.max_pixels or DEFAULT_MAX_PIXELS
     s = max(int(model.conventions.scale), 1)
+    device = resolve_device(options.device)
+    checked: set[tuple[int, int]] = set()
     for f in files:
         w, h = image_size(f)
-        lr = (w // s) * (h // s) if options.hr else w * h
+        lh, lw = (h // s, w // s) if options.hr else (h, w)
+        lr = lh * lw
         if lr > limit:
-            est = estimate_bytes(model, lr, options)
+            est = estimate_memory(model, lh, lw, lam=options.lam, lam_batch=options.lam_batch,
+                                  store=options.store, verify=options.verify)
             raise AnalysisError(
                 f"image {str(f)!r} is {w}x{h} ({lr:,} LR pixels), above the limit of "
-                f"{limit:,}; its analysis would need about {est / 2**30:.1f} GiB of memory; "
+                f"{limit:,}; its analysis would need about {est.describe()}; "
                 f"crop or downscale it, or pass --max-pixels {lr} to try anyway"
             )
+        if (lh, lw) in checked:
+            continue
+        checked.add((lh, lw))
+        check_memory(model, lh, lw, device=device, lam=options.lam,
+                     lam_batch=options.lam_batch, store=options.store, verify=options.verify,
+                     what=f"the analysis of {Path(f).name}")
 
 
 @dataclass
@@ -911,6 +913,7 @@ def run_demo(
         figure_gamma=figure_gamma,
     )
     options.validate()
+    check_image_sizes(model, [ip], options)  # before the warm-up: the memory it needs
     warm = _warm_up(model, ip, options) if warmup else 0.0
     if log is not None and warmup:
         log.done("warm-up", warm, "untimed: numba kernel loading/compilation, first-call "

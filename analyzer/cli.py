@@ -520,8 +520,11 @@ def analyze(
     overwrite: bool,
     verify: bool,
 ) -> None:
-    """Compute GL-AM for MODEL on each IMAGE (file or directory) into an HDF5 archive."""
-    from glam.archive.hdf5 import check_run_names
+    """Compute GL-AM for MODEL on each IMAGE (file or directory) into an HDF5 archive.
+
+    Rerunning the same command resumes it: runs already complete in the archive with the
+    same model, image, ROI and options are skipped (--overwrite recomputes them)."""
+    from glam.resume import complete_runs_to_skip
     from glam.runs import (
         DEFAULT_ARCHIVE,
         AnalyzeOptions,
@@ -556,20 +559,23 @@ def analyze(
         progress=lam and not as_json and sys.stderr.isatty(),
         verify=verify,
         max_pixels=_max_pixels(),
+        import_options=_import_options(in_channels, layout, input_range, output, tolerance),
         **figure_settings(),
     )
     options.validate()
     if reference is not None and not Path(reference).is_file():
         raise UserInputError(f"reference {reference!r} does not exist; pass the HR image file")
-    # Fail on paths, unreadable images and name clashes before the (slow) model import.
+    # Fail on paths, unreadable images and name clashes before the (slow) model import;
+    # runs already complete from the same model, image and options are resumed (skipped).
     paired = pair_images(images, options)
     files = paired.files
     check_image_files(paired)
-    check_run_names(archive_path, run_names(model, files, run), overwrite=overwrite)
+    complete_runs_to_skip(archive_path, model, files, paired.references,
+                          run_names(model, files, run), options)
     _check_outputs(archive=archive_path, figures=figures)
-    if paired.note:
-        click.echo(f"note: {paired.note}", err=True)
     log = phase_log()
+    if paired.note:
+        log.line(f"note: {paired.note}")
     m = _load_model(model, in_channels, layout, input_range, output, tolerance, log=log)
     many = len(files) > 1
 
@@ -582,7 +588,9 @@ def analyze(
                 click.echo(f"warning: {s.run}: {w}", err=True)
             return
         mt = s.metrics
-        click.echo(f"run {s.run!r} -> {s.archive}")
+        click.echo(f"run {s.run!r} -> {s.archive}" + (
+            " (already complete with the same model, image, ROI and options: skipped)"
+            if s.skipped else ""))
         parts = [f"DI local {mt['di_local']:.2f}", f"DI global {mt['di_global']:.2f}"]
         if "psnr" in mt:
             parts.append(f"PSNR {mt['psnr']:.2f} dB")
@@ -590,7 +598,7 @@ def analyze(
             parts.append(f"Y-PSNR {_num(mt['psnr_y'])} dB (shave {int(mt['psnr_y_shave'])})")
         if "di_lam" in mt:
             parts.append(f"DI LAM {mt['di_lam']:.2f}")
-        click.echo("  " + ", ".join(parts) + f" ({mt['seconds_glam']:.2f} s GL-AM)")
+        click.echo("  " + ", ".join(parts) + f" ({mt.get('seconds_glam', 0.0):.2f} s GL-AM)")
         if s.engine_parity is not None:
             click.echo("  " + _parity_line(s.engine_parity))
         for w in s.warnings:
@@ -603,7 +611,18 @@ def analyze(
     if many:
         table = summary_table(summaries)
         click.echo(table, err=as_json)
-        click.echo(f"{len(summaries)} run(s) -> {archive_path}", err=as_json)
+        skipped = sum(s.skipped for s in summaries)
+        click.echo(f"{len(summaries)} run(s) -> {archive_path}" + (
+            f" ({skipped} already complete: skipped, {len(summaries) - skipped} computed)"
+            if skipped else ""), err=as_json)
+
+
+def _import_options(in_channels: str | None, layout: str | None, input_range: str,
+                    output: str | None, tolerance: float | None) -> dict[str, Any]:
+    """The import overrides a run records for resuming (:mod:`glam.resume`)."""
+    return {"in_channels": in_channels, "layout": layout.upper() if layout else None,
+            "input_range": input_range, "output": output, "tolerance": tolerance,
+            "trust_model": _trusted()}
 
 
 def _num(v: float) -> str:
@@ -973,7 +992,10 @@ def baseline(
     device: str, in_channels: str | None, layout: str | None, input_range: str,
     output: str | None, tolerance: float | None, as_json: bool, overwrite: bool,
 ) -> None:
-    """Write a baseline archive for `glam check`: `glam analyze` with runs marked baseline."""
+    """Write a baseline archive for `glam check`: `glam analyze` with runs marked baseline.
+
+    Rerunning the same command resumes it (complete runs from the same model, image and
+    options are skipped; --overwrite recomputes them)."""
     from glam.gate.check import make_baseline, prepare_baseline
     from glam.runs import AnalyzeOptions, RunSummary, parse_roi
 
@@ -984,6 +1006,7 @@ def baseline(
         store=store, store_dtype=store_dtype, device=device,  # type: ignore[arg-type]
         overwrite=overwrite, command_line=_command_line(ctx), baseline=True,
         max_pixels=_max_pixels(),
+        import_options=_import_options(in_channels, layout, input_range, output, tolerance),
     )
     files = prepare_baseline(model, images, archive, options)
     _check_outputs(archive=Path(archive))
@@ -992,12 +1015,15 @@ def baseline(
 
     def report(s: RunSummary) -> None:
         click.echo(_json_line({**s.to_dict(), "baseline": True}) if as_json
-                   else f"baseline run {s.run!r} -> {s.archive}")
+                   else f"baseline run {s.run!r} -> {s.archive}"
+                   + (" (already complete: skipped)" if s.skipped else ""))
 
     summaries = make_baseline(m, files, archive, options, on_run=report, log=log)
     log.summary()
     if not as_json:
-        click.echo(f"{len(summaries)} baseline run(s) in {archive}; gate a model with "
+        skipped = sum(s.skipped for s in summaries)
+        more = f" ({skipped} already complete: skipped)" if skipped else ""
+        click.echo(f"{len(summaries)} baseline run(s) in {archive}{more}; gate a model with "
                    f"`glam check MODEL --baseline {archive}`")
 
 

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from glam.archive.hdf5 import STORE_DTYPES, RunWriter, StoreDtype, check_run_names, open_archive
+from glam.archive.hdf5 import STORE_DTYPES, RunWriter, StoreDtype, open_archive
 from glam.errors import AnalysisError, EngineParityError, MissingDependencyError, UserInputError
 from glam.progress import PhaseLog
+from glam.resume import ATTR as RESUME_ATTR
+from glam.resume import complete_runs_to_skip, options_key
 
 if TYPE_CHECKING:  # torch-free at import: `glam ls` / `show` use this module's tables
     from glam.engine.glam import StoreMode
@@ -75,6 +77,10 @@ class AnalyzeOptions:
     max_pixels:
         Largest LR image (pixels) to analyse; ``None``: :data:`DEFAULT_MAX_PIXELS`.
         Larger images are refused before any work, with the analysis' estimated memory.
+    import_options:
+        The model import's overrides (``--in-channels``, ``--input-range``, ...), recorded
+        with each run so that a rerun resumes only runs made the same way
+        (:mod:`glam.resume`).
     figure_format:
         ``png``, ``pdf`` or ``svg`` (the matplotlib figures; overlays are always PNG).
     figure_scale, figure_gamma:
@@ -102,6 +108,7 @@ class AnalyzeOptions:
     progress: bool = False
     verify: bool = False
     max_pixels: int | None = None
+    import_options: dict[str, Any] = field(default_factory=dict)
     figure_format: str = "png"
     figure_scale: str = "linear"
     figure_gamma: float = 0.5
@@ -255,6 +262,7 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
     engine_parity: dict[str, Any] | None = None
+    skipped: bool = False  # already complete in the archive (a resumed invocation)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (non-finite floats become ``None``)."""
@@ -268,6 +276,7 @@ class RunSummary:
             "warnings": list(self.warnings),
             "figures": list(self.figures),
             **({"engine_parity": self.engine_parity} if self.engine_parity is not None else {}),
+            **({"skipped": True} if self.skipped else {}),
         }
 
 
@@ -542,6 +551,7 @@ def analyze_one(
             input_rgb=input_rgb,
             command_line=options.command_line,
             baseline=options.baseline,
+            extra_attrs={RESUME_ATTR: options_key(options, ref)},
         )
     summary = RunSummary(
         run=name,
@@ -682,7 +692,7 @@ def analyze_images(
             "HR images instead, or analyse one image at a time"
         )
     names = run_names(model.path, files, options.run)
-    check_run_names(archive, names, overwrite=options.overwrite)
+    done = complete_runs_to_skip(archive, model.path, files, paired.references, names, options)
     oc = int(model.conventions.out_channels)
     if oc not in (1, 3):
         from glam.errors import ConventionError
@@ -691,21 +701,27 @@ def analyze_images(
             f"the model's output {model.conventions.output_name!r} has {oc} channels; glam "
             "analyses images (1 channel = Y, 3 = RGB); pick an image output with --output"
         )
-    check_image_sizes(model, files, options)
-    out: list[RunSummary] = []
-    many = len(files) > 1
+    todo = [(f, r, n) for f, r, n in zip(files, paired.references, names, strict=True)
+            if n not in done]
+    check_image_sizes(model, [f for f, _, _ in todo], options)
+    out: list[RunSummary] = _skipped_summaries(archive, [n for n in names if n in done])
+    if on_run is not None:
+        for s in out:
+            on_run(s)
+    if done and log is not None:
+        log.line(f"resume: {len(done)} of {len(names)} run(s) already complete in {archive} "
+                 "with the same model, image, ROI and options: skipped")
+    many = len(todo) > 1
     if log is not None:
-        bar = log.bar(len(files), "images", "image") if many else None
+        bar = log.bar(len(todo), "images", "image") if many else None
     else:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(files), desc="glam analyze", unit="image", disable=not progress)
+        bar = tqdm(total=len(todo), desc="glam analyze", unit="image", disable=not progress)
     try:
-        for i, (f, ref, name) in enumerate(
-            zip(files, paired.references, names, strict=True), start=1
-        ):
+        for i, (f, ref, name) in enumerate(todo, start=1):
             if log is not None and many:
-                log.prefix = f"[{i}/{len(files)} {Path(f).name}] "
+                log.prefix = f"[{i}/{len(todo)} {Path(f).name}] "
             elif bar is not None:
                 bar.set_postfix_str(Path(f).name)
             s = analyze_one(
@@ -722,6 +738,23 @@ def analyze_images(
         if log is not None:
             log.prefix = ""
     check_engine_parity(out)
+    return out
+
+
+def _skipped_summaries(archive: str | Path, names: Sequence[str]) -> list[RunSummary]:
+    """Summaries of runs a resumed invocation skipped, read back from the archive."""
+    if not names:
+        return []
+    out = []
+    with open_archive(archive) as ar:
+        for name in names:
+            g = ar.group(name)
+            a = dict(g.attrs)
+            out.append(RunSummary(
+                run=name, archive=str(archive), model=str(a.get("model_path", "")),
+                image=str(a.get("image_path", "")),
+                metrics={k: float(v) for k, v in g["metrics"].attrs.items()},
+                warnings=[str(w) for w in a.get("warnings", [])], skipped=True))
     return out
 
 

@@ -99,7 +99,7 @@ ALLOWED = {
     "glam.report": ("glam.errors", "glam.archive"),
     "glam.gate": ("glam.errors", "glam.engine", "glam.archive", "glam.api",
                       "glam.runs", "glam.images", "glam.progress", "glam.importers",
-                      "glam.memory"),
+                      "glam.memory", "glam.resume"),
     "glam.batch": ("glam.errors", "glam.engine", "glam.archive", "glam.api",
                        "glam.runs", "glam.paths", "glam.importers"),
     "glam.sanity_checks": ("glam.errors", "glam.engine", "glam.api", "glam.archive",

@@ -1125,7 +1125,7 @@ def prepare_baseline(
     UserInputError
         Bad options, a missing image or reference, run names that already exist.
     """
-    from glam.archive.hdf5 import check_run_names
+    from glam.resume import complete_runs_to_skip
     from glam.runs import check_image_files, expand_images, pair_images, run_names
 
     options.validate()
@@ -1134,6 +1134,6 @@ def prepare_baseline(
             f"reference {str(options.reference)!r} does not exist; pass the HR image file")
     paired = pair_images(images, options)
     check_image_files(paired)
-    check_run_names(archive, run_names(model_path, paired.files, options.run),
-                    overwrite=options.overwrite)
+    complete_runs_to_skip(archive, model_path, paired.files, paired.references,
+                          run_names(model_path, paired.files, options.run), options)
     return expand_images(images)  # analyze_images pairs them again

@@ -559,7 +559,7 @@ def analyze(
         progress=lam and not as_json and sys.stderr.isatty(),
         verify=verify,
         max_pixels=_max_pixels(),
-        import_options=_import_options(in_channels, layout, input_range, output, tolerance),
+        import_options=_import_options(in_channels, layout, input_range, output),
         **figure_settings(),
     )
     options.validate()
@@ -618,11 +618,10 @@ def analyze(
 
 
 def _import_options(in_channels: str | None, layout: str | None, input_range: str,
-                    output: str | None, tolerance: float | None) -> dict[str, Any]:
-    """The import overrides a run records for resuming (:mod:`glam.resume`)."""
-    return {"in_channels": in_channels, "layout": layout.upper() if layout else None,
-            "input_range": input_range, "output": output, "tolerance": tolerance,
-            "trust_model": _trusted()}
+                    output: str | None) -> dict[str, Any]:
+    """The import overrides a run records for resuming (:func:`glam.resume.import_key`)."""
+    return {"in_channels": in_channels, "layout": layout, "input_range": input_range,
+            "output": output}
 
 
 def _num(v: float) -> str:
@@ -1006,7 +1005,7 @@ def baseline(
         store=store, store_dtype=store_dtype, device=device,  # type: ignore[arg-type]
         overwrite=overwrite, command_line=_command_line(ctx), baseline=True,
         max_pixels=_max_pixels(),
-        import_options=_import_options(in_channels, layout, input_range, output, tolerance),
+        import_options=_import_options(in_channels, layout, input_range, output),
     )
     files = prepare_baseline(model, images, archive, options)
     _check_outputs(archive=Path(archive))

@@ -5,8 +5,11 @@ computes only the rest.
 
 Each run records what it was asked for in its ``analysis_options`` attribute (JSON,
 :func:`options_key`): the requested ROI (or ``"centre"``), window, ``--hr``, the reference's
-SHA-256, LAM and its settings, store mode and float type, device, ``--verify``, the import
-overrides and whether it is a baseline. A run of the same name is skipped when its model's
+SHA-256, LAM and its settings, store mode and float type, ``--verify``, the import
+overrides that change the analysed function (``--in-channels``, ``--layout``,
+``--input-range``, ``--output``) and whether it is a baseline. Where and how fast it ran
+(``--device``, ``--threads``) and what an import accepts (``--tolerance``,
+``--trust-model``) are not part of it. A run of the same name is skipped when its model's
 and image's SHA-256 and that record match; one that differs (another model, image or
 options, or a run written before the record existed) is refused as before, naming what
 differs, unless ``--overwrite`` (which recomputes every run, as it always did).
@@ -18,15 +21,12 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from glam.archive.hdf5 import check_run_names, existing_runs, open_archive
 from glam.errors import ArchiveError
 
-if TYPE_CHECKING:
-    from glam.runs import AnalyzeOptions
-
-__all__ = ["ATTR", "complete_runs_to_skip", "options_key"]
+__all__ = ["ATTR", "complete_runs_to_skip", "import_key", "options_key"]
 
 #: The run attribute holding :func:`options_key`'s JSON.
 ATTR = "analysis_options"
@@ -40,8 +40,19 @@ def _sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def options_key(options: AnalyzeOptions, reference: str | Path | None) -> str:
-    """The options that decide a run's content, as canonical JSON (see the module doc)."""
+def import_key(in_channels: int | str | None = None, layout: str | None = None,
+               input_range: int | str = "auto", output: int | str | None = None) -> dict[str, Any]:
+    """The import overrides that change what is analysed, in one canonical form (the CLI's
+    strings and a batch plan's numbers give the same key)."""
+    return {"in_channels": int(in_channels) if in_channels not in (None, "") else None,
+            "layout": str(layout).upper() if layout else None,
+            "input_range": str(input_range),
+            "output": str(output) if output is not None else None}
+
+
+def options_key(options: Any, reference: str | Path | None) -> str:
+    """The options that decide a run's content, as canonical JSON (see the module doc);
+    ``options`` is a :class:`glam.runs.AnalyzeOptions` (not imported: runs imports this)."""
     key: dict[str, Any] = {
         "roi": list(options.roi) if options.roi is not None else "centre",
         "window": int(options.window),
@@ -50,10 +61,9 @@ def options_key(options: AnalyzeOptions, reference: str | Path | None) -> str:
         "lam": bool(options.lam),
         "store": options.store,
         "store_dtype": options.store_dtype,
-        "device": options.device,
         "verify": bool(options.verify),
         "baseline": bool(options.baseline),
-        "import": dict(sorted(options.import_options.items())),
+        "import": import_key(**options.import_options),
     }
     if options.lam:
         key.update(lam_fold=int(options.lam_fold), lam_sigma=float(options.lam_sigma),
@@ -82,7 +92,7 @@ def complete_runs_to_skip(
     files: Sequence[Path],
     references: Sequence[Path | None],
     names: Sequence[str],
-    options: AnalyzeOptions,
+    options: Any,
 ) -> set[str]:
     """The runs of ``names`` already complete in ``archive`` with the same model, image,
     ROI and options (none with ``options.overwrite``); checks the other names as

@@ -59,6 +59,9 @@ class GlamGroup(click.Group):
         return ctx
 
     def invoke(self, ctx: click.Context) -> Any:
+        from glam.progress import unsilence
+
+        unsilence()
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -67,7 +70,7 @@ class GlamGroup(click.Group):
             self._report(ctx, exc)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("error: interrupted; finished runs are kept in the archive", err=True)
+            _interrupted()
             ctx.exit(130)
         except BrokenPipeError:
             _silence_stdout()
@@ -99,6 +102,15 @@ class GlamGroup(click.Group):
         if ctx.meta.get(_DEBUG):
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         click.echo(f"error: {prefix}{_one_line(str(exc)) or type(exc).__name__}", err=True)
+
+
+def _interrupted() -> None:
+    """The last line of an interrupted command: progress bars are silenced first, so that
+    one torn down afterwards cannot print after it."""
+    from glam.progress import silence
+
+    silence()
+    click.echo("error: interrupted; finished runs are kept in the archive", err=True)
 
 
 def _silence_stdout() -> None:
@@ -167,7 +179,9 @@ def _trusted() -> bool:
 
 
 def _existing_model(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    """MODEL must exist, checked while parsing (before torch is imported)."""
+    """MODEL must exist and may be a model, checked while parsing (before torch is
+    imported): an image, a text file or a truncated model file is refused at once
+    (:func:`glam.sniff.refusal`)."""
     p = Path(value)
     if not p.exists():
         raise UserInputError(
@@ -175,6 +189,12 @@ def _existing_model(_ctx: click.Context, _param: click.Parameter, value: str) ->
         )
     if p.is_dir():
         raise UserInputError(f"model {value!r} is a directory; pass the model file")
+    from glam.errors import ModelFileError
+    from glam.sniff import refusal
+
+    why = refusal(p)
+    if why is not None:
+        raise ModelFileError(why)
     return value
 
 
@@ -370,6 +390,7 @@ def cli() -> None:
     glam baseline MODEL IMAGES -o B.h5   archive a CI baseline
     glam check MODEL --baseline B.h5     gate MODEL against it (exit 1 on regression)
     glam batch PLAN.toml -o zoo.h5   models x images on Ray into one archive
+    glam sanity MODEL IMAGE          do the maps explain the model (randomization, deletion)
     glam demo                        the whole job on the bundled model and image
     """
 
@@ -733,8 +754,8 @@ def show(archive: str, run: str, as_json: bool) -> None:
                f"top={a.get('roi_top')} left={a.get('roi_left')} window={a.get('window')}")
     click.echo(f"device     {a.get('device')}; store {a.get('store')} ({a.get('store_dtype')})")
     click.echo("metrics")
-    for k in sorted(rd.metrics):
-        click.echo(f"  {k:28s} {_fmt(rd.metrics[k], 4)}")
+    for k in sorted(rd.metrics):  # DI with two decimals, as every command prints it
+        click.echo(f"  {k:28s} {_fmt(rd.metrics[k], 2 if k.startswith('di_') else 4)}")
     p = rd.provenance
     click.echo("provenance")
     for k in ("glam_version", "python", "torch", "onnx", "onnxruntime", "command_line"):
@@ -879,7 +900,7 @@ def compare(archive: str, runs: str | None, image: str | None, by_model: bool, t
               help="Comma-separated run names (default: every run, in archive order).")
 @click.option("-o", "--out", "out", default="report.html", show_default=True, metavar="FILE",
               help="The HTML file to write (self-contained: images embedded, no network).")
-@click.option("--max-keys", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-keys", type=click.IntRange(min=1), default=16, show_default=True,
               help="Most layers per run in the layer explorer (evenly sampled).")
 @debug_option
 def report(archive: str, runs: str | None, out: str, max_keys: int) -> None:
@@ -1224,7 +1245,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="glam")
     except KeyboardInterrupt:
-        click.echo("error: interrupted; finished runs are kept in the archive", err=True)
+        _interrupted()
         code = 130
     except BrokenPipeError:
         _silence_stdout()

@@ -283,18 +283,23 @@ def check_memory(
     verify: bool = False,
     what: str = "the analysis",
     budget: MemoryBudget | None = None,
-) -> MemoryEstimate:
+) -> MemoryEstimate | None:
     """Refuse an analysis whose estimated peak does not fit the memory available.
 
-    Returns the estimate when it fits (or when the memory available is unknown).
+    Returns the estimate when it fits (or when the memory available is unknown), ``None``
+    when the graph cannot be measured at small sizes (the analysis then reports its own
+    error, if any).
 
     Raises
     ------
     InsufficientMemoryError
         Naming the estimate, the memory available and the options that would fit.
     """
-    est = estimate_memory(model, h, w, lam=lam, lam_batch=lam_batch, store=store,
-                          verify=verify)
+    try:
+        est = estimate_memory(model, h, w, lam=lam, lam_batch=lam_batch, store=store,
+                              verify=verify)
+    except Exception:  # noqa: BLE001 - a graph that does not run at the probe sizes
+        return None
     avail, where = _available(device, budget)
     if avail is None or est.total <= SAFETY * avail:
         return est

@@ -245,6 +245,10 @@ def check_image_sizes(model: ImportedModel, files: Sequence[Path], options: Anal
         if (lh, lw) in checked:
             continue
         checked.add((lh, lw))
+        if model.conventions.fixed_size is None:  # a size the graph cannot run: its own error
+            from glam.importers.size_rule import check_input_size
+
+            check_input_size(model.metadata.get("input_multiple"), lh, lw)
         check_memory(model, lh, lw, device=device, lam=options.lam,
                      lam_batch=options.lam_batch, store=options.store, verify=options.verify,
                      what=f"the analysis of {Path(f).name}")

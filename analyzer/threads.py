@@ -7,7 +7,8 @@ are created with it (:mod:`glam.importers.onnx.backend`), so setting torch's set
 The default is :attr:`glam.machine.CpuBudget.free`: the CPUs this process may run on
 (``os.sched_getaffinity``: ``taskset``, a container's cpuset), capped by a cgroup CPU quota
 (``docker --cpus``), less the CPUs other processes keep busy (``/proc/stat`` sampled for a
-quarter of a second). More threads than free cores is much slower, not faster: compute
+tenth of a second). ``GLAM_THREADS=N`` in the environment sets the default instead (a CI
+job that wants the same count on every run: LAM's float sums depend on it). More threads than free cores is much slower, not faster: compute
 threads wait for each other at every operator, and one of them waits for a busy core. On
 this project's 2-core machine with other jobs running, a Set5 folder took 65 s at the old
 default (every CPU of the affinity set) against 12 s at ``--threads 1``; the demo's GL-AM
@@ -17,6 +18,7 @@ than that.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from glam.errors import UserInputError
@@ -37,25 +39,36 @@ class ThreadChoice:
     threads: int
     budget: CpuBudget
     explicit: bool
+    source: str = ""
 
     def describe(self) -> str:
         """``threads 1 (default: the free CPUs; 2 CPU(s) available, 1.0 busy ...)``."""
-        why = "--threads" if self.explicit else "default: the CPUs free now"
+        why = ("--threads" if self.explicit else self.source or "default: the CPUs free now")
         return f"threads {self.threads} ({why}; {self.budget.describe()})"
 
 
 def choose_threads(threads: int | None, budget: CpuBudget | None = None) -> ThreadChoice:
-    """``threads`` when given, else the free CPUs of ``budget`` (measured when ``None``).
+    """``threads`` when given, else ``GLAM_THREADS`` when set, else the free CPUs of
+    ``budget`` (measured when ``None``).
 
     Raises
     ------
     UserInputError
-        When ``threads`` is below 1.
+        When ``threads`` (or ``GLAM_THREADS``) is below 1.
     """
     if threads is not None and threads < 1:
         raise UserInputError(
             f"--threads {threads} must be at least 1 (default: the CPUs that are free now)"
         )
+    env = os.environ.get("GLAM_THREADS", "").strip()
+    if threads is None and env:
+        if not env.isdigit() or int(env) < 1:
+            raise UserInputError(
+                f"GLAM_THREADS={env!r} must be a whole number of at least 1 (unset it to use "
+                "the CPUs that are free now)"
+            )
+        return ThreadChoice(int(env), budget or cpu_budget(sample_seconds=0), False,
+                            "GLAM_THREADS")
     if budget is None:
         budget = cpu_budget()
     n = budget.free if threads is None else int(threads)

@@ -153,9 +153,16 @@ def test_baseline_archive(baseline: Path) -> None:
 
 def test_baseline_refuses_existing_run(models: dict[str, Path], baseline: Path,
                                        images_dir: Path) -> None:
-    line = _error_line(glam("baseline", models["base"], images_dir / "b.png", "-o", baseline,
+    # the same command again resumes (issue 23): the complete run is skipped
+    res = glam("baseline", models["base"], images_dir / "b.png", "-o", baseline, "--run", "lr")
+    assert "(already complete: skipped)" in res.stdout
+    # another model, image or options under that name is refused, naming the difference
+    line = _error_line(glam("baseline", models["base"], images_dir / "c.png", "-o", baseline,
                             "--run", "lr", code=2))
-    assert "already exists" in line
+    assert "already exists" in line and "another image" in line
+    line = _error_line(glam("baseline", models["base"], images_dir / "b.png", "-o", baseline,
+                            "--run", "lr", "--window", "8", code=2))
+    assert "already exists" in line and "window 16, not 8" in line
 
 
 # ----------------------------------------------------------------------------- pass

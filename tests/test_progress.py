@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from glam.cli import cli
+from glam.errors import UserInputError
 from glam.machine import CpuBudget
 from glam.progress import PhaseLog, progress_bar
 from glam.runs import DemoResult, RunSummary, demo_report
@@ -94,9 +95,12 @@ def test_phase_log_lines_and_summary() -> None:
 # ------------------------------------------------------------------------------ threads
 
 
-def test_threads_default_to_the_free_cpus(keep_threads: None) -> None:
+def test_threads_default_to_the_free_cpus(keep_threads: None,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 23: the default is the CPUs that are free (affinity, cgroup quota, less what
-    other processes keep busy), never more; an explicit --threads is taken as given."""
+    other processes keep busy), never more; an explicit --threads is taken as given, and
+    GLAM_THREADS sets the default."""
+    monkeypatch.delenv("GLAM_THREADS", raising=False)
     assert affinity_cpus() == len(os.sched_getaffinity(0))
     assert choose_threads(None, CpuBudget(affinity=2, busy=1.0)).threads == 1  # a busy neighbour
     assert choose_threads(None, CpuBudget(affinity=2, busy=0.1)).threads == 2  # daemons only
@@ -111,6 +115,13 @@ def test_threads_default_to_the_free_cpus(keep_threads: None) -> None:
     text = choose_threads(None, CpuBudget(affinity=2, busy=1.0, load=1.9)).describe()
     assert text == ("threads 1 (default: the CPUs free now; 2 CPU(s) available, 1.0 busy with "
                     "other processes, load average 1.9)")
+    monkeypatch.setenv("GLAM_THREADS", "3")
+    got = choose_threads(None, CpuBudget(affinity=2, busy=2.0))
+    assert got.threads == 3 and got.describe().startswith("threads 3 (GLAM_THREADS;")
+    assert choose_threads(1, CpuBudget(affinity=2)).threads == 1  # --threads wins
+    monkeypatch.setenv("GLAM_THREADS", "0")
+    with pytest.raises(UserInputError, match="GLAM_THREADS='0'"):
+        choose_threads(None)
 
 
 def _spin() -> None:  # a busy neighbour: one process spinning on one core
@@ -135,8 +146,10 @@ def test_default_threads_leave_a_busy_neighbours_core_alone() -> None:
         os.sched_setaffinity(spinner.pid, {a})
         code = ("from glam.threads import apply_threads\nimport torch\n"
                 "n = apply_threads(None)\nprint(n, torch.get_num_threads())")
+        env = {k: v for k, v in os.environ.items() if k != "GLAM_THREADS"}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=300, preexec_fn=lambda: os.sched_setaffinity(0, {a, b}))
+                             timeout=300, env=env,
+                             preexec_fn=lambda: os.sched_setaffinity(0, {a, b}))
     finally:
         spinner.kill()
         spinner.join()

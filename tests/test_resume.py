@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -92,6 +93,7 @@ def test_other_options_are_refused_and_overwrite_recomputes(tiny_model: Path, fo
     assert "--overwrite" in res.stderr
     res = r.invoke(cli, [*base, "--roi", "4,4"])
     assert res.exit_code == 2 and "roi 'centre', not [4, 4]" in res.stderr
+    time.sleep(1.1)  # "created" has whole seconds
     res = r.invoke(cli, [*base, "--overwrite"])  # recomputes every run
     assert res.exit_code == 0, res.stderr
     assert all(_created(ar)[n] != first[n] for n in first)

@@ -59,6 +59,9 @@ class GlamGroup(click.Group):
         return ctx
 
     def invoke(self, ctx: click.Context) -> Any:
+        from glam.progress import unsilence
+
+        unsilence()
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -67,7 +70,7 @@ class GlamGroup(click.Group):
             self._report(ctx, exc)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("error: interrupted; finished runs are kept in the archive", err=True)
+            _interrupted()
             ctx.exit(130)
         except BrokenPipeError:
             _silence_stdout()
@@ -99,6 +102,15 @@ class GlamGroup(click.Group):
         if ctx.meta.get(_DEBUG):
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         click.echo(f"error: {prefix}{_one_line(str(exc)) or type(exc).__name__}", err=True)
+
+
+def _interrupted() -> None:
+    """The last line of an interrupted command: progress bars are silenced first, so that
+    one torn down afterwards cannot print after it."""
+    from glam.progress import silence
+
+    silence()
+    click.echo("error: interrupted; finished runs are kept in the archive", err=True)
 
 
 def _silence_stdout() -> None:
@@ -172,7 +184,9 @@ def _trusted() -> bool:
 
 
 def _existing_model(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
-    """MODEL must exist, checked while parsing (before torch is imported)."""
+    """MODEL must exist and may be a model, checked while parsing (before torch is
+    imported): an image, a text file or a truncated model file is refused at once
+    (:func:`glam.sniff.refusal`)."""
     p = Path(value)
     if not p.exists():
         raise UserInputError(
@@ -180,6 +194,12 @@ def _existing_model(_ctx: click.Context, _param: click.Parameter, value: str) ->
         )
     if p.is_dir():
         raise UserInputError(f"model {value!r} is a directory; pass the model file")
+    from glam.errors import ModelFileError
+    from glam.sniff import refusal
+
+    why = refusal(p)
+    if why is not None:
+        raise ModelFileError(why)
     return value
 
 
@@ -375,6 +395,7 @@ def cli() -> None:
     glam baseline MODEL IMAGES -o B.h5   archive a CI baseline
     glam check MODEL --baseline B.h5     gate MODEL against it (exit 1 on regression)
     glam batch PLAN.toml -o zoo.h5   models x images on Ray into one archive
+    glam sanity MODEL IMAGE          do the maps explain the model (randomization, deletion)
     glam demo                        the whole job on the bundled model and image
     """
 
@@ -524,8 +545,11 @@ def analyze(
     overwrite: bool,
     verify: bool,
 ) -> None:
-    """Compute GL-AM for MODEL on each IMAGE (file or directory) into an HDF5 archive."""
-    from glam.archive.hdf5 import check_run_names
+    """Compute GL-AM for MODEL on each IMAGE (file or directory) into an HDF5 archive.
+
+    Rerunning the same command resumes it: runs already complete in the archive with the
+    same model, image, ROI and options are skipped (--overwrite recomputes them)."""
+    from glam.resume import complete_runs_to_skip
     from glam.runs import (
         DEFAULT_ARCHIVE,
         AnalyzeOptions,
@@ -560,20 +584,23 @@ def analyze(
         progress=lam and not as_json and sys.stderr.isatty(),
         verify=verify,
         max_pixels=_max_pixels(),
+        import_options=_import_options(in_channels, layout, input_range, output),
         **figure_settings(),
     )
     options.validate()
     if reference is not None and not Path(reference).is_file():
         raise UserInputError(f"reference {reference!r} does not exist; pass the HR image file")
-    # Fail on paths, unreadable images and name clashes before the (slow) model import.
+    # Fail on paths, unreadable images and name clashes before the (slow) model import;
+    # runs already complete from the same model, image and options are resumed (skipped).
     paired = pair_images(images, options)
     files = paired.files
     check_image_files(paired)
-    check_run_names(archive_path, run_names(model, files, run), overwrite=overwrite)
+    complete_runs_to_skip(archive_path, model, files, paired.references,
+                          run_names(model, files, run), options)
     _check_outputs(archive=archive_path, figures=figures)
-    if paired.note:
-        click.echo(f"note: {paired.note}", err=True)
     log = phase_log()
+    if paired.note:
+        log.line(f"note: {paired.note}")
     m = _load_model(model, in_channels, layout, input_range, output, tolerance, log=log)
     many = len(files) > 1
 
@@ -586,7 +613,9 @@ def analyze(
                 click.echo(f"warning: {s.run}: {w}", err=True)
             return
         mt = s.metrics
-        click.echo(f"run {s.run!r} -> {s.archive}")
+        click.echo(f"run {s.run!r} -> {s.archive}" + (
+            " (already complete with the same model, image, ROI and options: skipped)"
+            if s.skipped else ""))
         parts = [f"DI local {mt['di_local']:.2f}", f"DI global {mt['di_global']:.2f}"]
         if "psnr" in mt:
             parts.append(f"PSNR {mt['psnr']:.2f} dB")
@@ -594,7 +623,7 @@ def analyze(
             parts.append(f"Y-PSNR {_num(mt['psnr_y'])} dB (shave {int(mt['psnr_y_shave'])})")
         if "di_lam" in mt:
             parts.append(f"DI LAM {mt['di_lam']:.2f}")
-        click.echo("  " + ", ".join(parts) + f" ({mt['seconds_glam']:.2f} s GL-AM)")
+        click.echo("  " + ", ".join(parts) + f" ({mt.get('seconds_glam', 0.0):.2f} s GL-AM)")
         if s.engine_parity is not None:
             click.echo("  " + _parity_line(s.engine_parity))
         for w in s.warnings:
@@ -607,7 +636,17 @@ def analyze(
     if many:
         table = summary_table(summaries)
         click.echo(table, err=as_json)
-        click.echo(f"{len(summaries)} run(s) -> {archive_path}", err=as_json)
+        skipped = sum(s.skipped for s in summaries)
+        click.echo(f"{len(summaries)} run(s) -> {archive_path}" + (
+            f" ({skipped} already complete: skipped, {len(summaries) - skipped} computed)"
+            if skipped else ""), err=as_json)
+
+
+def _import_options(in_channels: str | None, layout: str | None, input_range: str,
+                    output: str | None) -> dict[str, Any]:
+    """The import overrides a run records for resuming (:func:`glam.resume.import_key`)."""
+    return {"in_channels": in_channels, "layout": layout, "input_range": input_range,
+            "output": output}
 
 
 def _num(v: float) -> str:
@@ -720,8 +759,8 @@ def show(archive: str, run: str, as_json: bool) -> None:
                f"top={a.get('roi_top')} left={a.get('roi_left')} window={a.get('window')}")
     click.echo(f"device     {a.get('device')}; store {a.get('store')} ({a.get('store_dtype')})")
     click.echo("metrics")
-    for k in sorted(rd.metrics):
-        click.echo(f"  {k:28s} {_fmt(rd.metrics[k], 4)}")
+    for k in sorted(rd.metrics):  # DI with two decimals, as every command prints it
+        click.echo(f"  {k:28s} {_fmt(rd.metrics[k], 2 if k.startswith('di_') else 4)}")
     p = rd.provenance
     click.echo("provenance")
     for k in ("glam_version", "python", "torch", "onnx", "onnxruntime", "command_line"):
@@ -870,7 +909,7 @@ def compare(archive: str, runs: str | None, image: str | None, by_model: bool, t
               help="Comma-separated run names (default: every run, in archive order).")
 @click.option("-o", "--out", "out", default="report.html", show_default=True, metavar="FILE",
               help="The HTML file to write (self-contained: images embedded, no network).")
-@click.option("--max-keys", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-keys", type=click.IntRange(min=1), default=16, show_default=True,
               help="Most layers per run in the layer explorer (evenly sampled).")
 @debug_option
 def report(archive: str, runs: str | None, out: str, max_keys: int) -> None:
@@ -982,7 +1021,10 @@ def baseline(
     device: str, in_channels: str | None, layout: str | None, input_range: str,
     output: str | None, tolerance: float | None, as_json: bool, overwrite: bool,
 ) -> None:
-    """Write a baseline archive for `glam check`: `glam analyze` with runs marked baseline."""
+    """Write a baseline archive for `glam check`: `glam analyze` with runs marked baseline.
+
+    Rerunning the same command resumes it (complete runs from the same model, image and
+    options are skipped; --overwrite recomputes them)."""
     from glam.gate.check import make_baseline, prepare_baseline
     from glam.runs import AnalyzeOptions, RunSummary, parse_roi
 
@@ -993,6 +1035,7 @@ def baseline(
         store=store, store_dtype=store_dtype, device=device,  # type: ignore[arg-type]
         overwrite=overwrite, command_line=_command_line(ctx), baseline=True,
         max_pixels=_max_pixels(),
+        import_options=_import_options(in_channels, layout, input_range, output),
     )
     files = prepare_baseline(model, images, archive, options)
     _check_outputs(archive=Path(archive))
@@ -1001,12 +1044,15 @@ def baseline(
 
     def report(s: RunSummary) -> None:
         click.echo(_json_line({**s.to_dict(), "baseline": True}) if as_json
-                   else f"baseline run {s.run!r} -> {s.archive}")
+                   else f"baseline run {s.run!r} -> {s.archive}"
+                   + (" (already complete: skipped)" if s.skipped else ""))
 
     summaries = make_baseline(m, files, archive, options, on_run=report, log=log)
     log.summary()
     if not as_json:
-        click.echo(f"{len(summaries)} baseline run(s) in {archive}; gate a model with "
+        skipped = sum(s.skipped for s in summaries)
+        more = f" ({skipped} already complete: skipped)" if skipped else ""
+        click.echo(f"{len(summaries)} baseline run(s) in {archive}{more}; gate a model with "
                    f"`glam check MODEL --baseline {archive}`")
 
 
@@ -1208,7 +1254,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="glam")
     except KeyboardInterrupt:
-        click.echo("error: interrupted; finished runs are kept in the archive", err=True)
+        _interrupted()
         code = 130
     except BrokenPipeError:
         _silence_stdout()

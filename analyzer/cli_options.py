@@ -19,6 +19,7 @@ _QUIET = "glam.quiet"
 _THREADS = "glam.threads"
 _FIGURE = "glam.figure"
 _LOG = "glam.log"
+_CHOSEN = "glam.threads_chosen"
 
 __all__ = ["figure_options", "figure_settings", "phase_log", "run_options", "use_threads"]
 
@@ -35,8 +36,9 @@ def run_options(f: F) -> F:
     """``--threads N`` and ``--quiet``: compute threads and the phase log (issue 14)."""
     f = click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
                      expose_value=False, callback=_keep(_THREADS),
-                     help="Threads for torch, numba and onnxruntime (default: the CPUs this "
-                          "process may run on, os.sched_getaffinity).")(f)
+                     help="Threads for torch, numba and onnxruntime (default: the CPUs that "
+                          "are free now: affinity and cgroup quota, less the CPUs other "
+                          "processes keep busy).")(f)
     return click.option("-q", "--quiet", is_flag=True, expose_value=False,
                         callback=_keep(_QUIET),
                         help="No phase log or progress on stderr (results, run warnings and "
@@ -75,13 +77,22 @@ def phase_log() -> Any:
 
 
 def use_threads() -> int:
-    """Apply ``--threads`` (default: the process's CPU affinity); a phase-log note when the
-    CPUs are oversubscribed (more threads than CPUs, or a load average that fills them)."""
-    from glam.threads import apply_threads, oversubscription
+    """Apply ``--threads`` (default: the CPUs free now, :func:`glam.threads.choose_threads`)
+    once per command and say what was chosen in the phase log; a note when an explicit
+    ``--threads`` oversubscribes the CPUs (more threads than CPUs, or than are free)."""
+    from glam.threads import choose_threads, oversubscription
 
     ctx = click.get_current_context()
-    n = apply_threads(ctx.meta.get(_THREADS))
-    note = oversubscription(n)
+    if _CHOSEN in ctx.meta:
+        return int(ctx.meta[_CHOSEN])
+    choice = choose_threads(ctx.meta.get(_THREADS))
+    import torch
+
+    torch.set_num_threads(choice.threads)
+    ctx.meta[_CHOSEN] = choice.threads
+    log = phase_log()
+    log.line(choice.describe())
+    note = oversubscription(choice.threads, budget=choice.budget) if choice.explicit else None
     if note:
-        phase_log().line(f"note: {note}")
-    return n
+        log.line(f"note: {note}")
+    return choice.threads

@@ -85,6 +85,11 @@ class AnalysisError(UserInputError):
     """Bad analysis arguments: ROI outside the output, window too small, image too small."""
 
 
+class InsufficientMemoryError(AnalysisError):
+    """The analysis would need more memory than the machine (or the GPU) has available;
+    refused before any work, naming the estimate, the memory available and what fits."""
+
+
 class NumericalError(ModelError):
     """NaN or Inf in the model output or in gradients."""
 

@@ -80,6 +80,12 @@ class ImageRead:
                 f"{name} is grayscale ({self.source_mode}) but the model takes RGB; the gray "
                 "value is fed on all three channels"
             )
+        if not self.gray and in_channels == 1:
+            out.append(
+                f"{name} has colour ({self.source_mode}) but the model takes one channel: it "
+                "analyses the Y channel (ITU-R BT.601) of the image, and its output is Y (the "
+                "figures show it in colour with the input's chroma)"
+            )
         return out
 
 

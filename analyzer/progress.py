@@ -23,13 +23,28 @@ Imports only the standard library and tqdm (lazily), so any room may hand a
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-__all__ = ["LOG_INTERVAL", "PhaseLog", "progress_bar"]
+__all__ = ["LOG_INTERVAL", "PhaseLog", "progress_bar", "silence", "unsilence"]
+
+_SILENCED = {"on": False}
+
+
+def silence() -> None:
+    """No more progress or phase lines from this process: called before the last line a
+    command prints (``error: interrupted``), so that a bar torn down afterwards (when the
+    interpreter collects it) cannot write after it."""
+    _SILENCED["on"] = True
+
+
+def unsilence() -> None:
+    """Undo :func:`silence` (a new command in the same process, as in tests)."""
+    _SILENCED["on"] = False
 
 LOG_INTERVAL = 10.0
 """Seconds between progress lines when stderr is not a terminal (``GLAM_PROGRESS_INTERVAL``
@@ -52,16 +67,24 @@ def _is_tty(stream: IO[str]) -> bool:
         return False
 
 
+#: Terminal control sequences (cursor moves such as ``ESC[A``, colours): never in a log.
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
 class _Lines:
-    """A file for tqdm that turns each redraw (``\\r...``) into one whole line, and drops
-    a redraw whose count did not change (tqdm's final redraw at close)."""
+    """A file for tqdm that turns each redraw (``\\r...``) into one whole line, drops
+    terminal control sequences (tqdm moves the cursor up, ``ESC[A``, to redraw a bar below
+    another one: the image bar while LAM's runs), and drops a redraw whose count did not
+    change (tqdm's final redraw at close)."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
         self.last = ""
 
     def write(self, text: str) -> int:
-        for part in text.replace("\r", "\n").split("\n"):
+        if _SILENCED["on"]:
+            return len(text)
+        for part in _ESCAPES.sub("", text).replace("\r", "\n").split("\n"):
             line = part.rstrip()
             key = line.split(" [")[0]  # the count, without elapsed time and rate
             if line and key != self.last:
@@ -119,6 +142,7 @@ def progress_bar(
         desc=f"glam: {desc}",
         unit=unit,
         file=_Lines(out),
+        position=0,  # whole lines need no nesting (tqdm would move the cursor between bars)
         leave=True,
         mininterval=every,
         maxinterval=every,
@@ -148,7 +172,7 @@ class PhaseLog:
 
     def line(self, text: str) -> None:
         """Write ``glam: <prefix><text>`` as one line (nothing when quiet)."""
-        if self.quiet:
+        if self.quiet or _SILENCED["on"]:
             return
         self.stream.write(f"glam: {self.prefix}{text}\n")
         try:

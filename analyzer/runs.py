@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from glam.archive.hdf5 import STORE_DTYPES, RunWriter, StoreDtype, check_run_names, open_archive
+from glam.archive.hdf5 import STORE_DTYPES, RunWriter, StoreDtype, open_archive
 from glam.errors import AnalysisError, EngineParityError, MissingDependencyError, UserInputError
 from glam.progress import PhaseLog
+from glam.resume import ATTR as RESUME_ATTR
+from glam.resume import complete_runs_to_skip, options_key
 
 if TYPE_CHECKING:  # torch-free at import: `glam ls` / `show` use this module's tables
     from glam.engine.glam import StoreMode
@@ -75,6 +77,10 @@ class AnalyzeOptions:
     max_pixels:
         Largest LR image (pixels) to analyse; ``None``: :data:`DEFAULT_MAX_PIXELS`.
         Larger images are refused before any work, with the analysis' estimated memory.
+    import_options:
+        The model import's overrides (``--in-channels``, ``--input-range``, ...), recorded
+        with each run so that a rerun resumes only runs made the same way
+        (:mod:`glam.resume`).
     figure_format:
         ``png``, ``pdf`` or ``svg`` (the matplotlib figures; overlays are always PNG).
     figure_scale, figure_gamma:
@@ -102,6 +108,7 @@ class AnalyzeOptions:
     progress: bool = False
     verify: bool = False
     max_pixels: int | None = None
+    import_options: dict[str, Any] = field(default_factory=dict)
     figure_format: str = "png"
     figure_scale: str = "linear"
     figure_gamma: float = 0.5
@@ -190,28 +197,6 @@ def image_size(path: str | Path) -> tuple[int, int]:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def estimate_bytes(model: ImportedModel, lr_pixels: int, options: AnalyzeOptions) -> int:
-    """Rough peak memory of one analysis of an LR image of ``lr_pixels`` pixels.
-
-    Activations of every tap (measured at the probe size) scale with the input area; the
-    engine keeps them, their gradients and the per-layer keys (about 4 float32 copies),
-    plus the output-size maps; LAM adds ``lam_batch`` forward/backward passes.
-    """
-    c = model.conventions
-    probe = 40 * 36
-    per_px = 0.0
-    for t in model.taps:
-        n = 1
-        for d in t.shape:
-            n *= int(d)
-        per_px += n / probe
-    s2 = float(c.scale) ** 2
-    floats = lr_pixels * (4 * per_px + 16 * s2 + 8)
-    if options.lam:
-        floats += lr_pixels * options.lam_batch * 2 * per_px
-    return int(floats * 4)
-
-
 def check_image_files(paired: ImagePairs) -> None:
     """Read every image's and reference's header (cheap) before the model import, so that a
     missing or unreadable file is reported before seconds of waiting.
@@ -226,19 +211,47 @@ def check_image_files(paired: ImagePairs) -> None:
 
 
 def check_image_sizes(model: ImportedModel, files: Sequence[Path], options: AnalyzeOptions) -> None:
-    """Refuse images above the pixel limit before any work (exit 2, estimated memory)."""
+    """Refuse, before any work (exit 2), images above the pixel limit and images whose
+    analysis would not fit the memory available (:func:`glam.memory.check_memory`: the
+    estimate against the cgroup limit, ``MemAvailable`` or the GPU's free memory).
+
+    Raises
+    ------
+    AnalysisError
+        Above ``--max-pixels``, with the estimated memory.
+    InsufficientMemoryError
+        The estimate does not fit; names the estimate, the memory available and the options
+        that would fit.
+    """
+    from glam.engine.device import resolve_device
+    from glam.memory import check_memory, estimate_memory
+
     limit = options.max_pixels or DEFAULT_MAX_PIXELS
     s = max(int(model.conventions.scale), 1)
+    device = resolve_device(options.device)
+    checked: set[tuple[int, int]] = set()
     for f in files:
         w, h = image_size(f)
-        lr = (w // s) * (h // s) if options.hr else w * h
+        lh, lw = (h // s, w // s) if options.hr else (h, w)
+        lr = lh * lw
         if lr > limit:
-            est = estimate_bytes(model, lr, options)
+            est = estimate_memory(model, lh, lw, lam=options.lam, lam_batch=options.lam_batch,
+                                  store=options.store, verify=options.verify)
             raise AnalysisError(
                 f"image {str(f)!r} is {w}x{h} ({lr:,} LR pixels), above the limit of "
-                f"{limit:,}; its analysis would need about {est / 2**30:.1f} GiB of memory; "
+                f"{limit:,}; its analysis would need about {est.describe()}; "
                 f"crop or downscale it, or pass --max-pixels {lr} to try anyway"
             )
+        if (lh, lw) in checked:
+            continue
+        checked.add((lh, lw))
+        if model.conventions.fixed_size is None:  # a size the graph cannot run: its own error
+            from glam.importers.size_rule import check_input_size
+
+            check_input_size(model.metadata.get("input_multiple"), lh, lw)
+        check_memory(model, lh, lw, device=device, lam=options.lam,
+                     lam_batch=options.lam_batch, store=options.store, verify=options.verify,
+                     what=f"the analysis of {Path(f).name}")
 
 
 @dataclass
@@ -254,6 +267,7 @@ class RunSummary:
     figures: list[str] = field(default_factory=list)
     engine_parity: dict[str, Any] | None = None
     run_parity: dict[str, Any] | None = None  # the output against the reference on this input
+    skipped: bool = False  # already complete in the archive (a resumed invocation)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (non-finite floats become ``None``)."""
@@ -268,6 +282,7 @@ class RunSummary:
             "figures": list(self.figures),
             **({"engine_parity": self.engine_parity} if self.engine_parity is not None else {}),
             **({"run_parity": self.run_parity} if self.run_parity is not None else {}),
+            **({"skipped": True} if self.skipped else {}),
         }
 
 
@@ -542,6 +557,7 @@ def analyze_one(
             input_rgb=input_rgb,
             command_line=options.command_line,
             baseline=options.baseline,
+            extra_attrs={RESUME_ATTR: options_key(options, ref)},
         )
     summary = RunSummary(
         run=name,
@@ -683,7 +699,7 @@ def analyze_images(
             "HR images instead, or analyse one image at a time"
         )
     names = run_names(model.path, files, options.run)
-    check_run_names(archive, names, overwrite=options.overwrite)
+    done = complete_runs_to_skip(archive, model.path, files, paired.references, names, options)
     oc = int(model.conventions.out_channels)
     if oc not in (1, 3):
         from glam.errors import ConventionError
@@ -692,21 +708,27 @@ def analyze_images(
             f"the model's output {model.conventions.output_name!r} has {oc} channels; glam "
             "analyses images (1 channel = Y, 3 = RGB); pick an image output with --output"
         )
-    check_image_sizes(model, files, options)
-    out: list[RunSummary] = []
-    many = len(files) > 1
+    todo = [(f, r, n) for f, r, n in zip(files, paired.references, names, strict=True)
+            if n not in done]
+    check_image_sizes(model, [f for f, _, _ in todo], options)
+    out: list[RunSummary] = _skipped_summaries(archive, [n for n in names if n in done])
+    if on_run is not None:
+        for s in out:
+            on_run(s)
+    if done and log is not None:
+        log.line(f"resume: {len(done)} of {len(names)} run(s) already complete in {archive} "
+                 "with the same model, image, ROI and options: skipped")
+    many = len(todo) > 1
     if log is not None:
-        bar = log.bar(len(files), "images", "image") if many else None
+        bar = log.bar(len(todo), "images", "image") if many else None
     else:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(files), desc="glam analyze", unit="image", disable=not progress)
+        bar = tqdm(total=len(todo), desc="glam analyze", unit="image", disable=not progress)
     try:
-        for i, (f, ref, name) in enumerate(
-            zip(files, paired.references, names, strict=True), start=1
-        ):
+        for i, (f, ref, name) in enumerate(todo, start=1):
             if log is not None and many:
-                log.prefix = f"[{i}/{len(files)} {Path(f).name}] "
+                log.prefix = f"[{i}/{len(todo)} {Path(f).name}] "
             elif bar is not None:
                 bar.set_postfix_str(Path(f).name)
             s = analyze_one(
@@ -723,6 +745,23 @@ def analyze_images(
         if log is not None:
             log.prefix = ""
     check_engine_parity(out)
+    return out
+
+
+def _skipped_summaries(archive: str | Path, names: Sequence[str]) -> list[RunSummary]:
+    """Summaries of runs a resumed invocation skipped, read back from the archive."""
+    if not names:
+        return []
+    out = []
+    with open_archive(archive) as ar:
+        for name in names:
+            g = ar.group(name)
+            a = dict(g.attrs)
+            out.append(RunSummary(
+                run=name, archive=str(archive), model=str(a.get("model_path", "")),
+                image=str(a.get("image_path", "")),
+                metrics={k: float(v) for k, v in g["metrics"].attrs.items()},
+                warnings=[str(w) for w in a.get("warnings", [])], skipped=True))
     return out
 
 
@@ -914,6 +953,7 @@ def run_demo(
         figure_gamma=figure_gamma,
     )
     options.validate()
+    check_image_sizes(model, [ip], options)  # before the warm-up: the memory it needs
     warm = _warm_up(model, ip, options) if warmup else 0.0
     if log is not None and warmup:
         log.done("warm-up", warm, "untimed: numba kernel loading/compilation, first-call "

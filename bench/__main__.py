@@ -31,6 +31,9 @@ not depend on them.
 
 ``--batch``: throughput of ``glam batch`` on Ray against the serial ``glam analyze`` loop
 on the fixture models (:mod:`bench.batch`).
+
+``--busy``: the demo's GL-AM and LAM beside a neighbour spinning on one CPU, at the default
+thread count and at the old one (:mod:`bench.busy`).
 """
 
 from __future__ import annotations
@@ -325,9 +328,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="time in this process, no memory workers (a quick check of the logic; "
                         "CPU peaks are then not measured)")
     p.add_argument("--worker", nargs=2, metavar=("ARCH", "WORKLOAD"), help=argparse.SUPPRESS)
-    from bench import batch
+    from bench import batch, busy
 
     batch.add_arguments(p)
+    busy.add_arguments(p)
     return p
 
 
@@ -339,6 +343,16 @@ def main(argv: list[str] | None = None) -> int:
         from bench import batch
 
         batch.run(args)
+        return 0
+    if args.busy_worker:
+        from bench import busy
+
+        print(json.dumps(busy.worker(args.busy_worker)))
+        return 0
+    if args.busy:
+        from bench import busy
+
+        busy.run(args)
         return 0
     if args.size_one is not None:
         args.sizes = [args.size_one]

@@ -98,11 +98,12 @@ ALLOWED = {
                          "glam", "glam.importers"),
     "glam.report": ("glam.errors", "glam.archive"),
     "glam.gate": ("glam.errors", "glam.engine", "glam.archive", "glam.api",
-                      "glam.runs", "glam.images", "glam.progress", "glam.importers"),
+                      "glam.runs", "glam.images", "glam.progress", "glam.importers",
+                      "glam.memory", "glam.resume"),
     "glam.batch": ("glam.errors", "glam.engine", "glam.archive", "glam.api",
                        "glam.runs", "glam.paths", "glam.importers"),
     "glam.sanity_checks": ("glam.errors", "glam.engine", "glam.api", "glam.archive",
-                        "glam.report", "glam.importers"),
+                        "glam.report", "glam.importers", "glam.memory"),
     "glam.importers": ("glam.errors",),
     # the routes: each reads its format and hands a RawGraph to the shared pipeline; the
     # checkpoint route traces spandrel's module through the export and TorchScript routes

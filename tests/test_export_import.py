@@ -15,10 +15,11 @@ import pytest
 import torch
 from glam.errors import ModelFileError
 from glam.importers.export.backend import load_exported
+from numerics import assert_close, assert_error_within
 from test_torchscript_import import (
     NETS,
     SECOND_SIZE,
-    TOL,
+    ULPS_ROUTE,
     assert_tap_is_pre_activation,
     assert_taps_match_eager_hooks,
     example,
@@ -66,16 +67,19 @@ def imported(
         return net, model, path, glam.importers.load(path, input_range=1)
 
 
+@pytest.mark.numerics
 def test_parity(imported: tuple[str, nn.Module, Path, glam.importers.ImportedModel]) -> None:
     _, _, _, m = imported
     assert m.format == "export"
-    assert m.parity.passed and m.parity.max_abs_error <= TOL
+    assert m.parity.passed
+    assert_error_within(m.parity.max_abs_error, ulps=ULPS_ROUTE, label="parity")
     assert m.parity.reference == "torch.export program"
     assert m.conventions.scale == 2
     assert m.conventions.fixed_size is None
     assert m.input_names == ["x"]
 
 
+@pytest.mark.numerics
 def test_shape_generic(imported: tuple[str, nn.Module, Path, glam.importers.ImportedModel]) -> None:
     _, _, path, m = imported
     x = example(*SECOND_SIZE)
@@ -86,9 +90,10 @@ def test_shape_generic(imported: tuple[str, nn.Module, Path, glam.importers.Impo
         y, _ = m.graph(x)
         ref = first(program(x.clone()))
     assert y.shape == ref.shape == (1, 3, 2 * SECOND_SIZE[0], 2 * SECOND_SIZE[1])
-    assert float((y - ref).abs().max()) <= TOL
+    assert_close(y, ref, ulps=ULPS_ROUTE, err_msg="second size")
 
 
+@pytest.mark.numerics
 def test_taps_match_eager_hooks(
     imported: tuple[str, nn.Module, Path, glam.importers.ImportedModel],
 ) -> None:
@@ -107,6 +112,7 @@ def test_inplace_relu_tap_is_pre_activation(
     assert_tap_is_pre_activation(model, m, x)
 
 
+@pytest.mark.numerics
 def test_raw_graph_contract(export_dir: Path) -> None:
     raw = load_exported(save_exported(make_net("ctrl"), export_dir / "ctrl_raw.pt2"))
     assert raw.format == "export"
@@ -120,7 +126,7 @@ def test_raw_graph_contract(export_dir: Path) -> None:
     assert len(ref) == 2 and torch.equal(x, before)
     with torch.no_grad():
         outs = raw.gm(x.clone())
-    assert abs(first(outs).numpy() - ref[0]).max() <= TOL
+    assert_close(first(outs), ref[0], ulps=ULPS_ROUTE, err_msg="graph vs program")
     functional = [
         n.target
         for n in raw.gm.graph.nodes
@@ -130,6 +136,7 @@ def test_raw_graph_contract(export_dir: Path) -> None:
     raw.gm.eval()  # ExportedProgram.module() forbids eval(); the backend lifts that
 
 
+@pytest.mark.numerics
 def test_static_shape_program(export_dir: Path) -> None:
     """A program exported without dynamic shapes is a fixed-size model; its shape guards
     raise ``RuntimeError`` (not ``AssertionError``) at other sizes."""
@@ -143,7 +150,7 @@ def test_static_shape_program(export_dir: Path) -> None:
         m = glam.importers.load(path, input_range=1)
     assert m.conventions.fixed_size == (20, 24)
     assert m.conventions.scale == 2
-    assert m.parity.max_abs_error <= TOL
+    assert_error_within(m.parity.max_abs_error, ulps=ULPS_ROUTE, label="parity")
 
 
 def test_corrupt_program_is_model_file_error(export_dir: Path, tmp_path: Path) -> None:

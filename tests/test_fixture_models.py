@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import glam.fixtures as fixtures
-import numpy as np
 import pytest
 import torch
 from glam.fixtures import (
@@ -26,6 +25,7 @@ from glam.fixtures import (
     load_eager,
 )
 from glam.fixtures import architectures as A
+from numerics import assert_close
 from torch import nn
 
 ort = pytest.importorskip("onnxruntime")
@@ -33,7 +33,10 @@ ort = pytest.importorskip("onnxruntime")
 # torch.jit.* is deprecated in favour of torch.export; the fixtures still cover it on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 
-ONNX_TOL = 1e-5
+#: onnxruntime (or a torch.jit / torch.export load) against the eager module: other kernels
+#: for the same operators, float32 epsilons of the output's largest magnitude: measured
+#: 4.19 (rrdbnet legacy.onnx), 0 for the TorchScript and torch.export loads; x4, rounded up.
+ULPS_EXPORT = 32
 #: Plausible parameter ranges of the paper-size (x4) configs.  CARN: 1.11M for one x4
 #: upsampler; the paper's 1.59M counts its multi-scale model with x2, x3 and x4 upsamplers.
 PAPER_PARAMS = {
@@ -128,6 +131,8 @@ def test_sqrtm_newton_schulz() -> None:
     q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
     a = (q @ torch.diag(torch.linspace(0.5, 1.0, 6, dtype=torch.float64)) @ q.T)[None]
     root = A.sqrtm_newton_schulz(a, iterations=10)
+    # not float rounding: Newton-Schulz converges quadratically, 10 iterations leave an
+    # iteration error far below 1e-6 on this spectrum (0.5-1.0); float64 rounding is ~1e-15
     torch.testing.assert_close(root @ root, a, rtol=1e-6, atol=1e-6)
     zero = A.sqrtm_newton_schulz(torch.zeros(1, 4, 4))
     assert torch.isfinite(zero).all()
@@ -140,7 +145,7 @@ def test_san_region_non_local_scripts_and_runs_on_odd_sizes() -> None:
     with torch.no_grad():
         ref = model(x)
         assert ref.shape == (1, 3, 18, 14)
-        torch.testing.assert_close(torch.jit.script(model)(x), ref)
+        assert_close(torch.jit.script(model)(x), ref, ulps=ULPS_EXPORT, err_msg="scripted SAN")
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,6 +212,7 @@ def test_trained_weights_load(eager: tuple[str, nn.Module], manifest: dict) -> N
     assert out.shape == (1, 3, 48, 40) and torch.isfinite(out).all()
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", ["legacy.onnx", "dynamo.onnx"])
 def test_onnx_matches_eager(eager: tuple[str, nn.Module], kind: str) -> None:
     arch, model = eager
@@ -222,21 +228,23 @@ def test_onnx_matches_eager(eager: tuple[str, nn.Module], kind: str) -> None:
             ref = model(x).numpy()
         out = sess.run(None, {name: x.numpy()})[0]
         assert out.shape == ref.shape
-        np.testing.assert_allclose(out, ref, rtol=0, atol=ONNX_TOL, err_msg=f"{arch} {kind}")
+        assert_close(out, ref, ulps=ULPS_EXPORT, err_msg=f"{arch} {kind}")
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", ["trace.pt", "script.pt"])
 def test_torchscript_matches_eager(eager: tuple[str, nn.Module], kind: str) -> None:
     arch, model = eager
     loaded = torch.jit.load(str(fixture_path(arch, kind)))
     x = _seeded(1, 3, 19, 23, seed=7)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-5)
+        assert_close(loaded(x), model(x), ulps=ULPS_EXPORT, err_msg=f"{arch} {kind}")
 
 
+@pytest.mark.numerics
 def test_pt2_matches_eager(eager: tuple[str, nn.Module]) -> None:
     arch, model = eager
     program = torch.export.load(fixture_path(arch, "pt2"))
     x = _seeded(1, 3, 19, 23, seed=7)
     with torch.no_grad():
-        torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=1e-5)
+        assert_close(program.module()(x), model(x), ulps=ULPS_EXPORT, err_msg=f"{arch} pt2")

@@ -8,15 +8,32 @@ import functools
 
 import glam.fixtures as fixtures
 import glam.importers
-import numpy as np
 import pytest
 import torch
 from glam.engine.glam import compute_glam
 from glam.fixtures.architectures import ARCHITECTURES, count_convs
+from numerics import EPS32, GLAM_MD_ULPS, assert_close, assert_error_within, assert_same
 from reference_glam import reference_glam
 
 EXPORTS = ("legacy.onnx", "dynamo.onnx", "trace.pt", "script.pt", "pt2")
-CASES = [(a, k) for a in ARCHITECTURES for k in EXPORTS]
+# every case compares different computations; the legacy ONNX export of three architectures
+# (the worst measured: rcan, rnan, rrdbnet) also runs under the other instruction sets
+# (tests/test_numerics_isa.py), all of them would cost minutes there
+NUMERICS_ARCHS = ("rcan", "rnan", "rrdbnet")
+CASES = [pytest.param(a, k, marks=[pytest.mark.numerics]
+                      if k == "legacy.onnx" and a in NUMERICS_ARCHS else [])
+         for a in ARCHITECTURES for k in EXPORTS]
+EAGER_CASES = [pytest.param(a, marks=[pytest.mark.numerics] if a in NUMERICS_ARCHS else [])
+               for a in ARCHITECTURES]
+
+#: An import (onnx2torch, ts2fx, torch.export) against the eager module, or a tapped graph's
+#: gradients against hooks on the eager module: the same operators through other kernels,
+#: float32 epsilons of the tensor's largest magnitude: measured 2.92 (rrdbnet parity), 2.16
+#: (tap gradients); x4, rounded up (tests/numerics.py).
+ULPS_IMPORT = 16
+#: The fast engine against the literal reference (maps in [0, 1]): measured 24.5 (rcan
+#: legacy.onnx, local Variation).
+ULPS_REFERENCE = 128
 
 
 def _available(arch: str, kind: str) -> bool:
@@ -41,12 +58,16 @@ def test_fixture_import_parity_and_tap_count(arch: str, kind: str) -> None:
     if not _available(arch, kind):
         pytest.skip(f"fixture {arch} {kind} not built")
     model = _load(arch, kind)
-    assert model.parity.passed and model.parity.max_abs_error <= 1e-5
+    assert model.parity.passed
     eager = fixtures.load_eager(arch)
     assert model.n_taps == count_convs(eager)
     x = _x(1)
     with torch.no_grad():
-        np.testing.assert_allclose(model.graph(x)[0].numpy(), eager(x).numpy(), atol=1e-5)
+        ref = eager(x)
+        scale = float(ref.abs().max())
+        assert_error_within(model.parity.max_abs_error, ulps=ULPS_IMPORT, scale=scale,
+                            label="parity")
+        assert_close(model.graph(x)[0], ref, ulps=ULPS_IMPORT, err_msg="graph vs eager")
 
 
 def _hook_reference(eager: torch.nn.Module, x: torch.Tensor) -> tuple[list, list]:
@@ -95,16 +116,15 @@ def test_fixture_tap_gradients_equal_hook_reference(arch: str, kind: str) -> Non
                 k
                 for k in unmatched
                 if ref_out[k].shape == tap.shape
-                and float((ref_out[k] - tap.detach()).abs().max()) <= 1e-5
+                and float((ref_out[k] - tap.detach()).abs().max())
+                <= ULPS_IMPORT * EPS32 * float(ref_out[k].abs().max())
             ),
             None,
         )
         assert match is not None, f"tap {i} ({model.taps[i].name}) has no conv with its value"
         unmatched.remove(match)
         g = torch.zeros_like(tap) if got[i] is None else got[i]
-        r = ref_grad[match]
-        scale = max(1.0, float(r.abs().max()))
-        torch.testing.assert_close(g / scale, r / scale, atol=1e-5, rtol=0, msg=f"tap {i}")
+        assert_close(g, ref_grad[match], ulps=ULPS_IMPORT, err_msg=f"tap {i} gradient")
 
 
 @pytest.mark.parametrize(("arch", "kind"), CASES)
@@ -116,13 +136,13 @@ def test_fast_engine_matches_literal_reference(arch: str, kind: str) -> None:
     res = compute_glam(model, x, 6, 5, 12)
     loc, glob, parents, y = reference_glam(model.graph, x, 6, 5, 12)
     assert res.parents == parents
-    np.testing.assert_allclose(res.output, y, atol=1e-6)
+    assert_same(res.output, y, err_msg="output")  # the same forward pass
     for k in ("consensus", "variation", "sum"):
-        np.testing.assert_allclose(res.local[k], loc[k], atol=1e-5, err_msg=f"local {k}")
-        np.testing.assert_allclose(res.global_[k], glob[k], atol=1e-5, err_msg=f"global {k}")
+        assert_close(res.local[k], loc[k], ulps=ULPS_REFERENCE, err_msg=f"local {k}")
+        assert_close(res.global_[k], glob[k], ulps=ULPS_REFERENCE, err_msg=f"global {k}")
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", EAGER_CASES)
 def test_eager_engine_matches_literal_reference(arch: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the fused CPU kernels (the path CUDA tensors take) the engine matches too."""
     if not _available(arch, "trace.pt"):
@@ -133,8 +153,8 @@ def test_eager_engine_matches_literal_reference(arch: str, monkeypatch: pytest.M
     res = compute_glam(model, x, 6, 5, 12)
     loc, glob, _, _ = reference_glam(model.graph, x, 6, 5, 12)
     for k in ("consensus", "variation", "sum"):
-        np.testing.assert_allclose(res.local[k], loc[k], atol=1e-5, err_msg=f"local {k}")
-        np.testing.assert_allclose(res.global_[k], glob[k], atol=1e-5, err_msg=f"global {k}")
+        assert_close(res.local[k], loc[k], ulps=ULPS_REFERENCE, err_msg=f"local {k}")
+        assert_close(res.global_[k], glob[k], ulps=ULPS_REFERENCE, err_msg=f"global {k}")
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -153,5 +173,6 @@ def test_fixture_exports_give_the_same_maps(arch: str) -> None:
             first = (kind, maps)
             continue
         for key, v in maps.items():
-            err = float(np.abs(v - first[1][key]).max())
-            assert err <= 1e-4, f"{arch}: {key} differs between {first[0]} and {kind} by {err:.3g}"
+            # two routes are two computations; GLAM.md's bound for maps in [0, 1]
+            assert_close(v, first[1][key], ulps=GLAM_MD_ULPS, scale=1.0,
+                         err_msg=f"{arch}: {key}, {first[0]} against {kind}")

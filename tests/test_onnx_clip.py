@@ -8,7 +8,12 @@ import glam.importers
 import numpy as np
 import onnx
 import pytest
+from numerics import assert_close, assert_error_within
 from onnx import TensorProto, helper, numpy_helper
+
+#: As tests/test_onnx_import.py: a converted graph against onnxruntime, float32 epsilons of
+#: the output's largest magnitude: measured 6.0 (parity), 1.54; x4, rounded up.
+ULPS_ORT = 32
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -37,6 +42,7 @@ def _const(name: str, value: float) -> onnx.NodeProto:
         np.array(value, dtype=np.float32)))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("case", ["min-only", "max-only", "computed-max"])
 def test_clip_with_absent_or_computed_bounds(tmp_path: Path, case: str) -> None:
     if case == "min-only":  # what the legacy exporter writes for clamp(min=eps): OmniSR
@@ -49,11 +55,12 @@ def test_clip_with_absent_or_computed_bounds(tmp_path: Path, case: str) -> None:
             helper.make_node("ReduceMax", ["c"], ["hi"], keepdims=0, name="rmax"),
         ])
     m = glam.importers.load(path, input_range=1)
-    assert m.parity.passed and m.parity.max_abs_error <= 1e-6
+    # clamp and conv through onnxruntime (MLAS) and torch: float32 rounding of outputs ~1
+    assert_error_within(m.parity.max_abs_error, ulps=ULPS_ORT, label="parity")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).random((1, 3, 11, 9), dtype=np.float32)
     import torch
 
     with torch.no_grad():
         y = m(torch.from_numpy(x))[0].numpy()
-    np.testing.assert_allclose(y, sess.run(None, {"input": x})[0], rtol=0, atol=1e-6)
+    assert_close(y, sess.run(None, {"input": x})[0], ulps=ULPS_ORT, err_msg="against onnxruntime")

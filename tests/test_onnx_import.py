@@ -25,6 +25,7 @@ from glam.errors import (
 from glam.importers.onnx import converters as onnx_converters
 from glam.importers.onnx import registry as onnx_registry
 from glam.importers.onnx.backend import load_onnx, unsupported_ops
+from numerics import assert_close, assert_error_within
 from onnx import helper
 from torch import nn
 
@@ -35,7 +36,10 @@ except ImportError:  # pragma: no cover - tests/ turned into a package
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_MODELS = sorted((SHARED / "models").glob("*.onnx")) if (SHARED / "models").is_dir() else []
-ATOL = 1e-5
+#: A converted graph against onnxruntime: the same operator through other kernels (MLAS vs
+#: ATen/oneDNN), float32 epsilons of the output's largest magnitude: measured 8.68 (cubic
+#: Resize, x86-64 baseline), 7.85 (AVX-512); x4, rounded up (tests/numerics.py).
+ULPS_ORT = 64
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +64,7 @@ def _outputs(gm: torch.fx.GraphModule, x: np.ndarray) -> list[torch.Tensor]:
 
 
 def assert_matches_ort(
-    model: onnx.ModelProto, x: np.ndarray, tmp_path: Path, atol: float = ATOL
+    model: onnx.ModelProto, x: np.ndarray, tmp_path: Path, ulps: float = ULPS_ORT
 ) -> glam.importers.RawGraph:
     """Convert ``model`` and check every output against onnxruntime on ``x``."""
     raw = load_onnx(og.save(model, tmp_path))
@@ -69,7 +73,7 @@ def assert_matches_ort(
     assert len(ours) == len(ref)
     for a, r in zip(ours, ref, strict=True):
         assert tuple(a.shape) == r.shape
-        np.testing.assert_allclose(a.numpy(), r, atol=atol, rtol=0)
+        assert_close(a, r, ulps=ulps, err_msg="against onnxruntime")
     return raw
 
 
@@ -120,6 +124,7 @@ _RESIZE_CASES += [
 ]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     ("attrs", "scales"), [(c[1], c[2]) for c in _RESIZE_CASES], ids=[c[0] for c in _RESIZE_CASES]
 )
@@ -130,6 +135,7 @@ def test_resize19_scales_matches_ort(attrs: dict, scales: list[float], tmp_path:
     assert_matches_ort(model, _rand(_S), tmp_path)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
 @pytest.mark.parametrize(
     ("sizes", "extra"),
@@ -155,6 +161,7 @@ def test_resize18_sizes_matches_ort(
     assert_matches_ort(model, _rand(_S), tmp_path)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("mode", ["nearest", "linear"])
 @pytest.mark.parametrize("opset", [7, 9, 10])
 def test_upsample_and_resize10_match_ort(mode: str, opset: int, tmp_path: Path) -> None:
@@ -169,6 +176,7 @@ def test_upsample_and_resize10_match_ort(mode: str, opset: int, tmp_path: Path) 
     assert_matches_ort(model, _rand(_S), tmp_path)
 
 
+@pytest.mark.numerics
 def test_resize_dynamic_sizes_from_shape(tmp_path: Path) -> None:
     """``sizes`` computed from the input shape (how exporters spell scale_factor=2)."""
     nodes = [
@@ -185,7 +193,7 @@ def test_resize_dynamic_sizes_from_shape(tmp_path: Path) -> None:
     )
     raw = assert_matches_ort(model, _rand(_S), tmp_path)
     x2 = _rand((1, 2, 5, 4), seed=3)
-    np.testing.assert_allclose(_outputs(raw.gm, x2)[0].numpy(), raw.reference([x2])[0], atol=ATOL)
+    assert_close(_outputs(raw.gm, x2)[0], raw.reference([x2])[0], ulps=ULPS_ORT)
 
 
 @pytest.mark.parametrize(
@@ -325,6 +333,7 @@ _CONV_CASES = [
 ]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     ("op", "w_shape", "attrs"), [c[1:] for c in _CONV_CASES], ids=[c[0] for c in _CONV_CASES]
 )
@@ -354,11 +363,10 @@ def test_conv_variants_match_ort_and_stay_plain_convs(
     dynamic = op == "ConvTranspose" or "strides" in attrs  # also right at another size
     if dynamic and "output_shape" not in attrs:
         x2 = _rand((1, c_in, 9, 6)[: len(w_shape)], seed=5)
-        np.testing.assert_allclose(
-            _outputs(raw.gm, x2)[0].numpy(), raw.reference([x2])[0], atol=ATOL
-        )
+        assert_close(_outputs(raw.gm, x2)[0], raw.reference([x2])[0], ulps=ULPS_ORT)
 
 
+@pytest.mark.numerics
 def test_conv22_and_identity_weight(tmp_path: Path) -> None:
     """Conv-22 and a weight de-duplicated as ``Identity(initializer)`` (legacy exporter)."""
     w = _weights((3, 3, 1, 1))
@@ -388,6 +396,7 @@ _RESHAPE_CASES = [
 ]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(("opset", "allowzero", "shape"), _RESHAPE_CASES)
 def test_reshape_allowzero(opset: int, allowzero: int, shape: list[int], tmp_path: Path) -> None:
     model = og.single_op(
@@ -400,6 +409,7 @@ def test_reshape_allowzero(opset: int, allowzero: int, shape: list[int], tmp_pat
     assert_matches_ort(model, _rand((1, 2, 4, 9)), tmp_path)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     ("opset", "inputs", "attrs", "n"),
     [
@@ -416,6 +426,7 @@ def test_split_matches_ort(opset: int, inputs: list, attrs: dict, n: int, tmp_pa
     assert_matches_ort(model, _rand((1, 8, 3, 4)), tmp_path)
 
 
+@pytest.mark.numerics
 def test_split_output_feeding_nodes_and_graph(tmp_path: Path) -> None:
     nodes = [
         helper.make_node("Split", ["x"], ["a", "b"], axis=1, num_outputs=2, name="split"),
@@ -441,6 +452,7 @@ _REDUCE_OPS = [
 ]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("op", _REDUCE_OPS)
 @pytest.mark.parametrize(
     ("axes", "keepdims"), [([2, 3], 1), ([-1, 1], 0), (None, 1)], ids=["hw-keep", "neg-drop", "all"]
@@ -450,15 +462,17 @@ def test_reduce18_matches_ort(
 ) -> None:
     extra = [] if axes is None else [("axes", np.array(axes, np.int64))]
     model = og.single_op(op, (2, 3, 4, 5), extra, opset=18, keepdims=keepdims)
-    assert_matches_ort(model, _rand((2, 3, 4, 5), low=0.5), tmp_path, atol=1e-4)
+    assert_matches_ort(model, _rand((2, 3, 4, 5), low=0.5), tmp_path)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("op", ["ReduceMax", "ReduceMin", "ReduceProd", "ReduceMean"])
 def test_reduce13_negative_axes_keepdims0(op: str, tmp_path: Path) -> None:
     model = og.single_op(op, (2, 3, 4, 5), [], opset=13, axes=[-1, -3], keepdims=0)
     assert_matches_ort(model, _rand((2, 3, 4, 5), low=0.5), tmp_path)
 
 
+@pytest.mark.numerics
 def test_reduce_noop_and_reducemax20(tmp_path: Path) -> None:
     model = og.single_op("ReduceMean", (2, 3, 4), [], opset=18, noop_with_empty_axes=1)
     assert_matches_ort(model, _rand((2, 3, 4)), tmp_path)
@@ -481,6 +495,7 @@ _PAD_CASES = [
 ]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(("opset", "mode", "pads", "value", "axes"), _PAD_CASES)
 def test_pad_matches_ort(
     opset: int,
@@ -500,6 +515,7 @@ def test_pad_matches_ort(
     assert_matches_ort(model, _rand((1, 2, 4, 5)), tmp_path)
 
 
+@pytest.mark.numerics
 def test_pad2_attributes(tmp_path: Path) -> None:
     model = og.single_op(
         "Pad", (1, 2, 4, 5), [], opset=10, mode="edge", pads=[0, 0, 1, 2, 0, 0, 2, 1]
@@ -507,6 +523,7 @@ def test_pad2_attributes(tmp_path: Path) -> None:
     assert_matches_ort(model, _rand((1, 2, 4, 5)), tmp_path)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     ("op", "opset", "attrs"),
     [
@@ -524,6 +541,7 @@ def test_depth_space_match_ort(op: str, opset: int, attrs: dict, tmp_path: Path)
     assert_matches_ort(model, _rand(shape), tmp_path)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("opset", [19, 21, 23])
 def test_type_only_schema_bumps(opset: int, tmp_path: Path) -> None:
     """Identity/Constant/Shape/Reshape/Transpose/(Un)Squeeze/Flatten/Cast at opset 19-23."""
@@ -555,6 +573,7 @@ def test_type_only_schema_bumps(opset: int, tmp_path: Path) -> None:
     assert_matches_ort(model, _rand((1, 2, 3, 4)), tmp_path)
 
 
+@pytest.mark.numerics
 def test_slice_uses_tuple_indexing(tmp_path: Path) -> None:
     """onnx2torch's Slice indexes with a list of slices (deprecated); glam patches it."""
     model = og.single_op(
@@ -571,6 +590,7 @@ def test_slice_uses_tuple_indexing(tmp_path: Path) -> None:
     assert_matches_ort(model, _rand((1, 3, 8, 9)), tmp_path)  # warnings are errors here
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("reduction", ["none", "add", "mul", "max", "min"])
 def test_scatter_nd18_matches_ort(reduction: str, tmp_path: Path) -> None:
     model = og.single_op(
@@ -587,6 +607,7 @@ def test_scatter_nd18_matches_ort(reduction: str, tmp_path: Path) -> None:
     assert_matches_ort(model, _rand((2, 3, 4)), tmp_path)
 
 
+@pytest.mark.numerics
 def test_down_conversion_when_needed(tmp_path: Path) -> None:
     """TopK-24 has no converter; onnx.version_converter brings it to TopK-11 (opset 17)."""
     node = helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1, name="topk")
@@ -844,7 +865,7 @@ def test_torch_export_full_pipeline(flavour: str, tmp_path: Path) -> None:
             )
             assert (tmp_path / "tiny.onnx.data").is_file()
     model = glam.importers.load(path)
-    assert model.parity.max_abs_error <= 1e-5
+    assert_error_within(model.parity.max_abs_error, ulps=ULPS_ORT, label="parity")  # output ~1
     assert model.conventions.scale == 2 and model.conventions.offset == (0, 0)
     assert model.n_taps == 2
     assert [t.name for t in model.taps] == ["head", "tail"]
@@ -875,7 +896,7 @@ def test_shared_model_imports(path: Path) -> None:
         pytest.xfail(f"unsupported: {exc}")
     elapsed = time.perf_counter() - t0
     conv = model.conventions
-    assert model.parity.max_abs_error <= 1e-4
+    assert model.parity.passed  # within glam's parity tolerance (1e-4; real models, any size)
     scale = int(re.search(r"_x(\d)", path.stem).group(1))
     channels, fixed, offset = _EXPECT.get(path.stem, (None, None, (0, 0)))
     if channels is None:

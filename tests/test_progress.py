@@ -11,9 +11,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 from glam.cli import cli
+from glam.errors import UserInputError
+from glam.machine import CpuBudget
 from glam.progress import PhaseLog, progress_bar
 from glam.runs import DemoResult, RunSummary, demo_report
-from glam.threads import affinity_cpus, apply_threads, oversubscription
+from glam.threads import affinity_cpus, apply_threads, choose_threads, oversubscription
 
 
 class _Tty(io.StringIO):
@@ -93,10 +95,66 @@ def test_phase_log_lines_and_summary() -> None:
 # ------------------------------------------------------------------------------ threads
 
 
-def test_threads_default_to_the_cpu_affinity(keep_threads: None) -> None:
+def test_threads_default_to_the_free_cpus(keep_threads: None,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23: the default is the CPUs that are free (affinity, cgroup quota, less what
+    other processes keep busy), never more; an explicit --threads is taken as given, and
+    GLAM_THREADS sets the default."""
+    monkeypatch.delenv("GLAM_THREADS", raising=False)
     assert affinity_cpus() == len(os.sched_getaffinity(0))
-    assert apply_threads(None) == affinity_cpus() == torch.get_num_threads()
+    assert choose_threads(None, CpuBudget(affinity=2, busy=1.0)).threads == 1  # a busy neighbour
+    assert choose_threads(None, CpuBudget(affinity=2, busy=0.1)).threads == 2  # daemons only
+    assert choose_threads(None, CpuBudget(affinity=2, busy=2.0)).threads == 1  # never 0
+    assert choose_threads(None, CpuBudget(affinity=8, quota=1.5)).threads == 1  # docker --cpus
+    assert choose_threads(None, CpuBudget(affinity=8, quota=4.0, busy=1.0)).threads == 3
+    assert choose_threads(None, CpuBudget(affinity=8, busy=2.6)).threads == 5
+    assert choose_threads(3, CpuBudget(affinity=2, busy=2.0)).threads == 3
+    n = apply_threads(None)
+    assert 1 <= n <= affinity_cpus() and torch.get_num_threads() == n
     assert apply_threads(1) == 1 == torch.get_num_threads()
+    text = choose_threads(None, CpuBudget(affinity=2, busy=1.0, load=1.9)).describe()
+    assert text == ("threads 1 (default: the CPUs free now; 2 CPU(s) available, 1.0 busy with "
+                    "other processes, load average 1.9)")
+    monkeypatch.setenv("GLAM_THREADS", "3")
+    got = choose_threads(None, CpuBudget(affinity=2, busy=2.0))
+    assert got.threads == 3 and got.describe().startswith("threads 3 (GLAM_THREADS;")
+    assert choose_threads(1, CpuBudget(affinity=2)).threads == 1  # --threads wins
+    monkeypatch.setenv("GLAM_THREADS", "0")
+    with pytest.raises(UserInputError, match="GLAM_THREADS='0'"):
+        choose_threads(None)
+
+
+def _spin() -> None:  # a busy neighbour: one process spinning on one core
+    while True:
+        pass
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux CPU affinity and two CPUs")
+def test_default_threads_leave_a_busy_neighbours_core_alone() -> None:
+    """A process restricted to two CPUs, one of them kept busy by a neighbour spinning on
+    it: the default is one thread (it was two, the affinity set, whatever the load)."""
+    import multiprocessing as mp
+    import subprocess
+    import sys
+
+    a, b = sorted(os.sched_getaffinity(0))[:2]
+    ctx = mp.get_context("fork")
+    spinner = ctx.Process(target=_spin, daemon=True)
+    spinner.start()
+    try:
+        os.sched_setaffinity(spinner.pid, {a})
+        code = ("from glam.threads import apply_threads\nimport torch\n"
+                "n = apply_threads(None)\nprint(n, torch.get_num_threads())")
+        env = {k: v for k, v in os.environ.items() if k != "GLAM_THREADS"}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=300, env=env,
+                             preexec_fn=lambda: os.sched_setaffinity(0, {a, b}))
+    finally:
+        spinner.kill()
+        spinner.join()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1"], out.stdout
 
 
 def test_numba_start_does_not_undo_the_thread_count() -> None:
@@ -163,8 +221,8 @@ def test_cli_quiet_threads_and_figure_format(
     assert torch.get_num_threads() == 1
     phases = [ln.split()[1] for ln in res.stderr.splitlines() if ln.startswith("glam: ")
               and not ln.startswith("glam: note")]
-    assert phases == ["import", "parity", "GL-AM", "run", "figures", "total"]  # run parity
-    assert "1 thread(s)" in res.stderr
+    assert phases == ["threads", "import", "parity", "GL-AM", "run", "figures", "total"]  # run parity
+    assert "glam: threads 1 (--threads; " in res.stderr and "1 thread(s)" in res.stderr
     figs = tmp_path / "f" / "r"
     assert (figs / "local.svg").is_file() and (figs / "attributed.svg").is_file()
     assert not list(figs.glob("*.png"))

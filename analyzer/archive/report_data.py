@@ -38,7 +38,8 @@ class LayerView:
         The tap (execution order index, name, op, output shape).
     di_local, di_global, af_local, af_global:
         DI and attributed fraction of the local / global key at output size (``None``
-        when the layer has no such map).
+        when the layer has no such map, or when GLAM.md's vanishing-weights rule made the
+        key exactly 0: its DI would read 100, a value of the rule, not of the layer).
     local_native, global_native:
         ``N(map)`` at the layer's native resolution, for sampled layers only (else ``None``).
     vanish:
@@ -146,8 +147,9 @@ def read_report_run(ar: Archive, name: str, *, max_keys: int = 64) -> ReportRun:
             raw = _read(lg[ds])
             (key,) = layer_keys([torch.from_numpy(np.ascontiguousarray(raw))], (H, W))
             k = key.numpy()
-            setattr(v, f"di_{fam}", diffusion_index(k))
-            setattr(v, f"af_{fam}", attributed_fraction(k))
+            if fam not in v.vanish:
+                setattr(v, f"di_{fam}", diffusion_index(k))
+                setattr(v, f"af_{fam}", attributed_fraction(k))
             if v.index in chosen:
                 setattr(v, f"{fam}_native", _n(raw))
         views.append(v)

@@ -149,6 +149,9 @@ class Plan:
         opts = {**self.options, **model.options}
         if "lam_sigma" in opts:
             opts["lam_sigma"] = float(opts["lam_sigma"])
+        # recorded with each run as glam analyze records its --in-channels etc. (resuming)
+        opts["import_options"] = {"in_channels": model.in_channels, "layout": model.layout,
+                                  "input_range": model.input_range, "output": model.output}
         return AnalyzeOptions(**opts)
 
 

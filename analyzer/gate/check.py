@@ -959,6 +959,7 @@ def check_model(
     from glam.api import analyze
     from glam.engine.device import resolve_device
     from glam.importers.loader import sha256_of
+    from glam.memory import check_memory
 
     t0 = time.perf_counter()
     tol = tolerances if tolerances is not None else Tolerances()
@@ -1019,6 +1020,10 @@ def check_model(
                           "lam_sigma": float(la.get("sigma", 1.2)),
                           "lam_kernel": int(la.get("kernel", 9)),
                           "lam_batch": int(la.get("batch", 8))}
+            check_memory(m, int(rd.input.shape[-2]), int(rd.input.shape[-1]), device=dev,
+                         store="maps", verify=verify, lam=bool(lam_kw),
+                         lam_batch=int(lam_kw.get("lam_batch", 8)),
+                         what=f"checking baseline run {rd.name!r}")
             new = analyze(m, torch.from_numpy(np.ascontiguousarray(rd.input))[None],
                           rd.roi, rd.window, device=dev, store="maps", keep_layers=True,
                           verify=verify, log=log, **lam_kw)
@@ -1120,7 +1125,7 @@ def prepare_baseline(
     UserInputError
         Bad options, a missing image or reference, run names that already exist.
     """
-    from glam.archive.hdf5 import check_run_names
+    from glam.resume import complete_runs_to_skip
     from glam.runs import check_image_files, expand_images, pair_images, run_names
 
     options.validate()
@@ -1129,6 +1134,6 @@ def prepare_baseline(
             f"reference {str(options.reference)!r} does not exist; pass the HR image file")
     paired = pair_images(images, options)
     check_image_files(paired)
-    check_run_names(archive, run_names(model_path, paired.files, options.run),
-                    overwrite=options.overwrite)
+    complete_runs_to_skip(archive, model_path, paired.files, paired.references,
+                          run_names(model_path, paired.files, options.run), options)
     return expand_images(images)  # analyze_images pairs them again

@@ -7,8 +7,8 @@ touches pyplot's global state: no backend switch, no windows, no figure registry
 is safe to call from several threads. Each figure's images and axes are dropped after saving, so calling these
 in a loop does not grow memory.
 
-Heat maps use the perceptually uniform ``inferno`` colormap on a fixed [0, 1] scale (the
-maps of GLAM.md are normalised to [0, 1]); overlays draw the map over a grey version of the
+Heat maps use :data:`glam.report.views.CMAP` (``cividis``, the HTML report's colour map too)
+on a fixed [0, 1] scale (the maps of GLAM.md are normalised to [0, 1]); overlays draw the map over a grey version of the
 output image with a per-pixel opacity that grows with the map, so unattributed pixels stay
 visible as image. Small images (up to 256 pixels a side) are drawn with nearest
 interpolation so that pixels stay crisp. A :class:`~glam.report.views.Display` (gamma or
@@ -37,6 +37,7 @@ import numpy as np
 from glam.archive.figure_data import FigureData, LayerKey, sample_indices
 from glam.errors import UserInputError
 from glam.report.views import (
+    CMAP,
     FIGURE_FORMATS,
     Display,
     attributed_mask,
@@ -75,8 +76,8 @@ DPI = 120
 MAX_LAYER_PANELS = 24
 """Most per-layer keys :func:`layers_figure` draws; longer lists are evenly sampled."""
 
-_CMAP = "inferno"
-_ROI_COLOUR = "#00e5ff"  # cyan: absent from inferno, visible on grey images and on heat maps
+_CMAP = CMAP
+_ROI_COLOUR = "#00e5ff"  # cyan: absent from cividis, visible on grey images and on heat maps
 _NEAREST_UP_TO = 256  # image side (pixels) up to which pixels are drawn as crisp squares
 _NAME_CHARS = 22  # layer names longer than this are shortened in small-multiple titles
 _VANISH_COLOUR = "#ff4fa3"  # frame of a layer whose key is 0 by the vanishing-weights rule
@@ -851,10 +852,11 @@ def write_all(
 def compare_table(runs: Sequence[FigureData]) -> str:
     """A plain-text table of the runs' statistics, like the paper's Table I.
 
-    One row per run: run name, model, PSNR and MSE of the whole output, ROI PSNR, DI of
-    the local and global Sum, their attributed fractions and, when any run has LAM, the
-    DI of LAM's map at input size (``di_lam``, as LAM papers report it) and at output size
-    (``di_lam_output``, on the same pixel grid as GL-AM's DI).
+    One row per run: run name, model, PSNR, Y-PSNR (the SR papers' number) and MSE of the
+    whole output, ROI PSNR, DI of the local and global Sum, their attributed fractions and,
+    when any run has LAM, the DI of LAM's map at input size (``di_lam``, as LAM papers
+    report it) and at output size (``di_lam_output``, on the same pixel grid as GL-AM's
+    DI). DI has two decimals, as in every glam command.
     Missing values read ``n/a``.
 
     Parameters
@@ -875,6 +877,7 @@ def compare_table(runs: Sequence[FigureData]) -> str:
         "run",
         "model",
         "PSNR",
+        "Y-PSNR",
         "MSE",
         "PSNR ROI",
         "DI local",
@@ -883,23 +886,24 @@ def compare_table(runs: Sequence[FigureData]) -> str:
         "attr global",
     ]
     if with_lam:
-        header.extend(["DI LAM", "DI LAM out"])
+        header.extend(["DI LAM", "DI LAM (output size)"])
     rows: list[list[str]] = []
     for r in runs:
         row = [
             r.name or "-",
             r.model_name or "-",
             _fmt(_metric(r, "psnr")),
+            _fmt(_metric(r, "psnr_y")),
             _fmt(_metric(r, "mse"), ".4f"),
             _fmt(_metric(r, "psnr_roi")),
-            _fmt(_metric(r, "di_local"), ".4f"),
-            _fmt(_metric(r, "di_global"), ".4f"),
+            _fmt(_metric(r, "di_local"), ".2f"),
+            _fmt(_metric(r, "di_global"), ".2f"),
             _pct(_metric(r, "attributed_fraction_local")),
             _pct(_metric(r, "attributed_fraction_global")),
         ]
         if with_lam:
-            row.append(_fmt(_metric(r, "di_lam"), ".4f"))
-            row.append(_fmt(_metric(r, "di_lam_output"), ".4f"))
+            row.append(_fmt(_metric(r, "di_lam"), ".2f"))
+            row.append(_fmt(_metric(r, "di_lam_output"), ".2f"))
         rows.append(row)
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
 

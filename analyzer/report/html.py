@@ -34,41 +34,75 @@ from glam.archive.report_data import ReportRun, read_report_run
 from glam.archive.sanity import SanityRecord
 from glam.archive.taps import not_participating
 from glam.errors import ArchiveError, MissingDependencyError, UserInputError
+from glam.report.views import CMAP  # one colour map for the figures and the report
 
 __all__ = ["CMAP", "check_output_path", "write_check_report", "write_report"]
 
-CMAP = "cividis"
-"""Colour map of every heat map (perceptually uniform, colour-blind safe)."""
-
 _ROI = (255, 0, 255)  # magenta: absent from cividis (blue-grey-yellow), visible on grey images
 _DISPLAY = 208  # CSS width (px) of an image panel
+_LARGE = 256  # CSS width (px) of a panel whose image is larger than _DISPLAY
+_THUMB = 144  # CSS width (px) of an image in the comparison grid (5 columns fit 1280 px)
+#: Largest side (px) of an embedded layer key: the explorer shows one layer at a time, its
+#: noise-like global keys cost 30 KB each at 208 px, 11 KB at this size (JPEG 80).
+_KEY_PX = 160
+#: Default most layers per run in the layer explorer (``--max-keys``): 16 keeps a run of a
+#: paper-size model under 1 MB of page (measured: the 5-run Set5 report of CARN-M x2).
+MAX_KEYS = 16
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 # ------------------------------------------------------------------------------ images
 
 
-def _uri(rgb: np.ndarray) -> str:
-    """An ``H x W x 3`` uint8 array as a PNG data URI."""
+def _uri(rgb: np.ndarray, *, max_px: int | None = None, quality: int = 90) -> str:
+    """An ``H x W x 3`` uint8 array as a data URI: a palette PNG when it has at most 256
+    colours (heat maps: the colour map's 255 levels and the ROI box; lossless, about a
+    third of an RGB PNG) unless that PNG is large and a JPEG less than half its size (a
+    finely textured map: the global keys), else a JPEG at quality 90 without chroma
+    subsampling (photographs and maps over them: a tenth of a PNG; ``quality``). ``max_px``:
+    shrink (area average) so that the longer side is at most that many pixels first."""
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="PNG",
-                                                                     compress_level=6)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    a = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if max_px is not None and max(a.shape[:2]) > max_px:
+        f = max_px / max(a.shape[:2])
+        size = (max(1, round(a.shape[1] * f)), max(1, round(a.shape[0] * f)))
+        a = np.asarray(Image.fromarray(a).resize(size, Image.BOX))
+    packed = (a[..., 0].astype(np.uint32) << 16) | (a[..., 1].astype(np.uint32) << 8) | a[..., 2]
+    colours, idx = np.unique(packed.ravel(), return_inverse=True)
+    jpeg = io.BytesIO()
+    Image.fromarray(a).save(jpeg, format="JPEG", quality=quality, subsampling=0)
+    best, kind = jpeg, "jpeg"
+    if len(colours) <= 256:
+        png = io.BytesIO()
+        im = Image.fromarray(idx.reshape(a.shape[:2]).astype(np.uint8), mode="P")
+        pal = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=1)
+        im.putpalette(pal.astype(np.uint8).ravel().tolist())
+        im.save(png, format="PNG", optimize=True)
+        if png.tell() <= _LOSSLESS_BYTES or png.tell() <= 2 * jpeg.tell():
+            best, kind = png, "png"
+    return f"data:image/{kind};base64," + base64.b64encode(best.getvalue()).decode("ascii")
+
+
+#: A heat map whose palette PNG is at most this large stays lossless whatever a JPEG saves.
+_LOSSLESS_BYTES = 16 * 1024
+
+
+#: Colour-map levels of a heat map: 255, so that a map and its ROI box fit one PNG palette.
+_LEVELS = 255
 
 
 def _lut() -> np.ndarray:
     from matplotlib import colormaps
 
-    return np.rint(colormaps[CMAP](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+    return np.rint(colormaps[CMAP](np.linspace(0.0, 1.0, _LEVELS))[:, :3] * 255).astype(np.uint8)
 
 
 def _heat(m: np.ndarray, hi: float = 1.0) -> np.ndarray:
     """A 2-D map on [0, hi] through the colour map (NaN -> 0, values clipped)."""
     a = np.nan_to_num(np.asarray(m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     a = np.clip(a / hi if hi > 0 else a * 0.0, 0.0, 1.0)
-    return _lut()[np.rint(a * 255).astype(np.intp)]
+    return _lut()[np.rint(a * (_LEVELS - 1)).astype(np.intp)]
 
 
 def _overlay(rgb: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -104,17 +138,28 @@ def _box(rgb: np.ndarray, roi: tuple[int, int], window: int) -> np.ndarray:
 
 
 def _fig(title: str, rgb: np.ndarray, *, axes: str = "output", cbar: str | None = None,
-         hi: float = 1.0, note: str = "") -> dict[str, Any]:
-    """One figure of the page: title, image, pixel axes, optional colour bar."""
+         hi: float = 1.0, note: str = "", display: int | None = None,
+         embed: int | None = None, quality: int = 90) -> dict[str, Any]:
+    """One figure of the page: title, image, pixel axes, optional colour bar. ``display``
+    (CSS px of the longer side; default 208, or 256 for larger images): an image larger
+    than ``embed`` (default ``display``) is embedded at that size (area average; the axes
+    keep its own pixel coordinates, and the caption says so); ``quality`` of a JPEG."""
     h, w = rgb.shape[:2]
-    return {"title": title, "src": _uri(rgb), "w": w, "h": h, "axes": axes, "cbar": cbar,
-            "hi": hi, "note": note, "display": _DISPLAY if max(h, w) <= _DISPLAY else 320,
-            "pixelated": max(h, w) < _DISPLAY}
+    disp = display if display is not None else (_DISPLAY if max(h, w) <= _DISPLAY else _LARGE)
+    px = min(disp, embed) if embed is not None else disp
+    if max(h, w) > px and disp != _THUMB:  # thumbnails say nothing: the grid stays narrow
+        f = px / max(h, w)
+        note = (note + "; " if note else "") + (
+            f"embedded at {max(1, round(w * f))}\u00d7{max(1, round(h * f))} of {w}\u00d7{h} px")
+    return {"title": title, "src": _uri(rgb, max_px=px, quality=quality), "w": w, "h": h,
+            "axes": axes,
+            "cbar": cbar, "hi": hi, "note": note, "display": disp,
+            "pixelated": max(h, w) < disp}
 
 
 def _colorbar_uri() -> str:
     """A vertical 12 x 128 colour bar (1 at the top)."""
-    col = _lut()[np.linspace(255, 0, 128).astype(np.intp)]
+    col = _lut()[np.linspace(_LEVELS - 1, 0, 128).astype(np.intp)]
     return _uri(np.repeat(col[:, None, :], 12, axis=1))
 
 
@@ -144,15 +189,42 @@ def _pct(v: Any) -> str:
 
 
 def _curve(points: Sequence[float | None], n: int) -> str:
-    """SVG polyline points of a 0..100 curve on a 600 x 200 plot (x = layer position)."""
+    """SVG path of a 0..100 curve on a 600 x 200 plot (x = layer position); a layer without
+    a value (no such map, or a key that is 0 by GLAM.md's vanishing-weights rule) is a gap,
+    not a point."""
     out = []
+    pen = "M"
     for i, v in enumerate(points):
         if v is None:
+            pen = "M"
             continue
         x = 40 + (520 * i / max(1, n - 1))
         y = 170 - 150 * max(0.0, min(100.0, v)) / 100.0
-        out.append(f"{x:.1f},{y:.1f}")
+        out.append(f"{pen}{x:.1f},{y:.1f}")
+        pen = "L"
     return " ".join(out)
+
+
+def _val(v: Any) -> str:
+    """A value of a provenance table as a reader wants it: numbers to 3 significant
+    digits, ``n/a`` for a missing one, yes/no, lists joined."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        if math.isnan(f):
+            return "n/a"
+        if f == int(f) and abs(f) < 1e6:
+            return str(int(f))
+        return f"{f:.3g}"
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return ", ".join(_val(x) for x in v) or "none"
+    text = str(v)
+    return "n/a" if text in ("None", "") else text
 
 
 # ------------------------------------------------------------------------------- pages
@@ -169,6 +241,7 @@ def _env() -> Any:
     env.filters["fmt"] = _fmt
     env.filters["pct"] = _pct
     env.filters["num"] = _num
+    env.filters["val"] = _val
     return env
 
 
@@ -216,25 +289,30 @@ def _run_view(rr: ReportRun, slug: str) -> dict[str, Any]:
     base_name = "HR reference" if base is ref else "output"
     roi, win = fd.roi, fd.window
     m = fd.metrics
+    out_box = _box(out, roi, win)
+    local_over = _box(_overlay(base, fd.local["sum"]), roi, win)
+    global_over = _overlay(base, fd.global_["sum"])
+    lam_over = (_box(_overlay(base, np.clip(fd.lam_map_output, 0, 1)), roi, win)
+                if fd.lam_map_output is not None else None)
     images = [_fig(f"LR input ({fd.input_rgb.shape[1]}\u00d7{fd.input_rgb.shape[0]})",
                    fd.input_rgb, axes="input"),
-              _fig(f"SR output ({out.shape[1]}\u00d7{out.shape[0]}) + ROI",
-                   _box(out, roi, win))]
+              _fig(f"SR output ({out.shape[1]}\u00d7{out.shape[0]}) + ROI", out_box)]
     if ref is not None:
         images.append(_fig("HR reference + ROI", _box(ref, roi, win)))
     local = [_fig(f"Local {k.capitalize()}", _box(_heat(fd.local[k]), roi, win),
                   cbar="local attribution") for k in ("consensus", "variation", "sum")]
-    local.append(_fig(f"Local Sum over the {base_name} + ROI",
-                      _box(_overlay(base, fd.local["sum"]), roi, win), cbar="local attribution"))
+    local.append(_fig(f"Local Sum over the {base_name} + ROI", local_over,
+                      cbar="local attribution"))
     glob = [_fig(f"Global {k.capitalize()}", _heat(fd.global_[k]), cbar="global attribution")
             for k in ("consensus", "variation", "sum")]
-    glob.append(_fig(f"Global Sum over the {base_name}", _overlay(base, fd.global_["sum"]),
+    glob.append(_fig(f"Global Sum over the {base_name}", global_over,
                      cbar="global attribution"))
     lam: list[dict[str, Any]] = []
     if fd.lam_map_output is not None:
         lm = np.clip(fd.lam_map_output, 0.0, 1.0)
         lam = [
-            _fig(f"LAM map (output size), DI {_fmt(m.get('di_lam_output'))}",
+            _fig(f"LAM map, DI {_fmt(m.get('di_lam'))} (at input size; "
+                 f"{_fmt(m.get('di_lam_output'))} at output size, as drawn)",
                  _box(_heat(lm), roi, win), cbar="LAM attribution"),
             _fig(f"GL-AM local Sum, DI {_fmt(m.get('di_local'))}",
                  _box(_heat(fd.local["sum"]), roi, win), cbar="local attribution"),
@@ -255,7 +333,8 @@ def _run_view(rr: ReportRun, slug: str) -> dict[str, Any]:
             if nat is not None:
                 panels.append(_fig(f"#{v.index} {fam} key N(map), native {nat.shape[1]}"
                                    f"\u00d7{nat.shape[0]}", _heat(nat), axes="layer",
-                                   cbar=f"{fam} key"))
+                                   cbar=f"{fam} key", display=_DISPLAY, embed=_KEY_PX,
+                                   quality=80))
         layers.append({"index": v.index, "name": v.name, "op": v.op, "shape": shape,
                        "pos": pos, "panels": panels, "view": v,
                        "x": 40 + 520 * pos / max(1, len(rr.layers) - 1)})
@@ -273,6 +352,9 @@ def _run_view(rr: ReportRun, slug: str) -> dict[str, Any]:
         "images": images, "local": local, "global": glob, "lam": lam, "layers": layers,
         "n_layers": n, "n_sampled": rr.n_sampled, "n_taps": len(rd.taps),
         "not_participating": not_participating(rd.taps),
+        "vanished": [{"x": 40 + 520 * pos / max(1, n - 1), "name": v.name, "index": v.index,
+                      "which": " and ".join(v.vanish)}
+                     for pos, v in enumerate(rr.layers) if v.vanish],
         "curve": {"di_local": _curve([v.di_local for v in rr.layers], n),
                   "di_global": _curve([v.di_global for v in rr.layers], n),
                   "af_local": _curve([None if v.af_local is None else 100 * v.af_local
@@ -282,10 +364,14 @@ def _run_view(rr: ReportRun, slug: str) -> dict[str, Any]:
         "provenance": prov, "meta": meta, "conventions": prov.get("conventions", {}),
         "parity": prov.get("parity", {}), "engine_parity": rd.engine_parity,
         "warnings": rd.warnings, "roi": roi, "window": win, "sanity": _sanity_view(rr.sanity),
-        "compare": {"output": images[1], "local": local[3], "global": glob[3],
-                    "lam": _fig("LAM over the " + base_name,
-                                _box(_overlay(base, np.clip(fd.lam_map_output, 0, 1)), roi, win),
-                                cbar="LAM attribution") if fd.lam_map_output is not None else None},
+        # the comparison grid: thumbnails, so that a row of them fits a 1280-px-wide window
+        "compare": {"output": _fig("SR output + ROI", out_box, display=_THUMB),
+                    "local": _fig(f"Local Sum over the {base_name}", local_over,
+                                  cbar="local attribution", display=_THUMB),
+                    "global": _fig(f"Global Sum over the {base_name}", global_over,
+                                   cbar="global attribution", display=_THUMB),
+                    "lam": _fig(f"LAM over the {base_name}", lam_over, cbar="LAM attribution",
+                                display=_THUMB) if lam_over is not None else None},
     }
 
 
@@ -324,7 +410,7 @@ def _sanity_view(rec: SanityRecord | None) -> dict[str, Any] | None:
 
 
 def write_report(archive_path: str | Path, out_path: str | Path,
-                 runs: Sequence[str] | None = None, max_keys: int = 64) -> Path:
+                 runs: Sequence[str] | None = None, max_keys: int = MAX_KEYS) -> Path:
     """Write the HTML report of an archive's runs (see the module docstring).
 
     Parameters

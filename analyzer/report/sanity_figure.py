@@ -9,6 +9,7 @@ import numpy as np
 from glam.archive.sanity import THRESHOLD, SanityRecord
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 LABELS = {"local": "GL-AM local Sum", "global": "GL-AM global Sum", "lam": "LAM",
           "saliency": "gradient saliency", "random": "random (mean)"}
@@ -30,6 +31,7 @@ def sanity_figure(rec: SanityRecord, metric: str = "spearman") -> Figure:
         for m, sims in r.similarity.items():
             ax.plot(xs, sims[metric], marker="o", ms=3, color=COLORS.get(m), label=LABELS.get(m, m))
         ax.axhline(THRESHOLD, color="black", lw=0.8, ls="--")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # taps and blocks are counts
         ax.set_ylim(-0.2, 1.05)
         ax.set_xlabel("taps re-initialised from the output end" if cascading
                       else "block re-initialised alone (1 = output end)")

@@ -27,7 +27,13 @@ from glam.errors import UserInputError
 if TYPE_CHECKING:
     from matplotlib.colors import Normalize
 
+CMAP = "cividis"
+"""The one colour map of every heat map glam draws, in the PNG/PDF/SVG figures and the HTML
+report alike: perceptually uniform and designed to read the same with the common
+colour-vision deficiencies (Nuñez et al. 2018), on GLAM.md's normalised [0, 1] scale."""
+
 __all__ = [
+    "CMAP",
     "FIGURE_FORMATS",
     "SCALES",
     "Display",
@@ -184,7 +190,7 @@ def zoom(a: np.ndarray, box: tuple[int, int, int, int], factor: int) -> np.ndarr
 
 
 def native_overlay(
-    rgb: np.ndarray, m: np.ndarray, display: Display | None = None, cmap: str = "inferno"
+    rgb: np.ndarray, m: np.ndarray, display: Display | None = None, cmap: str = CMAP
 ) -> np.ndarray:
     """The map over the grey image at the image's own resolution, ``H x W x 3`` uint8.
 

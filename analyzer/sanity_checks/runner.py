@@ -93,6 +93,16 @@ def run_sanity(model: ImportedModel, image: str | Path, archive: str | Path, nam
     if options.crop is not None:
         c = model.conventions
         lr, ref = center_crop(lr, ref, options.crop, c.scale, c.offset)
+    # before the work: one analysis at a time (its LAM, or a batch of deletion / insertion
+    # images, whichever is larger: counted as a LAM batch of that size)
+    from glam.engine.device import resolve_device
+    from glam.memory import check_memory
+
+    check_memory(model, int(lr.shape[-2]), int(lr.shape[-1]),
+                 device=resolve_device(options.device), lam=True,
+                 lam_batch=max(options.lam_batch if "lam" in options.methods else 1,
+                               options.batch),
+                 what="the sanity checks")
     with RunWriter(archive, name, overwrite=options.overwrite) as writer:
         res = sanity(
             model, lr, options.roi, options.window, reference=ref, methods=options.methods,

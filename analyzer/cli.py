@@ -436,10 +436,24 @@ def inspect(
     )
     click.echo(f"scale      x{s['scale']} (offset {s['offset'][0]},{s['offset'][1]}; "
                f"{s['conventions'].get('scale_source', '')})")
-    click.echo(
-        f"parity     {'passed' if par['passed'] else 'FAILED'}: max abs error "
-        f"{par['max_abs_error']:.3g} <= {par['tolerance']:g} against {par['reference']}"
-    )
+    quant = meta.get("quantization")
+    if quant:
+        for line in _quantization_lines(quant):
+            click.echo(line)
+    if par.get("steps"):
+        st = par["steps"]
+        click.echo(
+            f"parity     {'passed' if par['passed'] else 'FAILED'} in output quantization steps: "
+            f"{st['within_one'] * 100:.2f} % of {st['elements']} values within 1 step "
+            f"(>= {st['min_share'] * 100:g} %), {st['beyond_one']} beyond, max {st['max_steps']:.3g}"
+            f" steps; step {st['step']:.3g} ({st['unit']}); max abs error "
+            f"{par['max_abs_error']:.3g} against {par['reference']}"
+        )
+    else:
+        click.echo(
+            f"parity     {'passed' if par['passed'] else 'FAILED'}: max abs error "
+            f"{par['max_abs_error']:.3g} <= {par['tolerance']:g} against {par['reference']}"
+        )
     for w in s.get("warnings", []):
         click.echo(f"warning    {w}")
     taps = s["taps"]
@@ -453,6 +467,23 @@ def inspect(
     if parity is not None:
         click.echo(f"verify     {_parity_line(parity)} on {Path(parity['image']).name}")
     _fail_on_engine_parity(parity)
+
+
+def _quantization_lines(quant: dict[str, Any]) -> list[str]:
+    """``glam inspect``'s lines about a quantized model (docs/quantized.md)."""
+    types = []
+    if quant.get("activation_types"):
+        types.append(f"activations {'/'.join(quant['activation_types'])}")
+    if quant.get("weight_types"):
+        types.append(f"weights {'/'.join(quant['weight_types'])}")
+    if quant.get("per_channel"):
+        types.append("per-channel")
+    ops = ", ".join(f"{op} x{n}" for op, n in quant.get("ops", {}).items())
+    return [
+        f"quantized  {' + '.join(quant.get('formats', []))}"
+        + (f" ({', '.join(types)})" if types else "") + f": {ops}",
+        f"simulated  {quant.get('simulation', '')}",
+    ]
 
 
 def _fail_on_engine_parity(parity: dict[str, Any] | None) -> None:

@@ -40,6 +40,7 @@ from glam.importers.model import (
     parents_from_ancestors,
 )
 from glam.importers.probe import probe_input
+from glam.importers.quant_parity import step_parity
 from glam.importers.size_rule import ODD_OFFSET, probe_size_rule
 from glam.importers.tap import participating, tap_ancestry, tap_graph
 from glam.importers.torchscript.jit_builtin_ids import keep_retired_ops_alive
@@ -408,7 +409,8 @@ def check_parity(
             if np.isnan(diff).any():
                 e = float("inf")
             err = max(err, e)
-    passed = err <= tolerance
+    steps = step_parity(raw, native, outs, ref)  # a quantized graph: parity in steps
+    passed = err <= tolerance or (steps is not None and steps.passed)
     node = None
     if not passed:
         if raw.first_divergence is not None:
@@ -417,10 +419,11 @@ def check_parity(
             except Exception:  # noqa: BLE001 - diagnosis is best effort
                 node = None
         where = f"; first diverging node: {node}" if node else ""
+        by = (f"in output quantization steps: {steps.describe()}" if steps is not None
+              else f"by max abs error {err:.3g} > tolerance {tolerance:g}")
         raise ParityError(
-            f"imported graph differs from {raw.reference_name} by max abs error {err:.3g} > "
-            f"tolerance {tolerance:g}{where}; the conversion is not faithful (raise --tolerance "
-            "only if you accept this error)",
+            f"imported graph differs from {raw.reference_name} {by}{where}; the conversion is "
+            "not faithful (raise --tolerance only if you accept this error)",
             err,
             node,
         )
@@ -431,4 +434,5 @@ def check_parity(
         tolerance=tolerance,
         input_shape=tuple(native.shape),
         first_divergence=node,
+        steps=steps.to_dict() if steps is not None else None,
     )

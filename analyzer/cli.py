@@ -1054,6 +1054,10 @@ def baseline(
 @click.option("--input-range", type=click.Choice(["baseline", "auto", "1", "255"]),
               default="baseline", show_default=True,
               help="Model input range: the baseline's, detected, or forced.")
+@click.option("--defaults", "defaults", type=click.Choice(["auto", "float", "quantized"]),
+              default="auto", show_default=True,
+              help="Default tolerances: auto = the quantized ones for a quantized (int8) "
+                   "model, the float ones otherwise (docs/ci.md).")
 @click.option("--failures-only", is_flag=True, help="Show only failed checks in the table.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when checks fail (collect reports).")
 @click.option("--verify", is_flag=True,
@@ -1068,8 +1072,8 @@ def baseline(
 def check(
     model: str, baseline_path: str, runs: str | None, tol: Sequence[str],
     tolerances_file: str | None, top_k: float | None, json_path: str | None,
-    junit_path: str | None, device: str, input_range: str, failures_only: bool, exit_zero: bool,
-    verify: bool, html_path: str | None,
+    junit_path: str | None, device: str, input_range: str, defaults: str, failures_only: bool,
+    exit_zero: bool, verify: bool, html_path: str | None,
 ) -> None:
     """Gate MODEL against a baseline: exit 0 pass, 1 regression, 2 usage, 3 model error."""
     from glam.gate.check import check_model
@@ -1089,8 +1093,11 @@ def check(
     use_threads()
     rep = check_model(model, baseline_path, tolerances, names, device, input_range=rng,
                       verify=verify, trust_model=_trusted(), max_pixels=_max_pixels(),
-                      log=phase_log())
+                      log=phase_log(), defaults=defaults)
     click.echo(rep.table(failures_only=failures_only))
+    if rep.tolerances.defaults == "quantized":
+        click.echo(f"note: {rep.tolerances.sources[-1]}: tolerances measured for int8 "
+                   "against float (docs/ci.md); --defaults float for the float ones")
     for note in rep.notes():
         click.echo(f"note: {note}")
     for path, write in ((json_path, rep.write_json), (junit_path, rep.write_junit)):

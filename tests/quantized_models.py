@@ -26,6 +26,10 @@ import onnx
 from glam.importers.onnx.passes import fold_constants
 from onnx import numpy_helper
 
+ROOT = Path(__file__).resolve().parent.parent
+#: The committed CC0 test image; its crops calibrate the quantized fixtures.
+ASTRONAUT = ROOT / "fixtures" / "images" / "astronaut_hr.png"
+
 #: name -> (kind, format, per_channel, activation type, weight type, symmetric activations)
 VARIANTS: dict[str, tuple[str, str, bool, str, str, bool]] = {
     "qdq_pc": ("static", "QDQ", True, "QUInt8", "QInt8", False),
@@ -34,6 +38,20 @@ VARIANTS: dict[str, tuple[str, str, bool, str, str, bool]] = {
     "qdq_s8": ("static", "QDQ", True, "QInt8", "QInt8", True),
     "dyn": ("dynamic", "QOperator", False, "QUInt8", "QInt8", False),
 }
+
+
+def fixture_images(n: int = 4, size: int = 64) -> list[np.ndarray]:
+    """``n`` crops (RGB float, ``size`` x ``size``) of the committed astronaut image."""
+    from PIL import Image
+
+    img = np.asarray(Image.open(ASTRONAUT).convert("RGB"), dtype=np.float32) / 255.0
+    h, w = img.shape[:2]
+    out = []
+    for i in range(n):
+        top = (h - size) * (i + 1) // (n + 1)
+        left = (w - size) * (n - i) // (n + 1)
+        out.append(img[top:top + size, left:left + size])
+    return out
 
 
 def input_spec(model: onnx.ModelProto, size: tuple[int, int]) -> tuple[str, tuple[int, ...]]:
@@ -153,18 +171,21 @@ def _weight_scale_names(model: onnx.ModelProto) -> list[tuple[str, str]]:
     return found
 
 
-def break_scale(src: Path, dst: Path, factor: float = 2.0, which: int | None = None) -> str:
+def break_scale(src: Path, dst: Path, factor: float = 2.0, which: int | str = 1) -> str:
     """Copy the quantized model ``src`` to ``dst`` with one convolution's weight scale
-    multiplied by ``factor`` (the middle one unless ``which``); returns that conv's name.
+    multiplied by ``factor``; returns that conv's name.
 
-    In a QDQ file the bias scale (``x_scale * w_scale``) is left as it was, as a hand edit
-    of one scale would leave it.
+    ``which``: the index of the quantized convolution in graph order (default 1, the second:
+    the head / feature-extraction conv of the SR nets measured, after a mean shift or the
+    input conv, on the main path), or ``"middle"``. In a QDQ file the bias scale
+    (``x_scale * w_scale``) is left as it was, as a hand edit of one scale would leave it.
     """
     model = onnx.load(str(src))
     convs = _weight_scale_names(model)
     if not convs:
         raise ValueError(f"{src} has no quantized convolution with a constant weight scale")
-    name, scale = convs[len(convs) // 2 if which is None else which]
+    index = len(convs) // 2 if which == "middle" else int(which)
+    name, scale = convs[min(index, len(convs) - 1)]
     for i, t in enumerate(model.graph.initializer):
         if t.name == scale:
             arr = numpy_helper.to_array(t) * np.float32(factor)

@@ -138,6 +138,29 @@ def _set_attrs(obj: h5py.HLObject, attrs: dict[str, Any]) -> None:
             obj.attrs[key] = value
 
 
+def _write_parity(group: h5py.Group, parity: dict[str, Any]) -> None:
+    """The import parity; a quantized graph's parity in steps (``docs/quantized.md``) goes to
+    the ``steps`` subgroup, its node-by-node report to ``steps/nodes``."""
+    steps = parity.pop("steps", None)
+    _set_attrs(group, parity)
+    if steps:
+        nodes = steps.pop("nodes", None)
+        sg = group.create_group("steps")
+        _set_attrs(sg, steps)
+        if nodes:
+            _set_attrs(sg.create_group("nodes"), nodes)
+
+
+def _read_parity(group: h5py.Group) -> dict[str, Any]:
+    """:func:`_write_parity`'s group as a dict (``steps`` and ``steps["nodes"]`` nested)."""
+    out = _attrs(group)
+    if "steps" in group:
+        out["steps"] = _attrs(group["steps"])
+        if "nodes" in group["steps"]:
+            out["steps"]["nodes"] = _attrs(group["steps"]["nodes"])
+    return out
+
+
 def _py(value: Any) -> Any:
     """An HDF5 attribute value as plain Python (str, int, float, bool, list)."""
     if isinstance(value, bytes):
@@ -854,7 +877,7 @@ class RunWriter:
         conv = c.to_dict()
         conv["fixed_size"] = conv["fixed_size"] or [-1, -1]  # (-1, -1): any input size
         _set_attrs(cg, conv)
-        _set_attrs(pg.create_group("parity"), model.parity.to_dict())
+        _write_parity(pg.create_group("parity"), model.parity.to_dict())
 
         # engine parity (--verify): the engine against the literal GLAM.md reference
         if result.engine_parity is not None:
@@ -1270,9 +1293,10 @@ class Archive:
         attrs = _attrs(g)
         prov = _attrs(g["provenance"]) if "provenance" in g else {}
         if "provenance" in g:
-            for sub in ("conventions", "parity"):
-                if sub in g["provenance"]:
-                    prov[sub] = _attrs(g["provenance"][sub])
+            if "conventions" in g["provenance"]:
+                prov["conventions"] = _attrs(g["provenance"]["conventions"])
+            if "parity" in g["provenance"]:
+                prov["parity"] = _read_parity(g["provenance"]["parity"])
             conv = prov.get("conventions", {})
             if conv.get("fixed_size") == [-1, -1]:
                 conv["fixed_size"] = None

@@ -30,7 +30,7 @@ import fnmatch
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -124,6 +124,38 @@ def default_tolerances() -> dict[str, float]:
     return {name: spec.default for name, spec in METRICS.items()}
 
 
+#: Defaults for a **quantized candidate** (int8 QDQ / QOperator / dynamic ONNX) checked
+#: against a float baseline, where they differ from :data:`METRICS`. Measured by
+#: ``bench/quantized_gate.py`` on the shared models and the fixtures (``docs/ci.md``,
+#: "Quantized candidates"): every honest int8 variant passes them, every model with one
+#: convolution's weight scale doubled fails.
+QUANTIZED_DEFAULTS: dict[str, float] = {
+    "output_max_abs": 0.1,
+    "output_psnr": 30.0,
+    "local_sum_pearson": 0.8,
+    "global_sum_pearson": 0.7,
+    "local_sum_topk_overlap": 0.6,
+    "global_sum_topk_overlap": 0.5,
+    "local_stable_sum_pearson": 0.8,
+    "global_stable_sum_pearson": 0.9,
+    "local_stable_sum_topk_overlap": 0.6,
+    "global_stable_sum_topk_overlap": 0.6,
+    "layer_local_pearson": 0.3,
+    "layer_global_pearson": 0.5,
+    "di_local_delta": 10.0,
+    "di_global_delta": 10.0,
+    "attributed_fraction_local_delta": 0.1,
+    "attributed_fraction_global_delta": 0.1,
+    "psnr_delta": 1.0,
+    "lam_pearson": 0.9,
+    "di_lam_delta": 5.0,
+}
+
+#: ``--defaults`` choices: the float defaults, the quantized ones, or the quantized ones
+#: exactly when the candidate is a quantized graph (``auto``).
+DEFAULTS_CHOICES = ("auto", "float", "quantized")
+
+
 def _unknown(name: str, where: str) -> UserInputError:
     return UserInputError(
         f"unknown check metric {name!r} in {where}; known metrics: {', '.join(METRICS)}"
@@ -178,6 +210,11 @@ class Tolerances:
         degenerate (its per-layer checks are skipped, see ``docs/ci.md``).
     sources:
         Where the non-default values came from (for the report).
+    explicit:
+        Metrics whose top-level value a file or a flag set (a defaults profile such as
+        :data:`QUANTIZED_DEFAULTS` does not replace them).
+    defaults:
+        Which defaults apply: ``"float"`` (:data:`METRICS`) or ``"quantized"``.
     """
 
     values: dict[str, float | None] = field(default_factory=default_tolerances)  # type: ignore[arg-type]
@@ -185,6 +222,18 @@ class Tolerances:
     top_k_percent: float = DEFAULT_TOP_K_PERCENT
     layer_floor: float = DEFAULT_LAYER_FLOOR
     sources: list[str] = field(default_factory=list)
+    explicit: set[str] = field(default_factory=set)
+    defaults: str = "float"
+
+    def with_quantized_defaults(self, reason: str) -> Tolerances:
+        """A copy whose defaults are :data:`QUANTIZED_DEFAULTS` (values set by a file or a
+        flag are kept); ``reason`` is recorded in ``sources``."""
+        values = dict(self.values)
+        for name, value in QUANTIZED_DEFAULTS.items():
+            if name not in self.explicit:
+                values[name] = value
+        return replace(self, values=values, defaults="quantized",
+                       sources=[*self.sources, f"quantized defaults ({reason})"])
 
     def for_run(self, run: str) -> dict[str, float | None]:
         """The tolerances that apply to ``run`` (per-run overrides matched by glob)."""
@@ -202,6 +251,7 @@ class Tolerances:
             "top_k_percent": self.top_k_percent,
             "layer_floor": self.layer_floor,
             "sources": list(self.sources),
+            "defaults": self.defaults,
         }
 
 
@@ -347,6 +397,8 @@ def build_tolerances(
             raise UserInputError(f"'tolerances' and 'runs' in {where} must be tables")
         tol.values.update(_table(nested, where))
         tol.values.update(_table(top, where))
+        tol.explicit.update(nested)
+        tol.explicit.update(top)
         for glob, over in runs.items():
             if not isinstance(over, dict):
                 raise UserInputError(f"runs.{glob!r} in {where} must be a table of metrics")
@@ -361,6 +413,7 @@ def build_tolerances(
         glob, name, value = parse_tol_flag(text)
         if glob is None:
             tol.values[name] = value
+            tol.explicit.add(name)
         else:
             flag_runs.append((glob, {name: value}))
         tol.sources.append(f"--tol {text}")

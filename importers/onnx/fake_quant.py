@@ -13,9 +13,9 @@ of an 8- or 16-bit type, and every ``int32`` up to 2**24, is a float32 integer.
 Gradients. Rounding has a zero derivative almost everywhere, so the engine could take no
 gradient through a quantized graph. :func:`round_ste` rounds in the forward pass and passes
 the gradient through unchanged (a straight-through estimator). Saturation is **not**
-straight-through: the clamp to ``[qmin, qmax]`` keeps its true derivative, 1 inside the
-range and 0 outside (``torch.clamp``'s), as ``torch.fake_quantize_per_tensor_affine`` and
-quantization-aware training do. This matters for SR graphs: onnxruntime's quantizer drops
+straight-through: where the rounded code ``round(x / scale) + zero_point`` lies outside
+``[qmin, qmax]`` the gradient is 0, inside it (end codes included) it passes, as
+``torch.fake_quantize_per_tensor_affine`` and quantization-aware training do. This matters for SR graphs: onnxruntime's quantizer drops
 a ``Relu`` after a convolution and lets the saturation at the zero point do its work, so a
 zero gradient at saturation is what keeps the float model's ReLU mask in the gradient.
 Through ``quantize`` then ``dequantize`` the gradient is ``(1 / scale) * scale``, 1 up to
@@ -132,7 +132,8 @@ def quantize(
     s = broadcast_param(scale, x, axis)
     zp = broadcast_param(zero_point, x, axis)
     q = round_ste(x / s) + zp
-    return torch.clamp(q, float(qrange[0]), float(qrange[1]))
+    inside = (q >= qrange[0]) & (q <= qrange[1])
+    return torch.where(inside, q, torch.clamp(q.detach(), float(qrange[0]), float(qrange[1])))
 
 
 def dequantize(

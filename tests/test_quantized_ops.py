@@ -267,6 +267,22 @@ def test_com_microsoft_qlinear_ops_within_one_code(build, tmp_path: Path) -> Non
     _within_one_code(*_run(model, feeds, tmp_path))
 
 
+def test_shapes_are_inferred_through_com_microsoft_ops(tmp_path: Path) -> None:
+    """onnx cannot infer the output of a com.microsoft op; a MaxPool after it (onnx2torch
+    reads its input's rank; OmniSR's QOperator file) converts once glam infers it."""
+    shape = (1, 3, 8, 6)
+    inits = {"xs": np.asarray(np.float32(0.04)), "xzp": _zp(U8, 130),
+             "ys": np.asarray(np.float32(1 / 256)), "yzp": _zp(U8, 0)}
+    nodes = [helper.make_node("QLinearSigmoid", ["x", "xs", "xzp", "ys", "yzp"], ["s"],
+                              domain=MS),
+             helper.make_node("MaxPool", ["s"], ["y"], kernel_shape=[2, 2], strides=[2, 2])]
+    model = og.make_model(nodes, [helper.make_tensor_value_info("x", U8, list(shape))],
+                          [onnx.ValueInfoProto(name="y")],
+                          [og.init(k, v) for k, v in inits.items()], opset=13,
+                          extra_opsets={MS: 1})
+    _within_one_code(*_run(model, [_codes(shape, U8, 14)], tmp_path))
+
+
 # ==================================================================== gradient (the STE)
 def test_quantize_rounds_half_to_even_and_saturates() -> None:
     s, zp = torch.tensor(0.5), torch.tensor(0.0)

@@ -125,29 +125,36 @@ def default_tolerances() -> dict[str, float]:
 
 
 #: Defaults for a **quantized candidate** (int8 QDQ / QOperator / dynamic ONNX) checked
-#: against a float baseline, where they differ from :data:`METRICS`. Measured by
-#: ``bench/quantized_gate.py`` on the shared models and the fixtures (``docs/ci.md``,
-#: "Quantized candidates"): every honest int8 variant passes them, every model with one
-#: convolution's weight scale doubled fails.
-QUANTIZED_DEFAULTS: dict[str, float] = {
-    "output_max_abs": 0.1,
-    "output_psnr": 30.0,
+#: against a float baseline, where they differ from :data:`METRICS`; ``None`` turns a check
+#: off. Measured by ``bench/quantized_gate.py`` (``docs/ci.md``, "Quantized candidates"): the
+#: int8 versions of 16 trained models (shared models and fixtures, QDQ / QOperator static,
+#: per-channel / per-tensor, uint8 / int8 activations, dynamic) within 3.2 dB of their
+#: float model's PSNR pass them; those losing more (5.7 to 30 dB: real quantization
+#: failures) fail, and so does a doubled weight scale on the head convolution wherever it
+#: moves the output beyond int8's own noise. int8 moves the maps far more than float16:
+#: the output checks discriminate, the map checks are sanity bounds.
+QUANTIZED_DEFAULTS: dict[str, float | None] = {
+    "output_max_abs": 0.3,
+    "output_psnr": 33.0,
+    "psnr_delta": 3.5,
     "local_sum_pearson": 0.8,
-    "global_sum_pearson": 0.7,
-    "local_sum_topk_overlap": 0.6,
-    "global_sum_topk_overlap": 0.5,
+    "local_sum_topk_overlap": 0.55,
+    "global_sum_pearson": 0.6,
+    "global_sum_topk_overlap": 0.3,
     "local_stable_sum_pearson": 0.8,
-    "global_stable_sum_pearson": 0.9,
-    "local_stable_sum_topk_overlap": 0.6,
-    "global_stable_sum_topk_overlap": 0.6,
-    "layer_local_pearson": 0.3,
-    "layer_global_pearson": 0.5,
-    "di_local_delta": 10.0,
+    "local_stable_sum_topk_overlap": 0.7,
+    "global_stable_sum_pearson": 0.6,
+    "global_stable_sum_topk_overlap": 0.3,
+    # int8 noise moves single layers' keys (measured min: local 0.25, global -0.02)
+    "layer_local_pearson": None,
+    "layer_global_pearson": None,
+    # noise-level layers of the float model (peak ~1e-10) vanish exactly in int8 and drop
+    # out of the archived Sum: DI local moved by up to 92 points at local Pearson > 0.9
+    "di_local_delta": None,
     "di_global_delta": 10.0,
-    "attributed_fraction_local_delta": 0.1,
-    "attributed_fraction_global_delta": 0.1,
-    "psnr_delta": 1.0,
-    "lam_pearson": 0.9,
+    "attributed_fraction_local_delta": 0.25,
+    "attributed_fraction_global_delta": 0.15,
+    "lam_pearson": 0.5,
     "di_lam_delta": 5.0,
 }
 

@@ -54,6 +54,7 @@ from glam.importers.onnx.quant_passes import (
     float_name,
     fold_quantized,
     fuse_quantized_convs,
+    infer_quantized_shapes,
 )
 from glam.importers.onnx.registry import find, qualified_op, schema_version
 from torch import fx, nn
@@ -513,7 +514,7 @@ def load_onnx(path: Path) -> RawGraph:
     original = read_model(path)
     opset = model_opset(original)
     model, converted_opset = _prepare(original, str(path))
-    model = infer_shapes(model)
+    model = infer_quantized_shapes(infer_shapes(model))
     gm, messages = _convert(model)
     fx_of, onnx_nodes = _postprocess(gm, model)
     gm.eval()

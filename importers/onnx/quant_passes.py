@@ -9,6 +9,8 @@
   quantizer's ``ConvInteger -> Cast -> Mul(x_scale * w_scale) [-> Add(bias)]`` become one
   ``glam.QuantizedConv`` node, a convolution of the integer codes (exact, like
   onnxruntime's int32 accumulator) whose output, the tap, is dequantized.
+* :func:`infer_quantized_shapes`: shapes through the operators onnx's shape inference
+  does not know (``com.microsoft`` QLinear ops, ``glam.QuantizedConv``);
 * :func:`describe_quantization`: what ``glam inspect`` says about a quantized model (format,
   integer types, per-channel, operator counts) and the quantization step of its output,
   the unit of the import's parity check (:mod:`glam.importers.quant_parity`).
@@ -31,6 +33,7 @@ __all__ = [
     "float_name",
     "fold_quantized",
     "fuse_quantized_convs",
+    "infer_quantized_shapes",
 ]
 
 MS = "com.microsoft"
@@ -517,3 +520,124 @@ def describe_quantization(model: onnx.ModelProto) -> dict[str, Any] | None:
             "gradient for the rounding, zero gradient where a value saturates"
         ),
     }
+
+
+# ------------------------------------------------------------------------ shape inference
+_MS_SAME_SHAPE = {"QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax"}
+
+
+def _dims(info: onnx.ValueInfoProto) -> list[int | None] | None:
+    t = info.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [int(d.dim_value) if d.HasField("dim_value") else None for d in t.shape.dim]
+
+
+def _broadcast(a: list[int | None], b: list[int | None]) -> list[int | None]:
+    n = max(len(a), len(b))
+    a = [1] * (n - len(a)) + a
+    b = [1] * (n - len(b)) + b
+    out: list[int | None] = []
+    for x, y in zip(a, b, strict=True):
+        out.append(y if x == 1 else x if y == 1 else x if x == y else None)
+    return out
+
+
+def _conv_dims(x: list[int | None], w: list[int], node: onnx.NodeProto) -> list[int | None]:
+    rank = len(w) - 2
+    pads = list(_attr(node, "pads", None) or [0] * (2 * rank))
+    strides = list(_attr(node, "strides", None) or [1] * rank)
+    dil = list(_attr(node, "dilations", None) or [1] * rank)
+    same = str(_attr(node, "auto_pad", b"NOTSET"), "utf-8") if isinstance(
+        _attr(node, "auto_pad", b"NOTSET"), bytes) else str(_attr(node, "auto_pad", "NOTSET"))
+    out: list[int | None] = [x[0] if x else None, int(w[0])]
+    for i in range(rank):
+        size = x[2 + i] if len(x) > 2 + i else None
+        if size is None:
+            out.append(None)
+        elif same.startswith("SAME"):
+            out.append(-(-size // strides[i]))
+        else:
+            extent = (w[2 + i] - 1) * dil[i] + 1
+            pad = 0 if same == "VALID" else pads[i] + pads[i + rank]
+            out.append((size + pad - extent) // strides[i] + 1)
+    return out
+
+
+def _inferred(node: onnx.NodeProto, known: dict[str, onnx.ValueInfoProto],
+              inits: dict[str, onnx.TensorProto]) -> tuple[int, list[int | None]] | None:
+    """``(element type, dims)`` of the output of a quantized operator onnx cannot infer."""
+    def dims(name: str) -> list[int | None] | None:
+        if name in inits:
+            return [int(d) for d in inits[name].dims]
+        return _dims(known[name]) if name in known else None
+
+    def qtype(name: str) -> int:
+        return int(inits[name].data_type) if name in inits else onnx.TensorProto.UINT8
+
+    inp = list(node.input) + [""] * 8
+    dom = _domain(node)
+    if dom == GLAM_DOMAIN and node.op_type == "QuantizedConv":
+        x, w = dims(inp[0]), dims(inp[3])
+        return (onnx.TensorProto.FLOAT, _conv_dims(x, w, node)) if x and w else None
+    if dom != MS:
+        return None
+    if node.op_type in _MS_SAME_SHAPE:
+        x = dims(inp[0])
+        return (qtype(inp[4]), x) if x is not None else None
+    if node.op_type == "QLinearGlobalAveragePool":
+        x = dims(inp[0])
+        if x is None:
+            return None
+        last = bool(_attr(node, "channels_last", 0))
+        return qtype(inp[4]), ([x[0]] + [1] * (len(x) - 2) + [x[-1]] if last
+                               else x[:2] + [1] * (len(x) - 2))
+    if node.op_type in ("QLinearAdd", "QLinearMul"):
+        a, b = dims(inp[0]), dims(inp[3])
+        return (qtype(inp[7]), _broadcast(a, b)) if a is not None and b is not None else None
+    if node.op_type == "QLinearConcat":
+        parts = [dims(n) for n in node.input[2::3]]
+        if not parts or any(p is None for p in parts):
+            return None
+        axis = int(_attr(node, "axis", 1))
+        out = list(parts[0])  # type: ignore[arg-type]
+        ax = axis if axis >= 0 else axis + len(out)
+        sizes = [p[ax] for p in parts]  # type: ignore[index]
+        out[ax] = None if any(s is None for s in sizes) else sum(sizes)  # type: ignore[arg-type]
+        return qtype(inp[1]), out
+    return None
+
+
+def infer_quantized_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference through the operators onnx does not know (``com.microsoft`` QLinear
+    ops, ``glam.QuantizedConv``), so that converters downstream of them that read an input's
+    rank (onnx2torch's ``MaxPool``: OmniSR's QOperator file) find it.
+
+    Alternates onnx shape inference with this module's rules for those operators until
+    nothing new is learned. Returns the (new) model; a float model is returned unchanged.
+    """
+    from glam.importers.onnx.passes import infer_shapes
+
+    if not any(_domain(n) in (MS, GLAM_DOMAIN) for n in model.graph.node):
+        return model
+    for _ in range(len(model.graph.node) + 1):
+        graph = model.graph
+        inits = {t.name: t for t in graph.initializer}
+        known = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)
+                 if v.type.tensor_type.HasField("shape")}
+        added = 0
+        for node in graph.node:
+            if not node.output or node.output[0] in known:
+                continue
+            found = _inferred(node, known, inits)
+            if found is None:
+                continue
+            etype, dims = found
+            info = helper.make_tensor_value_info(node.output[0], etype, dims)
+            graph.value_info.append(info)
+            known[info.name] = info
+            added += 1
+        if not added:
+            return model
+        model = infer_shapes(model)
+    return model

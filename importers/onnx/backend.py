@@ -49,8 +49,8 @@ from glam.importers.onnx.passes import (
     read_model,
     sort_and_validate,
 )
+from glam.importers.onnx.quant_describe import describe_quantization
 from glam.importers.onnx.quant_passes import (
-    describe_quantization,
     float_name,
     fold_quantized,
     fuse_quantized_convs,

@@ -23,10 +23,11 @@ from glam.errors import ModelError
 from quantized_models import VARIANTS, break_scale, fixture_images, quantize
 
 FIXTURES = ("carn", "rcan", "rrdbnet", "rnan", "san")
-#: run by default: every variant of two fixtures, two variants of the others; the rest
-#: with ``-m slow`` or ``GLAM_SLOW_TESTS=1`` (each case quantizes and imports a model)
-DEFAULT_CASES = {(n, v) for n in ("carn", "rcan") for v in VARIANTS} | {
-    (n, v) for n in FIXTURES for v in ("qop_pc", "dyn")}
+#: run by default: every variant of CARN, QOperator of every fixture, RCAN dynamic and RNAN
+#: QDQ (its branches reordered by the quantizer); the rest with ``-m slow`` or
+#: ``GLAM_SLOW_TESTS=1`` (each case quantizes and imports a model)
+DEFAULT_CASES = {("carn", v) for v in VARIANTS} | {(n, "qop_pc") for n in FIXTURES} | {
+    ("rcan", "dyn"), ("rnan", "qdq_pc")}
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_MODELS = sorted(p for p in (SHARED / "models").glob("*.onnx")
                        if not p.name.startswith("waifu2x")) if (SHARED / "models").is_dir() else []

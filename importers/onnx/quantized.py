@@ -17,12 +17,13 @@ inputs, run the float operator, quantize its output"; onnxruntime's integer kern
 their accumulators differently, so the import's parity for a quantized graph is counted in
 output quantization steps (:mod:`glam.importers.quant_parity`).
 
-``QLinearConv`` becomes three FX nodes, ``DequantizeLinear -> nn.Conv2d -> QuantizeLinear``,
-with the weights and bias dequantized into the plain ``nn.Conv2d``: the tap pass finds it
-like any convolution and the tap is the convolution's dequantized output
-``x̂ ⊛ ŵ + b̂``, before the requantization to the output scale (``docs/quantized.md``).
-QDQ graphs give the same structure once :func:`glam.importers.onnx.quant_passes.fold_quantized`
-has folded the constant ``DequantizeLinear`` of weights and biases.
+``QLinearConv`` becomes two FX nodes, :class:`GlamQuantizedConv2d` (an ``nn.Conv2d`` over the
+integer codes, exact like onnxruntime's int32 accumulator, whose output is dequantized) and
+``QuantizeLinear`` to the output scale: the tap pass finds the convolution like any other
+and the tap is its dequantized output ``acc * x_scale * w_scale``, before the
+requantization (``docs/quantized.md``). QDQ and dynamic graphs give the same structure once
+:func:`glam.importers.onnx.quant_passes.fuse_quantized_convs` has rewritten their
+convolutions as ``glam.QuantizedConv`` nodes.
 """
 
 from __future__ import annotations

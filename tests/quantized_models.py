@@ -44,7 +44,12 @@ def fixture_images(n: int = 4, size: int = 64) -> list[np.ndarray]:
     """``n`` crops (RGB float, ``size`` x ``size``) of the committed astronaut image."""
     from PIL import Image
 
-    img = np.asarray(Image.open(ASTRONAUT).convert("RGB"), dtype=np.float32) / 255.0
+    pil = Image.open(ASTRONAUT).convert("RGB")
+    if min(pil.size) < 2 * size:  # fixed-size models (224 x 224) need larger crops
+        factor = 2 * size / min(pil.size)
+        pil = pil.resize((round(pil.width * factor), round(pil.height * factor)),
+                         Image.Resampling.BICUBIC)
+    img = np.asarray(pil, dtype=np.float32) / 255.0
     h, w = img.shape[:2]
     out = []
     for i in range(n):

@@ -463,10 +463,24 @@ def inspect(
     )
     click.echo(f"scale      x{s['scale']} (offset {s['offset'][0]},{s['offset'][1]}; "
                f"{s['conventions'].get('scale_source', '')})")
-    click.echo(
-        f"parity     {'passed' if par['passed'] else 'FAILED'}: max abs error "
-        f"{par['max_abs_error']:.3g} <= {par['tolerance']:g} against {par['reference']}"
-    )
+    quant = meta.get("quantization")
+    if quant:
+        for line in _quantization_lines(quant):
+            click.echo(line)
+    if par.get("steps"):
+        st = par["steps"]
+        click.echo(
+            f"parity     {'passed' if par['passed'] else 'FAILED'} in output quantization steps: "
+            f"{st['within_one'] * 100:.2f} % of {st['elements']} values within 1 step "
+            f"(>= {st['min_share'] * 100:g} %), {st['beyond_one']} beyond, max {st['max_steps']:.3g}"
+            f" steps; step {st['step']:.3g} ({st['unit']}); max abs error "
+            f"{par['max_abs_error']:.3g} against {par['reference']}"
+        )
+    else:
+        click.echo(
+            f"parity     {'passed' if par['passed'] else 'FAILED'}: max abs error "
+            f"{par['max_abs_error']:.3g} <= {par['tolerance']:g} against {par['reference']}"
+        )
     for w in s.get("warnings", []):
         click.echo(f"warning    {w}")
     taps = s["taps"]
@@ -478,6 +492,23 @@ def inspect(
     if parity is not None:
         click.echo(f"verify     {_parity_line(parity)} on {Path(parity['image']).name}")
     _fail_on_engine_parity(parity)
+
+
+def _quantization_lines(quant: dict[str, Any]) -> list[str]:
+    """``glam inspect``'s lines about a quantized model (docs/quantized.md)."""
+    types = []
+    if quant.get("activation_types"):
+        types.append(f"activations {'/'.join(quant['activation_types'])}")
+    if quant.get("weight_types"):
+        types.append(f"weights {'/'.join(quant['weight_types'])}")
+    if quant.get("per_channel"):
+        types.append("per-channel")
+    ops = ", ".join(f"{op} x{n}" for op, n in quant.get("ops", {}).items())
+    return [
+        f"quantized  {' + '.join(quant.get('formats', []))}"
+        + (f" ({', '.join(types)})" if types else "") + f": {ops}",
+        f"simulated  {quant.get('simulation', '')}",
+    ]
 
 
 def _fail_on_engine_parity(parity: dict[str, Any] | None) -> None:
@@ -1078,6 +1109,10 @@ def baseline(
 @click.option("--input-range", type=click.Choice(["baseline", "auto", "1", "255"]),
               default="baseline", show_default=True,
               help="Model input range: the baseline's, detected, or forced.")
+@click.option("--defaults", "defaults", type=click.Choice(["auto", "float", "quantized"]),
+              default="auto", show_default=True,
+              help="Default tolerances: auto = the quantized ones for a quantized (int8) "
+                   "model, the float ones otherwise (docs/ci.md).")
 @click.option("--failures-only", is_flag=True, help="Show only failed checks in the table.")
 @click.option("--exit-zero", is_flag=True, help="Exit 0 even when checks fail (collect reports).")
 @click.option("--verify", is_flag=True,
@@ -1092,8 +1127,8 @@ def baseline(
 def check(
     model: str, baseline_path: str, runs: str | None, tol: Sequence[str],
     tolerances_file: str | None, top_k: float | None, json_path: str | None,
-    junit_path: str | None, device: str, input_range: str, failures_only: bool, exit_zero: bool,
-    verify: bool, html_path: str | None,
+    junit_path: str | None, device: str, input_range: str, defaults: str, failures_only: bool,
+    exit_zero: bool, verify: bool, html_path: str | None,
 ) -> None:
     """Gate MODEL against a baseline: exit 0 pass, 1 regression, 2 usage, 3 model error."""
     from glam.gate.check import check_model
@@ -1113,8 +1148,11 @@ def check(
     use_threads()
     rep = check_model(model, baseline_path, tolerances, names, device, input_range=rng,
                       verify=verify, trust_model=_trusted(), max_pixels=_max_pixels(),
-                      log=phase_log())
+                      log=phase_log(), defaults=defaults)
     click.echo(rep.table(failures_only=failures_only))
+    if rep.tolerances.defaults == "quantized":
+        click.echo(f"note: {rep.tolerances.sources[-1]}: tolerances measured for int8 "
+                   "against float (docs/ci.md); --defaults float for the float ones")
     for note in rep.notes():
         click.echo(f"note: {note}")
     for path, write in ((json_path, rep.write_json), (junit_path, rep.write_junit)):

@@ -358,6 +358,7 @@ def finish_import(
         output_names=list(raw.output_names),
         timings={"parity": t_parity},
         reference=raw.reference,
+        node_parity=raw.node_parity,
     )
 
 

@@ -48,6 +48,10 @@ class RawGraph:
     first_divergence:
         Optional callable ``(native_inputs) -> str | None`` naming the first graph node whose
         value differs from the original model, used to explain a parity failure.
+    node_parity:
+        Optional callable ``(native_inputs) -> dict`` for a quantized graph: every node run
+        on the reference's own inputs, the largest difference in quantization codes
+        (:mod:`glam.importers.quant_parity` uses it when the output check in steps fails).
     """
 
     gm: torch.fx.GraphModule
@@ -60,6 +64,7 @@ class RawGraph:
     metadata: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     first_divergence: Callable[[list[np.ndarray]], str | None] | None = None
+    node_parity: Callable[[list[np.ndarray]], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,9 @@ class ParityReport:
     input_shape: tuple[int, ...]
     first_divergence: str | None = None
     seconds: float = 0.0
+    steps: dict[str, Any] | None = None
+    """A quantized graph's parity in output quantization steps
+    (:class:`glam.importers.quant_parity.StepParity`), which then decides ``passed``."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -202,6 +210,11 @@ class ImportedModel:
     analysis checks its output against it on every analysed input
     (:func:`glam.importers.parity.run_parity`). ``None``: nothing to check against (e.g. a
     weight-randomised copy)."""
+    node_parity: Callable[[list[np.ndarray]], dict[str, Any]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """A quantized graph's node-by-node check on the reference's own inputs
+    (:attr:`RawGraph.node_parity`), for run parity's second rule."""
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         return self.graph(x)

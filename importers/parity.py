@@ -24,6 +24,7 @@ import torch
 from glam.errors import GlamError, ModelError, ParityError, first_line
 from glam.importers.conventions import to_native
 from glam.importers.model import Conventions, ImportedModel, ParityReport, RawGraph
+from glam.importers.quant_parity import step_parity
 from torch import fx
 
 __all__ = ["check_parity", "max_abs_error", "native_runner", "run_parity"]
@@ -91,8 +92,9 @@ def check_parity(
     """Compare every output of the converted graph with the original model on ``x``.
 
     The error is measured on the canonical [0, 1] scale (native outputs divided by the input
-    range). Raises :class:`ParityError` above ``tolerance``, naming the first diverging node
-    when the backend can find it.
+    range). A quantized graph passes on its parity in output quantization steps instead
+    (:func:`glam.importers.quant_parity.step_parity`). Raises :class:`ParityError` above
+    ``tolerance``, naming the first diverging node when the backend can find it.
     """
     native = to_native(x, conv.layout, conv.input_range).contiguous()
     with torch.no_grad(), pywarnings.catch_warnings():
@@ -100,7 +102,8 @@ def check_parity(
         outs = native_runner(gm)(native)
     ref = _reference(raw.reference, raw.reference_name, native)
     err = max_abs_error(outs, ref, conv.input_range)
-    passed = err <= tolerance
+    steps = step_parity(raw, native, outs, ref)  # a quantized graph: parity in steps
+    passed = err <= tolerance or (steps is not None and steps.passed)
     node = None
     if not passed:
         if raw.first_divergence is not None:
@@ -109,10 +112,11 @@ def check_parity(
             except Exception:  # noqa: BLE001 - diagnosis is best effort
                 node = None
         where = f"; first diverging node: {node}" if node else ""
+        by = (f"in output quantization steps: {steps.describe()}" if steps is not None
+              else f"by max abs error {err:.3g} > tolerance {tolerance:g}")
         raise ParityError(
-            f"imported graph differs from {raw.reference_name} by max abs error {err:.3g} > "
-            f"tolerance {tolerance:g}{where}; the conversion is not faithful (raise --tolerance "
-            "only if you accept this error)",
+            f"imported graph differs from {raw.reference_name} {by}{where}; the conversion is "
+            "not faithful (raise --tolerance only if you accept this error)",
             err,
             node,
         )
@@ -123,6 +127,7 @@ def check_parity(
         tolerance=tolerance,
         input_shape=tuple(native.shape),
         first_divergence=node,
+        steps=steps.to_dict() if steps is not None else None,
     )
 
 
@@ -189,10 +194,15 @@ def run_parity(model: ImportedModel, x: torch.Tensor, y: np.ndarray | torch.Tens
                         c.input_range)
     tol = model.parity.tolerance
     h, w = int(x.shape[-2]), int(x.shape[-1])
-    if not err <= tol:
+    # a quantized graph: in output quantization steps, as at import
+    steps = step_parity(model, native, [torch.from_numpy(np.ascontiguousarray(out)) * c.input_range],
+                        [r], output_names=[model.conventions.output_name])
+    if not (err <= tol or (steps is not None and steps.passed)):
+        by = (f"in output quantization steps: {steps.describe()}" if steps is not None
+              else f"by max abs error {err:.3g} > tolerance {tol:g}")
         raise ParityError(
             f"on the analysed {h}x{w} input the imported graph differs from "
-            f"{model.parity.reference} by max abs error {err:.3g} > tolerance {tol:g} (it "
+            f"{model.parity.reference} {by} (it "
             f"matched at import, on the probe input); likely cause: "
             f"{likely_cause(model.metadata)}; no maps are archived for this input",
             err,
@@ -204,4 +214,5 @@ def run_parity(model: ImportedModel, x: torch.Tensor, y: np.ndarray | torch.Tens
         tolerance=tol,
         input_shape=tuple(native.shape),
         seconds=time.perf_counter() - t0,
+        steps=steps.to_dict() if steps is not None else None,
     )

@@ -138,6 +138,29 @@ def _set_attrs(obj: h5py.HLObject, attrs: dict[str, Any]) -> None:
             obj.attrs[key] = value
 
 
+def _write_parity(group: h5py.Group, parity: dict[str, Any]) -> None:
+    """The import parity; a quantized graph's parity in steps (``docs/quantized.md``) goes to
+    the ``steps`` subgroup, its node-by-node report to ``steps/nodes``."""
+    steps = parity.pop("steps", None)
+    _set_attrs(group, parity)
+    if steps:
+        nodes = steps.pop("nodes", None)
+        sg = group.create_group("steps")
+        _set_attrs(sg, steps)
+        if nodes:
+            _set_attrs(sg.create_group("nodes"), nodes)
+
+
+def _read_parity(group: h5py.Group) -> dict[str, Any]:
+    """:func:`_write_parity`'s group as a dict (``steps`` and ``steps["nodes"]`` nested)."""
+    out = _attrs(group)
+    if "steps" in group:
+        out["steps"] = _attrs(group["steps"])
+        if "nodes" in group["steps"]:
+            out["steps"]["nodes"] = _attrs(group["steps"]["nodes"])
+    return out
+
+
 def _py(value: Any) -> Any:
     """An HDF5 attribute value as plain Python (str, int, float, bool, list)."""
     if isinstance(value, bytes):
@@ -856,11 +879,11 @@ class RunWriter:
         conv = c.to_dict()
         conv["fixed_size"] = conv["fixed_size"] or [-1, -1]  # (-1, -1): any input size
         _set_attrs(cg, conv)
-        _set_attrs(pg.create_group("parity"), model.parity.to_dict())
+        _write_parity(pg.create_group("parity"), model.parity.to_dict())
         # the analysed output against the reference runtime on this input (a run whose
         # check failed is never archived)
         if getattr(result, "run_parity", None) is not None:
-            _set_attrs(pg.create_group("run_parity"), result.run_parity.to_dict())
+            _write_parity(pg.create_group("run_parity"), result.run_parity.to_dict())
 
         # engine parity (--verify): the engine against the literal GLAM.md reference
         if result.engine_parity is not None:
@@ -1277,9 +1300,11 @@ class Archive:
         attrs = _attrs(g)
         prov = _attrs(g["provenance"]) if "provenance" in g else {}
         if "provenance" in g:
-            for sub in ("conventions", "parity", "run_parity"):
+            if "conventions" in g["provenance"]:
+                prov["conventions"] = _attrs(g["provenance"]["conventions"])
+            for sub in ("parity", "run_parity"):
                 if sub in g["provenance"]:
-                    prov[sub] = _attrs(g["provenance"][sub])
+                    prov[sub] = _read_parity(g["provenance"][sub])
             conv = prov.get("conventions", {})
             if conv.get("fixed_size") == [-1, -1]:
                 conv["fixed_size"] = None

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from glam.archive.hdf5 import Archive, RunData, _read, open_archive, software_versions
 from glam.errors import ArchiveError, ConventionError, UserInputError
-from glam.gate.tolerances import METRICS, Comparison, Tolerances
+from glam.gate.tolerances import DEFAULTS_CHOICES, METRICS, Comparison, Tolerances
 
 if TYPE_CHECKING:
     from glam.api import Result
@@ -904,6 +904,7 @@ def check_model(
     trust_model: bool = False,
     max_pixels: int | None = None,
     log: PhaseLog | None = None,
+    defaults: str = "auto",
 ) -> CheckReport:
     """Re-run the baseline's analyses on ``model_path`` and compare (see module docstring).
 
@@ -940,6 +941,11 @@ def check_model(
     log:
         Phase log: the model's import and parity, each run's GL-AM / LAM phases, and a
         progress bar over the baseline runs (lines, not a redrawn bar, in a CI log).
+    defaults:
+        ``"auto"`` (default): the quantized defaults
+        (:data:`glam.gate.tolerances.QUANTIZED_DEFAULTS`) when the model is a quantized
+        graph, the float defaults otherwise; ``"float"`` or ``"quantized"`` forces them.
+        Values from a tolerance file or ``--tol`` are kept either way.
 
     Returns
     -------
@@ -963,6 +969,10 @@ def check_model(
 
     t0 = time.perf_counter()
     tol = tolerances if tolerances is not None else Tolerances()
+    if defaults not in DEFAULTS_CHOICES:
+        raise UserInputError(
+            f"tolerance defaults {defaults!r} are unknown; use one of {', '.join(DEFAULTS_CHOICES)}"
+        )
     dev = resolve_device(device)
     bpath = Path(baseline_path)
     if model is None and not Path(model_path).exists():
@@ -1000,6 +1010,7 @@ def check_model(
             if log is not None and len(bases) > 1:
                 log.prefix = f"[{i}/{len(bases)} {rd.name}] "
             if report is None:
+                tol = _apply_defaults(tol, m, defaults)
                 report = CheckReport(
                     model_path=str(model_path),
                     model_sha256=m.sha256 or (sha256_of(model_path) if Path(model_path).is_file()
@@ -1060,6 +1071,18 @@ def check_model(
         raise ArchiveError(f"no runs to check in {str(bpath)!r}")
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _apply_defaults(tol: Tolerances, model: ImportedModel, defaults: str) -> Tolerances:
+    """``tol`` with the quantized defaults when ``defaults`` asks for them (``auto``: when
+    ``model`` is a quantized graph)."""
+    quant = model.metadata.get("quantization") if isinstance(model.metadata, dict) else None
+    if defaults == "quantized":
+        return tol.with_quantized_defaults("--defaults quantized")
+    if defaults == "auto" and quant:
+        formats = "/".join(quant.get("formats", [])) or "quantized"
+        return tol.with_quantized_defaults(f"the candidate is a quantized {formats} graph")
+    return tol
 
 
 # ---------------------------------------------------------------------------- baselines

@@ -38,7 +38,9 @@ from glam.errors import (
     first_line,
 )
 from glam.importers.model import RawGraph
+from glam.importers.onnx import quantized  # noqa: F401  (registers the quantized-op converters)
 from glam.importers.onnx.converters import o2t_has_converter, patched_onnx2torch
+from glam.importers.onnx.node_parity import make_node_parity
 from glam.importers.onnx.passes import (
     convert_opset,
     fold_constants,
@@ -46,6 +48,13 @@ from glam.importers.onnx.passes import (
     model_opset,
     read_model,
     sort_and_validate,
+)
+from glam.importers.onnx.quant_describe import describe_quantization
+from glam.importers.onnx.quant_passes import (
+    float_name,
+    fold_quantized,
+    fuse_quantized_convs,
+    infer_quantized_shapes,
 )
 from glam.importers.onnx.registry import find, qualified_op, schema_version
 from torch import fx, nn
@@ -110,6 +119,14 @@ def _raise_unsupported(
     raise UnsupportedOpsError(pairs, f"{detail}; {note}" if detail else note)
 
 
+def _fold(model: onnx.ModelProto) -> None:
+    """Constants into initializers, then the quantized-graph passes (``quant_passes``)."""
+    fold_constants(model)
+    fold_quantized(model, ("QuantizeLinear",))  # weights quantized at run time: codes
+    fuse_quantized_convs(model)
+    fold_quantized(model)
+
+
 def _prepare(model: onnx.ModelProto, path: str) -> tuple[onnx.ModelProto, int | None]:
     """Normalise ``model`` (a copy) and pick the original or its opset-17 version.
 
@@ -119,7 +136,7 @@ def _prepare(model: onnx.ModelProto, path: str) -> tuple[onnx.ModelProto, int | 
     work = onnx.ModelProto()
     work.CopyFrom(model)
     sort_and_validate(work, path)
-    fold_constants(work)
+    _fold(work)
     pairs, reasons = unsupported_ops(work)
     if not pairs:
         return work, None
@@ -131,7 +148,7 @@ def _prepare(model: onnx.ModelProto, path: str) -> tuple[onnx.ModelProto, int | 
         except GlamError:
             alt = None
     if alt is not None:
-        fold_constants(alt)
+        _fold(alt)
         alt_pairs, alt_reasons = unsupported_ops(alt)
         if not alt_pairs:
             return alt, FALLBACK_OPSET
@@ -197,6 +214,10 @@ def _scope_name(node_name: str) -> str | None:
     return ".".join(parts)
 
 
+#: The weight's input index of convolutions whose weight is not input 1.
+_WEIGHT_INPUT = {"QLinearConv": 3, "QuantizedConv": 3}
+
+
 def _tap_name(onode: Any) -> str:
     """Stable conv name: the weight initializer name without ``.weight``.
 
@@ -204,7 +225,9 @@ def _tap_name(onode: Any) -> str:
     conv) or a missing weight name fall back to the ONNX node name, turned into a module
     path when it has the legacy exporter's ``/scope/.../Conv`` form.
     """
-    weight = onode.input_values[1] if len(onode.input_values) > 1 else ""
+    index = _WEIGHT_INPUT.get(onode.operation_type, 1)
+    weight = onode.input_values[index] if len(onode.input_values) > index else ""
+    weight = float_name(weight)  # a quantizer's w_quantized is the float model's w
     if weight and not weight.startswith("onnx::"):
         return weight[: -len(".weight")] if weight.endswith(".weight") else weight
     name = onode.name or onode.unique_name
@@ -491,7 +514,7 @@ def load_onnx(path: Path) -> RawGraph:
     original = read_model(path)
     opset = model_opset(original)
     model, converted_opset = _prepare(original, str(path))
-    model = infer_shapes(model)
+    model = infer_quantized_shapes(infer_shapes(model))
     gm, messages = _convert(model)
     fx_of, onnx_nodes = _postprocess(gm, model)
     gm.eval()
@@ -509,6 +532,9 @@ def load_onnx(path: Path) -> RawGraph:
     }
     if converted_opset is not None:
         metadata["converted_opset"] = converted_opset
+    quantization = describe_quantization(original)
+    if quantization is not None:
+        metadata["quantization"] = quantization
     warnings = list(messages)
     if converted_opset is not None:
         warnings.append(
@@ -526,4 +552,6 @@ def load_onnx(path: Path) -> RawGraph:
         metadata=metadata,
         warnings=warnings,
         first_divergence=_make_first_divergence(original, gm, fx_of, onnx_nodes),
+        node_parity=(make_node_parity(original, gm, fx_of, onnx_nodes, _session)
+                     if quantization is not None else None),
     )

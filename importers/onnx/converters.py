@@ -142,6 +142,22 @@ def _do_slice_tuple(
 _o2t_slice._do_slice = _do_slice_tuple
 
 
+# ------------------------------------------- permanent module-name fix for dotted domains
+def _generate_node_name(node: onnx.NodeProto) -> str:
+    """onnx2torch's ``OnnxGraph.generate_node_name`` with the dots of the domain replaced too.
+
+    onnx2torch prefixes the domain to a node's module name and replaces the dots of the
+    node's name, not of the domain: every ``com.microsoft`` node (onnxruntime's quantized
+    operators) fails with "module name can't contain '.'". Names of default-domain nodes
+    are unchanged.
+    """
+    return (f"{node.domain.replace('.', '_')}/" + (node.name.replace(".", "/") or node.op_type)
+            ).lstrip("/")
+
+
+OnnxGraph.generate_node_name = staticmethod(_generate_node_name)  # type: ignore[method-assign]
+
+
 # ------------------------------------------------------------------------------- helpers
 def _const(graph: OnnxGraph, name: str) -> torch.Tensor | None:
     """The constant value of ``name`` (initializer or ``Constant`` output), else ``None``."""
@@ -699,12 +715,24 @@ def _conv(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
             f"{node.operation_type} node {node.name or node.unique_name!r} has no weight input; "
             "the model is malformed"
         )
-    op = node.operation_type
+    module = conv_module(node.operation_type, node.attributes, weight, bias)
+    return _result(module, node, [node.input_values[0]])
+
+
+def conv_module(
+    op: str, attrs: dict[str, Any], weight: torch.Tensor, bias: torch.Tensor | None
+) -> nn.Module:
+    """The ``nn.Conv*d`` / ``nn.ConvTranspose*d`` of an ONNX ``Conv`` / ``ConvTranspose``.
+
+    ``attrs`` are the node's attributes (``pads``, ``strides``, ``auto_pad``...). Returns the
+    convolution, or ``nn.Sequential(pad, conv)`` / ``nn.Sequential(conv, crop)`` where the
+    padding cannot be expressed by the module itself. Quantized convolutions
+    (:mod:`glam.importers.onnx.quantized`) are built here too, from dequantized weights.
+    """
     rank = weight.dim() - 2
     cls = _CONV.get((op, rank))
     if cls is None:
         raise NotImplementedError(f"{op} with {rank} spatial dimensions is not implemented")
-    attrs = node.attributes
     kernel = _ints(attrs.get("kernel_shape")) or list(weight.shape[2:])
     strides = _ints(attrs.get("strides")) or [1] * rank
     dilations = _ints(attrs.get("dilations")) or [1] * rank
@@ -786,10 +814,10 @@ def _conv(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
         if bias is not None:
             module.bias.data = bias
     if pre is not None:
-        module = nn.Sequential(pre, module)
-    elif post is not None:
-        module = nn.Sequential(module, post)
-    return _result(module, node, [node.input_values[0]])
+        return nn.Sequential(pre, module)
+    if post is not None:
+        return nn.Sequential(module, post)
+    return module
 
 
 # ================================================================================ Resize

@@ -300,3 +300,7 @@ def test_parity_in_steps_is_archived_with_the_run(quantized, tmp_path: Path) -> 
     assert steps["unit"] == "8-bit range of the reference output" and steps["within_one"] == 1.0
     meta = json.loads(run.provenance["model_metadata"])
     assert meta["quantization"]["formats"] == ["dynamic"]
+    # the same rule on the analysed input (run parity), archived beside it
+    run_steps = run.provenance["run_parity"]["steps"]
+    assert run_steps["passed"] is True and run_steps["elements"] == 3 * 48 * 48
+    assert run.provenance["run_parity"]["input_shape"] == [1, 3, 24, 24]

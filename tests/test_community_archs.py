@@ -142,6 +142,20 @@ def test_moe_gate_choosing_another_expert_is_refused_by_run_parity(tmp_path: Pat
                                    "--input-range", "1"])
     assert res.exit_code == 3, res.output
     assert "likely cause" in res.stderr and not archive.exists()
+    # every command that analyses goes through the same check: baseline, sanity, check
+    for args in (["baseline", path, img, "-o", tmp_path / "base.h5"],
+                 ["sanity", path, img, "-o", tmp_path / "sanity.h5"]):
+        res = CliRunner().invoke(cli, [str(a) for a in args] + ["--input-range", "1"])
+        assert res.exit_code == 3 and "likely cause" in res.stderr, (args[0], res.output)
+    # check: a baseline of the seeded (unrouted) SeemoRe on the image analyses; the routed
+    # candidate's gate picks another expert there than at the probe, and is refused
+    base = tmp_path / "base_seeded.h5"
+    res = CliRunner().invoke(cli, ["baseline", str(_seemore(tmp_path)), str(img), "-o", str(base),
+                                   "--input-range", "1"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["check", str(path), "--baseline", str(base),
+                                   "--input-range", "1"])
+    assert res.exit_code == 3 and "likely cause" in res.stderr, res.output
 
 
 def test_exporter_noise_stays_off_the_terminal(tmp_path: Path) -> None:

@@ -249,8 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=600,
                     help="seconds per architecture (each runs in its own process)")
+    ap.add_argument("--from-json", type=Path,
+                    help="print the table of rows saved by an earlier --json run, run nothing")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one arch, JSON out
     args = ap.parse_args(argv)
+    if args.from_json:
+        saved = [Row(**r) for r in json.loads(args.from_json.read_text())]
+        print(HEADER)
+        for row in saved:
+            print(row.markdown())
+        return 0
     torch.set_num_threads(args.threads)
     if args.one:
         with tempfile.TemporaryDirectory() as tmp:

@@ -363,24 +363,38 @@ def export_budget() -> float:
         return 120.0
 
 
+class _Expired(BaseException):
+    """Raised by the alarm: a ``BaseException``, so that no ``except Exception`` inside the
+    exporter swallows it."""
+
+
 @contextlib.contextmanager
 def _time_limited(seconds: float) -> Iterator[None]:
     """Raise :class:`ExportBudgetExceeded` in the block after ``seconds`` (main thread and
-    POSIX only; elsewhere no limit). The alarm interrupts Python code (sympy), never C++."""
+    POSIX only; elsewhere no limit). The alarm interrupts Python code (sympy), never C++; it
+    repeats every 0.5 s until the block has left, in case code in between catches it."""
     if seconds <= 0 or threading.current_thread() is not threading.main_thread() \
             or not hasattr(signal, "setitimer"):
         yield
         return
 
+    armed = [True]
+
     def expire(_sig: int, _frame: object) -> None:
-        raise ExportBudgetExceeded(
-            f"gave up after {seconds:g} s of symbolic shape reasoning (GLAM_EXPORT_BUDGET_S)")
+        if armed[0]:
+            raise _Expired
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)
     try:
         yield
+    except _Expired:
+        armed[0] = False
+        raise ExportBudgetExceeded(
+            f"gave up after {seconds:g} s of symbolic shape reasoning (GLAM_EXPORT_BUDGET_S)"
+        ) from None
     finally:
+        armed[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 

@@ -234,11 +234,11 @@ def finish_import(
     if channels is None:
         channels = _guess_channels(run, lay)
     output_note = None
-    if output is None:
-        out_idx, output_note = choose_image_output(run, lay, channels, raw.output_names)
-    else:
-        out_idx = select_output(raw.output_names, output)
     try:
+        if output is None:
+            out_idx, output_note = choose_image_output(run, lay, channels, raw.output_names)
+        else:
+            out_idx = select_output(raw.output_names, output)
         meas = measure_scale(run, lay, channels, out_idx, probe_size)
     except GlamError:
         raise

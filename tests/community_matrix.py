@@ -82,8 +82,12 @@ def _num(v: float | None) -> str:
 
 def analysis_size(arch_id: str) -> tuple[int, int]:
     """The LR size the matrix analyses ``arch_id`` at: :data:`ANALYSIS_SIZE`, raised to the
-    architecture's minimum side and made square where it must be (glam pads multiples)."""
-    minimum, _multiple, square = ca.ARCHS[arch_id].size_req
+    architecture's minimum side and made square where it must be (glam pads multiples), or
+    the one size a fixed-size module takes."""
+    spec = ca.ARCHS[arch_id]
+    if spec.exact_size is not None:  # the raw module takes one size only (IPT: its patch)
+        return spec.exact_size, spec.exact_size
+    minimum, _multiple, square = spec.size_req
     h, w = (max(d, minimum) for d in ANALYSIS_SIZE)
     if square:
         h = w = max(h, w)
@@ -178,6 +182,8 @@ def run_arch(arch_id: str, folder: Path, *, fmt: str = "safetensors", sanity: bo
         h, w = analysis_size(arch_id)
         if row.specialised == "values":
             h, w = ca.BASE_SIZE  # the probe input: the branch the trace holds
+        if model.conventions.fixed_size is not None:  # the last-resort fixed-size graph
+            h, w = model.conventions.fixed_size
         x = probe_input(model.conventions.in_channels, h, w)
         eager = ca.build(arch_id)
         ran, row.folded_eager, row.dead_convs = convs_that_run(eager, _eager_input(arch_id, x),

@@ -118,7 +118,8 @@ def combine(keys: Sequence[torch.Tensor], size: Sequence[int]) -> dict[str, torc
 
 
 class _Kinds(fx.Interpreter):
-    """Records which nodes carry floating tensors (the edges gradients can cross)."""
+    """Records which nodes carry floating tensors, real or complex (the edges gradients can
+    cross: FFTformer's ``rfft2`` / ``irfft2``)."""
 
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
@@ -129,7 +130,7 @@ class _Kinds(fx.Interpreter):
         stack = [out]
         while stack:
             v = stack.pop()
-            if isinstance(v, torch.Tensor) and v.is_floating_point():
+            if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex()):
                 self.floating.add(n)
                 break
             if isinstance(v, (tuple, list)):

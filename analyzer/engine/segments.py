@@ -40,8 +40,11 @@ X = -1  # stands for the model input in segment read lists
 
 
 def cut(t: object) -> object:
-    """A new autograd leaf with ``t``'s value (floating tensors only; others pass through)."""
-    if isinstance(t, torch.Tensor) and t.is_floating_point():
+    """A new autograd leaf with ``t``'s value (floating and complex tensors, the values
+    :func:`glam.importers.tap.value_kind` calls ``"float"``; others pass through). A complex
+    value (FFTformer's ``rfft2``) left uncut would let one segment's backward run on into
+    another's, and the walks would miss or double its gradient."""
+    if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
         return t.detach().requires_grad_(True)
     return t
 

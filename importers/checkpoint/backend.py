@@ -39,7 +39,13 @@ from glam.errors import (
 )
 from glam.importers.checkpoint.safety import CheckpointKind, read_state_dict
 from glam.importers.checkpoint.tracing import PROBE_SIZE, trace_module, window_size
-from glam.importers.checkpoint.wrappers import FlatOutputs, PadToMultiple, flatten_outputs
+from glam.importers.checkpoint.wrappers import (
+    FlatOutputs,
+    PadToMultiple,
+    SpandrelCall,
+    custom_call,
+    flatten_outputs,
+)
 from glam.importers.model import RawGraph
 from glam.importers.probe import probe_input
 from torch import nn
@@ -231,6 +237,10 @@ def module_from_state_dict(
     req = meta["size_requirements"]
     multiple, minimum, square = int(req["multiple_of"]), int(req["minimum"]), bool(req["square"])
     window = window_size(module)
+    call = custom_call(desc)
+    if call is not None:  # the module as spandrel calls it (e.g. DRUNet's noise-level channel)
+        module = SpandrelCall(module, call).eval()
+        meta["spandrel_call"] = True
     if multiple > 1 or minimum or square:
         module = PadToMultiple(module, multiple, int(desc.scale), minimum, square).eval()
         needs = ", ".join(x for x in (

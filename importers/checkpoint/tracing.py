@@ -45,6 +45,7 @@ from glam.importers.checkpoint.specialisation import eager_value_reads, graph_va
 from glam.importers.checkpoint.wrappers import (
     FlatOutputs,
     PadToMultiple,
+    SpandrelCall,
     flatten_outputs,
     pad_like_spandrel,
     padded_side,
@@ -263,7 +264,7 @@ def _unwrap(target: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
     """The innermost model and the wrappers around it, outermost first."""
     wrappers: list[nn.Module] = []
     m = target
-    while isinstance(m, (PadToMultiple, FlatOutputs)):
+    while isinstance(m, (PadToMultiple, FlatOutputs, SpandrelCall)):
         wrappers.append(m)
         m = m.model
     return m, wrappers
@@ -275,6 +276,8 @@ def _rewrap(inner: nn.Module, wrappers: list[nn.Module], *, pad: bool) -> nn.Mod
     for w in reversed(wrappers):
         if isinstance(w, FlatOutputs):
             m = FlatOutputs(m)
+        elif isinstance(w, SpandrelCall):
+            m = SpandrelCall(m, w.call_fn)
         elif pad:
             m = PadToMultiple(m, w.multiple, w.scale, w.minimum, w.square)
     return m

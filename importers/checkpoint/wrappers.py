@@ -10,6 +10,9 @@ named, compared and chosen.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -90,6 +93,31 @@ class PadToMultiple(nn.Module):
             return tuple(o[..., : h * self.scale, : w * self.scale] if o.dim() == 4 else o
                          for o in flatten_outputs(y))
         return y[..., : h * self.scale, : w * self.scale]
+
+
+class SpandrelCall(nn.Module):
+    """The module called the way spandrel's descriptor calls it (its ``call_fn``): DRUNet
+    and FDnCNN append a constant noise-level channel, MixDehazeNet maps its output to
+    [0, 1], IPT scales to its ``rgb_range`` and runs its patch model, MPRNet and MMRealSR
+    keep the image output. What the user's checkpoint computes under spandrel is what glam
+    traces, taps and proves parity against."""
+
+    def __init__(self, model: nn.Module, call_fn: Callable[[nn.Module, torch.Tensor], Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.call_fn = call_fn
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.call_fn(self.model, x)
+
+
+def custom_call(descriptor: Any) -> Callable[[nn.Module, torch.Tensor], Any] | None:
+    """The descriptor's ``call_fn`` when the architecture gives one (``None`` for spandrel's
+    default ``model(image)``)."""
+    fn = getattr(descriptor, "_call_fn", None)
+    if fn is None or "ImageModelDescriptor.__init__" in getattr(fn, "__qualname__", ""):
+        return None
+    return fn
 
 
 class FlatOutputs(nn.Module):

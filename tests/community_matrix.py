@@ -184,6 +184,9 @@ def run_arch(arch_id: str, folder: Path, *, fmt: str = "safetensors", sanity: bo
             h, w = ca.BASE_SIZE  # the probe input: the branch the trace holds
         if model.conventions.fixed_size is not None:  # the last-resort fixed-size graph
             h, w = model.conventions.fixed_size
+        m = int(model.metadata.get("input_multiple") or 1)
+        if m > 1:  # a graph valid at multiples only: the size glam's refusal suggests
+            h, w = (-(-d // m) * m for d in (h, w))
         x = probe_input(model.conventions.in_channels, h, w)
         eager = ca.build(arch_id)
         ran, row.folded_eager, row.dead_convs = convs_that_run(eager, _eager_input(arch_id, x),

@@ -196,9 +196,12 @@ def trace_module(target: nn.Module, example: torch.Tensor) -> Trace:
                 errors[route] = first_line(exc, 200)
                 continue
             return Trace(_named(wrapped, unpadded), route, errors)
-        aligned = probe_input(int(example.shape[1]), *_aligned_size(PROBE_SIZE, m, minimum, square))
+        ah, aw = _aligned_size(PROBE_SIZE, m, minimum, square)
         try:
-            _compare(gm, target, aligned)
+            # at two multiples: a graph whose guards pin one size (MPRNet's trunc(H / 2) == 20)
+            # is no graph "for multiples of m"
+            for size in ((ah, aw), (ah + m, aw + m)):
+                _compare(gm, target, probe_input(int(example.shape[1]), *size))
             if m > 1:
                 partial = partial or Trace(_named(gm, unpadded),
                                            f"torch.export (multiples of {m})", errors, multiple=m)

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -131,7 +132,8 @@ class _Dataflow(TorchDispatchMode):
         return seen
 
 
-def convs_that_run(module: nn.Module, x: torch.Tensor, arch_id: str) -> tuple[list[str], int, int]:
+def convs_that_run(module: nn.Module, x: torch.Tensor, arch_id: str,
+                   call: Any = None) -> tuple[list[str], int, int]:
     """Qualnames of the ``nn.Conv*`` modules that run on ``x`` and whose result the output
     is computed from (in call order, one per call), how many of those calls saw a batch
     other than 1 (a batch-folded input), and how many calls ran for nothing (dead code:
@@ -150,7 +152,7 @@ def convs_that_run(module: nn.Module, x: torch.Tensor, arch_id: str) -> tuple[li
         with torch.no_grad(), flow:
             if ca.ARCHS[arch_id].stochastic:
                 torch.manual_seed(0)
-            outputs = ca._tensors(module(x.clone()))
+            outputs = ca._tensors(module(x.clone()) if call is None else call(module, x.clone()))
     finally:
         for h in hooks:
             h.remove()
@@ -189,8 +191,15 @@ def run_arch(arch_id: str, folder: Path, *, fmt: str = "safetensors", sanity: bo
             h, w = (-(-d // m) * m for d in (h, w))
         x = probe_input(model.conventions.in_channels, h, w)
         eager = ca.build(arch_id)
-        ran, row.folded_eager, row.dead_convs = convs_that_run(eager, _eager_input(arch_id, x),
-                                                               arch_id)
+        if spec.exact_size is None:
+            ran, row.folded_eager, row.dead_convs = convs_that_run(
+                eager, _eager_input(arch_id, x), arch_id)
+        else:  # the raw module takes one size: count through spandrel's own call (IPT's patches)
+            import spandrel
+            from glam.importers.checkpoint.wrappers import custom_call
+
+            call = custom_call(spandrel.ModelLoader().load_from_file(path))
+            ran, row.folded_eager, row.dead_convs = convs_that_run(eager, x, arch_id, call)
         row.convs_run = len(ran)
         tapped = Counter(t.name.split("#")[0] for t in model.taps)
         row.untapped = sorted((Counter(ran) - tapped).elements())

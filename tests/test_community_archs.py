@@ -56,8 +56,11 @@ PARTIAL = {
     # pads inside each attention block, not at the input: no outer padding reproduces it, and
     # torch.export keeps one branch of the pad (multiples of the window only)
     "FDAT": ("input_multiple", 4),
-    # the raw module takes only its 12x12 patch (spandrel's call chops images into patches)
-    "IPT": ("exact_size", 12),
+    # spandrel's call chops the image into 12x12 patches in chunks of 64: every size takes
+    # other branches (the patch count // 64), a fixed-size graph; its taps are batch-folded
+    "IPT": ("fixed_size", None),
+    # its multi-patch stages take int(H / 2) of sizes: every route pins one size
+    "MPRNet": ("fixed_size", None),
     # torch.export's symbolic shape reasoning runs past the export budget, its forward takes
     # int(sqrt(L)) of sizes (symbolic_trace and jit.trace specialise): a fixed-size graph
     "Uformer": ("fixed_size", None),

@@ -196,11 +196,15 @@ def trace_module(target: nn.Module, example: torch.Tensor) -> Trace:
                 errors[route] = first_line(exc, 200)
                 continue
             return Trace(_named(wrapped, unpadded), route, errors)
-        ah, aw = _aligned_size(PROBE_SIZE, m, minimum, square)
         try:
-            # at two multiples: a graph whose guards pin one size (MPRNet's trunc(H / 2) == 20)
-            # is no graph "for multiples of m"
-            for size in ((ah, aw), (ah + m, aw + m)):
+            # at every check size, aligned to m: a graph whose guards pin one size (MPRNet's
+            # trunc(H / 2) == 20) or a range (IPT's patch count // 64) is no graph "for
+            # multiples of m"
+            sizes = list(dict.fromkeys(_aligned_size(sz, m, minimum, square)
+                                       for sz in CHECK_SIZES.values()))
+            top = max(sizes)
+            sizes.append((top[0] + m, top[1] + m))  # at least two, however large m is
+            for size in sizes:
                 _compare(gm, target, probe_input(int(example.shape[1]), *size))
             if m > 1:
                 partial = partial or Trace(_named(gm, unpadded),

@@ -83,6 +83,12 @@ def test_architecture_imports_analyses_and_verifies(arch: str, tmp_path: Path) -
     assert row.participating > 0 and row.parity is not None and row.parity <= 1e-4
     assert row.run_parity is not None and row.run_parity <= 1e-4
     assert row.lam.startswith("DI ")
+    if arch in PARTIAL:  # what the import records for a size-limited graph
+        kind, m = PARTIAL[arch]
+        assert (row.specialised == "size" if kind == "fixed_size"
+                else row.route.endswith(f"(multiples of {m})")), row
+    else:
+        assert row.specialised in ("", "values"), row
     if FULL:
         assert row.sanity == "ok", row
 

@@ -1,13 +1,17 @@
 """GL-AM cost benchmark: ``python -m bench`` (see ``--help``).
 
 For each paper-size architecture (CARN, RRDBNet, RCAN, RNAN, SAN; x4, 64x64 LR input
-unless ``--sizes``, e.g. ``--sizes 64,256``; 2 CPU threads unless ``--threads``; CPU unless
-``--device cuda``; ``--archs swinir`` adds a SwinIR-light-sized SwinIR imported from a
+unless ``--sizes``, e.g. ``--sizes 64,256``; glam's default thread count, the CPUs free
+now, unless ``--threads``; CPU unless ``--device cuda``; ``--archs swinir`` adds a SwinIR-light-sized SwinIR imported from a
 ``.pth`` checkpoint through spandrel), measured side by side in one process per model and size:
 
 * ``fb``: one forward pass and one backward pass of ``T_ROI`` to the input — the unit;
 * ``glam``: GL-AM, local + global maps (GLAM.md), the engine the CLI uses;
-* ``lam``: LAM with ``fold`` path steps (batched by ``--lam-batch``);
+* ``lam``: LAM with ``fold`` path steps (batched by ``--lam-batch``), on the input box that
+  can reach the ROI where that is exact (:mod:`glam.engine.crop`);
+* ``plain``: the official code's plain batch-1 loop of ``fold`` forward+backward passes on
+  the same graph (:mod:`bench.lam_loop`), timed right after LAM; reported: its time over
+  LAM's and the largest difference of the two maps, relative to the map's maximum;
 * ``verify``: the literal GLAM.md reference (:mod:`glam.engine.reference`), the extra cost
   of ``glam analyze --verify`` (timed once, after the pairs);
 * ``run parity``: one forward of the reference runtime on the analysed input and the
@@ -33,7 +37,10 @@ not depend on them.
 on the fixture models (:mod:`bench.batch`).
 
 ``--busy``: the demo's GL-AM and LAM beside a neighbour spinning on one CPU, at the default
-thread count and at the old one (:mod:`bench.busy`).
+thread count and at the old one (:mod:`bench.busy`). ``--neighbour on`` runs the whole
+benchmark beside such a neighbour, ``--neighbour both`` once quiet and once beside it; the
+run ends with issue 25's table (GL-AM / fwd+bwd against 1.6, LAM's speedup over the plain
+loop against 2, the map error, the load average and thread count of each row).
 """
 
 from __future__ import annotations
@@ -366,7 +373,7 @@ def _parser() -> argparse.ArgumentParser:
                    choices=("auto", "per-layer", "batched", "compiled"),
                    help="GL-AM's per-layer path (auto: batched on CUDA, fused kernels on CPU)")
     p.add_argument("--window", type=int, default=16)
-    p.add_argument("--threads", default="2",
+    p.add_argument("--threads", default="auto",
                    help="CPU threads: a count, or auto (glam's default: the CPUs free now)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--repeats", type=int, default=9, help="timed fb/GL-AM pairs after a warm-up")

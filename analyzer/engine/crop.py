@@ -114,7 +114,7 @@ def probe_reach(model: ImportedModel, x: torch.Tensor) -> Reach:
     try:
         with torch.no_grad():
             y = model.graph(probe)[0]
-    except (RuntimeError, ValueError, IndexError) as exc:
+    except (RuntimeError, ValueError, IndexError, AssertionError) as exc:  # e.g. a NaN check
         return Reach(None, f"the model failed on the NaN probe: {exc}")
     if tuple(y.shape[-2:]) != (s * h, s * w):
         return Reach(None, "the output is not scale x input")

@@ -133,7 +133,7 @@ def _box_agrees(
         with torch.enable_grad():
             y = model.graph(z)[0]
         g = _roi_grad(y, z, box.out_top, box.out_left, window)
-    except (RuntimeError, ValueError, IndexError, NumericalError) as exc:
+    except (RuntimeError, ValueError, IndexError, AssertionError, NumericalError) as exc:
         return False, f"the model failed on the input box: {exc}"
     inside = g_full[:, :, rows, cols]
     tol = BOX_ULPS * float(torch.finfo(torch.float32).eps) * float(inside.abs().max())

@@ -1,13 +1,17 @@
 """GL-AM cost benchmark: ``python -m bench`` (see ``--help``).
 
 For each paper-size architecture (CARN, RRDBNet, RCAN, RNAN, SAN; x4, 64x64 LR input
-unless ``--sizes``, e.g. ``--sizes 64,256``; 2 CPU threads unless ``--threads``; CPU unless
-``--device cuda``; ``--archs swinir`` adds a SwinIR-light-sized SwinIR imported from a
+unless ``--sizes``, e.g. ``--sizes 64,256``; glam's default thread count, the CPUs free
+now, unless ``--threads``; CPU unless ``--device cuda``; ``--archs swinir`` adds a SwinIR-light-sized SwinIR imported from a
 ``.pth`` checkpoint through spandrel), measured side by side in one process per model and size:
 
 * ``fb``: one forward pass and one backward pass of ``T_ROI`` to the input — the unit;
 * ``glam``: GL-AM, local + global maps (GLAM.md), the engine the CLI uses;
-* ``lam``: LAM with ``fold`` path steps (batched by ``--lam-batch``);
+* ``lam``: LAM with ``fold`` path steps (batched by ``--lam-batch``), on the input box that
+  can reach the ROI where that is exact (:mod:`glam.engine.crop`);
+* ``plain``: the official code's plain batch-1 loop of ``fold`` forward+backward passes on
+  the same graph (:mod:`bench.lam_loop`), timed right after LAM; reported: its time over
+  LAM's and the largest difference of the two maps, relative to the map's maximum;
 * ``verify``: the literal GLAM.md reference (:mod:`glam.engine.reference`), the extra cost
   of ``glam analyze --verify`` (timed once, after the pairs);
 * ``run parity``: one forward of the reference runtime on the analysed input and the
@@ -33,7 +37,10 @@ not depend on them.
 on the fixture models (:mod:`bench.batch`).
 
 ``--busy``: the demo's GL-AM and LAM beside a neighbour spinning on one CPU, at the default
-thread count and at the old one (:mod:`bench.busy`).
+thread count and at the old one (:mod:`bench.busy`). ``--neighbour on`` runs the whole
+benchmark beside such a neighbour, ``--neighbour both`` once quiet and once beside it; the
+run ends with issue 25's table (GL-AM / fwd+bwd against 1.6, LAM's speedup over the plain
+loop against 2, the map error, the load average and thread count of each row).
 """
 
 from __future__ import annotations
@@ -93,10 +100,22 @@ def _worker(arch: str, workload: str, args: argparse.Namespace) -> dict:
         return _work(arch, workload, args)
 
 
+def _threads(text: str) -> int:
+    """``--threads``: a count, or ``auto`` (glam's default: the CPUs free now)."""
+    if text == "auto":
+        from glam.threads import choose_threads
+
+        return choose_threads(None).threads
+    if not text.isdigit() or int(text) < 1:
+        raise SystemExit(f"--threads {text!r}: use a positive integer or auto")
+    return int(text)
+
+
 def _work(arch: str, workload: str, args: argparse.Namespace) -> dict:
     import torch
 
-    torch.set_num_threads(args.threads)
+    threads = _threads(str(args.threads))
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     warnings.simplefilter("ignore")
     import glam
@@ -134,8 +153,16 @@ def _work(arch: str, workload: str, args: argparse.Namespace) -> dict:
 
     lam_batch = [1 if args.lam_batch == "auto" else int(args.lam_batch)]
 
+    lam_out: dict = {}
+
     def lam() -> None:
-        compute_lam(model, x, top, left, args.window, fold=args.lam_fold, lam_batch=lam_batch[0])
+        lam_out["res"] = compute_lam(
+            model, x, top, left, args.window, fold=args.lam_fold, lam_batch=lam_batch[0])
+
+    def plain() -> None:
+        from bench.lam_loop import plain_lam_loop
+
+        lam_out["plain"] = plain_lam_loop(model, x, top, left, args.window, fold=args.lam_fold)
 
     def cuda_peak(fn) -> float:
         """Peak allocated MiB of one run of ``fn`` above what was allocated before it."""
@@ -184,12 +211,24 @@ def _work(arch: str, workload: str, args: argparse.Namespace) -> dict:
                 free, _total = torch.cuda.mem_get_info(dev)
                 per_step = max(peaks["peak_mib_fb"] * 2**20, 1.0)
                 lam_batch[0] = int(max(1, min(args.lam_fold, 0.5 * free // per_step)))
+        t_plain = float("nan")
+        lam_vs_plain: dict = {}
         if not args.no_lam:
             # LAM runs in the middle of the pairs: the GL-AM median it is divided by is then
             # taken around the time LAM ran, not all before it (a shared machine drifts
             # over LAM's minutes)
             fb()  # LAM's steps are fwd+bwd passes: warm them the same way
             t_lam = timed(lam)
+            if not args.no_plain_loop:
+                # the official code's structure, right after: LAM / plain loop is one pair
+                t_plain = timed(plain)
+                res = lam_out["res"]
+                attr, lam_map = lam_out["plain"]
+                lam_vs_plain = {
+                    "lam_crop": res.crop, "lam_crop_note": res.crop_note,
+                    "lam_map_rel_err": _rel_err(res.map, lam_map),
+                    "lam_attr_rel_err": _rel_err(res.attribution, attr),
+                }
         for _ in range(args.repeats - args.repeats // 2):
             pair()
         t_verify = float("nan")
@@ -211,6 +250,10 @@ def _work(arch: str, workload: str, args: argparse.Namespace) -> dict:
             # each pair runs back to back, so its ratio cancels slow phases of a shared machine
             "pair_ratios": [g / f for f, g in zip(t_fb, t_glam, strict=True)],
             "lam_seconds": t_lam,
+            "plain_lam_seconds": t_plain,
+            **lam_vs_plain,
+            "threads": threads,
+            "load": os.getloadavg()[0],
             "verify_seconds": t_verify,
             "run_parity_seconds": t_run_parity,
             "taps": len(model.taps),
@@ -242,6 +285,15 @@ def _work(arch: str, workload: str, args: argparse.Namespace) -> dict:
         "import_seconds": t_import,
         "device": str(dev),
     }
+
+
+def _rel_err(a, b) -> float:  # type: ignore[no-untyped-def]
+    """``max |a - b| / max |b|`` (0 when both are 0)."""
+    import numpy as np
+
+    scale = float(np.abs(b).max())
+    err = float(np.abs(np.asarray(a) - np.asarray(b)).max())
+    return err / scale if scale > 0 else err
 
 
 def _spawn(arch: str, workload: str, argv: list[str]) -> dict:
@@ -277,6 +329,14 @@ def _row(arch: str, size: int, tm: dict, mem: dict, fold: int) -> dict:
         "glam_over_fb": statistics.median(tm["pair_ratios"]),
         "glam_over_fb_range": [min(tm["pair_ratios"]), max(tm["pair_ratios"])],
         "lam_seconds": tm["lam_seconds"],
+        "plain_lam_seconds": tm.get("plain_lam_seconds", float("nan")),
+        "lam_speedup_over_plain": tm.get("plain_lam_seconds", float("nan")) / tm["lam_seconds"],
+        "lam_crop": tm.get("lam_crop"),
+        "lam_crop_note": tm.get("lam_crop_note", ""),
+        "lam_map_rel_err": tm.get("lam_map_rel_err", float("nan")),
+        "lam_attr_rel_err": tm.get("lam_attr_rel_err", float("nan")),
+        "threads": tm.get("threads"),
+        "load": tm.get("load"),
         "lam_batch": tm.get("lam_batch", 1),
         "lam_over_glam": tm["lam_seconds"] / tm["glam_seconds"],
         # LAM is fold forward+backward passes: this is ~1 unless the machine drifted
@@ -313,13 +373,22 @@ def _parser() -> argparse.ArgumentParser:
                    choices=("auto", "per-layer", "batched", "compiled"),
                    help="GL-AM's per-layer path (auto: batched on CUDA, fused kernels on CPU)")
     p.add_argument("--window", type=int, default=16)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", default="auto",
+                   help="CPU threads: a count, or auto (glam's default: the CPUs free now)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--repeats", type=int, default=9, help="timed fb/GL-AM pairs after a warm-up")
     p.add_argument("--lam-fold", type=int, default=50)
     p.add_argument("--lam-batch", default="1",
                    help="LAM path steps per evaluation, or auto (from free GPU memory; 1 on CPU)")
     p.add_argument("--no-lam", action="store_true", help="skip LAM (fast check of GL-AM/fb)")
+    p.add_argument("--no-plain-loop", action="store_true",
+                   help="skip the plain batch-1 LAM loop (the official code's structure) that "
+                        "LAM is compared with")
+    p.add_argument("--neighbour", choices=("off", "on", "both"), default="off",
+                   help="run beside a process spinning on one CPU (on), or the whole "
+                        "benchmark once quiet and once beside it (both)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the peak-memory workers (one fresh process per model and workload)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip timing the literal reference (the cost of --verify)")
     p.add_argument("--json", type=Path,
@@ -367,17 +436,63 @@ def main(argv: list[str] | None = None) -> int:
         "--device", args.device, "--repeats", str(args.repeats), "--lam-fold", str(args.lam_fold),
         "--lam-batch", str(args.lam_batch), "--preset", args.preset, "--per-layer", args.per_layer,
         *(["--no-verify"] if args.no_verify else []),
+        *(["--no-plain-loop"] if args.no_plain_loop else []),
     ]  # fmt: skip
-    rows = []
+    rows: list[dict] = []
+    settings = {"off": [False], "on": [True], "both": [False, True]}[args.neighbour]
+    for busy in settings:
+        if busy:
+            from bench.busy import neighbour
+
+            with neighbour() as cpu:
+                print(f"busy neighbour spinning on CPU {cpu}", flush=True)
+                _table(args, common, rows, busy)
+        else:
+            _table(args, common, rows, busy)
+    _write(args, rows)
+    _summary(rows, args)
+    return 0
+
+
+#: The goals of issue 25: GL-AM within 1.6 forward+backward passes, LAM at least twice as
+#: fast as the official code's plain batch-1 loop with maps equal to 1e-6 relative.
+GOAL_GLAM_OVER_FB = 1.6
+GOAL_LAM_SPEEDUP = 2.0
+GOAL_LAM_REL_ERR = 1e-6
+
+
+def _summary(rows: list[dict], args: argparse.Namespace) -> None:
+    """The issue's table: GL-AM / (fwd+bwd) against 1.6, LAM against the plain loop."""
+    ok = [r for r in rows if "error" not in r]
+    if not ok:
+        return
+    print("\nmodel     LR neighbour threads load  GL-AM/(fwd+bwd) goal<=1.6  "
+          "LAM speedup over plain loop goal>=2  map rel err  LAM input", flush=True)
+    for r in ok:
+        g = r["glam_over_fb"]
+        sp = r.get("lam_speedup_over_plain", float("nan"))
+        crop = r.get("lam_crop")
+        where = "box " + "x".join(str(v) for v in (crop[2] - crop[0], crop[3] - crop[1])) \
+            if crop else "full" + (f" ({r.get('lam_crop_note')})" if r.get("lam_crop_note") else "")
+        print(f"{r['arch']:8} {r['size']:4d} {'yes' if r.get('busy') else 'no':>9} "
+              f"{r.get('threads') or 0:7d} {r.get('load') or 0:4.1f}  {g:15.2f} "
+              f"{'met' if g <= GOAL_GLAM_OVER_FB else 'MISSED':>9}  {sp:27.2f} "
+              f"{'met' if sp >= GOAL_LAM_SPEEDUP else 'MISSED' if sp == sp else '-':>7}  "
+              f"{r.get('lam_map_rel_err', float('nan')):11.2e}  {where}", flush=True)
+
+
+def _table(args: argparse.Namespace, common: list[str], rows: list[dict], busy: bool) -> None:
+    """Time every architecture and size (one row each, printed and added to ``rows``)."""
     header = (
         f"{'model':8} {'LR':>4} {'taps':>5} {'part':>5} {'fb s':>8} {'GL-AM s':>8} {'GL-AM/fb':>9} "
-        f"{'LAM s':>8} {'LAM/GL-AM':>10} {'mem fb':>8} {'mem GL-AM':>10} {'verify/fb':>10} "
-        f"{'runpar/GL-AM':>12}"
+        f"{'LAM s':>8} {'LAM/GL-AM':>10} {'plain/LAM':>10} {'mem fb':>8} {'mem GL-AM':>10} "
+        f"{'verify/fb':>10} {'runpar/GL-AM':>12}"
     )
     print(
         f"GL-AM benchmark: {','.join(map(str, args.sizes))} LR, {args.preset} models, "
         f"{args.threads} threads, device {args.device}, LAM fold {args.lam_fold} "
-        f"(batch {args.lam_batch}), per-layer {args.per_layer}",
+        f"(batch {args.lam_batch}), per-layer {args.per_layer}"
+        + (", beside a busy neighbour" if busy else ""),
         flush=True,
     )
     print(header, flush=True)
@@ -388,26 +503,25 @@ def main(argv: list[str] | None = None) -> int:
             targv = passthrough + (["--no-lam"] if args.no_lam else [])
             tm = _inline(arch, targv) if args.inline else _spawn(arch, "time", targv)
             if "error" in tm:
-                rows.append({"arch": arch, "size": size, "error": tm["error"]})
+                rows.append({"arch": arch, "size": size, "busy": busy, "error": tm["error"]})
                 print(f"{arch:8} {size:4d} failed: {tm['error']}", flush=True)
                 continue
             # on CUDA the timing worker measured the peaks; on CPU one fresh process each
             mem = {}
-            if not (on_cuda or args.inline):
+            if not (on_cuda or args.inline or args.no_memory):
                 mem = {w: _spawn(arch, w, passthrough) for w in ("fb", "glam")}
-            row = _row(arch, size, tm, mem, args.lam_fold)
+            row = _row(arch, size, tm, mem, args.lam_fold) | {"busy": busy}
             rows.append(row)
             print(
                 f"{arch:8} {size:4d} {row['taps']:5d} {row['participating']:5d} "
                 f"{row['fb_seconds']:8.3f} {row['glam_seconds']:8.3f} {row['glam_over_fb']:9.2f} "
                 f"{row['lam_seconds']:8.2f} {row['lam_over_glam']:10.1f} "
+                f"{row['lam_speedup_over_plain']:10.2f} "
                 f"{row['peak_mib_fb']:7.0f}M {row['peak_mib_glam']:9.0f}M {row['verify_over_fb']:10.1f} "
                 f"{row['run_parity_over_glam']:12.2f}",
                 flush=True,
             )
             _write(args, rows)
-    _write(args, rows)
-    return 0
 
 
 def _write(args: argparse.Namespace, rows: list[dict]) -> None:

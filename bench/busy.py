@@ -13,6 +13,7 @@ a ratio measured in one process).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 #: GL-AM must stay at least this many times faster than LAM with the neighbour running.
@@ -39,6 +41,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _spin() -> None:
     while True:
         pass
+
+
+@contextlib.contextmanager
+def neighbour() -> Iterator[int]:
+    """A process spinning on the first CPU of this process's affinity set while the block
+    runs; yields that CPU."""
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    spinner = mp.get_context("fork").Process(target=_spin, daemon=True)
+    spinner.start()
+    try:
+        os.sched_setaffinity(spinner.pid, {cpu})
+        time.sleep(1.0)  # the neighbour is running before anything looks at the load
+        yield cpu
+    finally:
+        spinner.kill()
+        spinner.join()
 
 
 def worker(mode: str) -> dict:

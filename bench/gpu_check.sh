@@ -65,7 +65,7 @@ else
     # packages the device machine may lack, e.g. playwright)
     TESTS=(tests/test_gpu.py tests/test_engine.py)
     # RCAN first: its 64x64 row (256x256 output) carries the targets
-    BENCH_ARGS=(--archs rcan,carn,rrdbnet,rnan,san --sizes 64,256 --repeats 3 --lam-batch auto)
+    BENCH_ARGS=(--archs rcan,carn,rrdbnet,rnan,san --sizes 64,256 --repeats 3 --lam-batch auto --no-plain-loop)
 fi
 
 run() {

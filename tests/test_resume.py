@@ -42,12 +42,12 @@ def _created(ar: Path) -> dict[str, str]:
 def test_sigint_mid_folder_then_rerun_resumes(tiny_model: Path, folder: Path,
                                              tmp_path: Path) -> None:
     ar = tmp_path / "runs.h5"
-    # LAM at fold 300 (about 1.5 s a run here) leaves the three other runs several seconds
-    # of work after the first is committed, so that the interrupt lands mid-folder even when
-    # this process is scheduled late on a loaded machine (at fold 20 the child once finished
-    # all four runs, 0.3 s each, before the signal arrived)
+    # LAM at fold 3000 (about 3 s a run, 1,100 path steps/s on the tiny model) leaves the
+    # three other runs several seconds of work after the first is committed, so that the
+    # interrupt lands mid-folder even when this process is scheduled late (at fold 20 and at
+    # fold 300, 0.3 s a run, the child once finished all four runs before the signal came)
     cmd = [sys.executable, "-m", "glam", "analyze", str(tiny_model), str(folder), "-o", str(ar),
-           "--json", "--lam", "--lam-fold", "300", "--window", "8", "--threads", "1"]
+           "--json", "--lam", "--lam-fold", "3000", "--window", "8", "--threads", "1"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             cwd=tmp_path, text=True)

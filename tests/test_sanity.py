@@ -354,3 +354,47 @@ def test_sanity_on_pretrained_carn_m_matches_the_readme_table(tmp_path: Path) ->
     assert cascade["global"]["spearman"]["taps_randomized"] == model.n_taps
     assert cascade["local"]["spearman"]["taps_randomized"] is None
     assert cascade["local"]["spearman"]["final"] > 0.8
+
+
+@torch.fx.wrap
+def _only_batch_one(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[0] != 1:  # a graph traced at batch 1 (torch.export's x.size()[0] == 1 guard)
+        raise RuntimeError("the input violates the exported program's shape constraints")
+    return x
+
+
+class _Batch1SR(nn.Module):
+    """An SR net traced at batch 1: ``mixes`` adds ``y[0] - mean(y)`` over the batch (zero
+    for one image, another image's values for several: a window reshape with batch 1 baked
+    in), ``refuses`` raises on a batch (a guard)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(7)
+        self.mode = mode
+        self.conv = nn.Conv2d(3, 12, 3, padding=1)
+        self.conv.weight.data = torch.randn(self.conv.weight.shape, generator=g) * 0.3
+        self.up = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x if self.mode == "mixes" else _only_batch_one(x))
+        if self.mode == "mixes":
+            y = y + (y[0:1] - y.mean(dim=0, keepdim=True))
+        return self.up(y)
+
+
+@pytest.mark.parametrize("mode", ["mixes", "refuses"])
+def test_curves_of_a_batch_1_graph_are_taken_image_by_image(mode: str) -> None:
+    """Deletion / insertion batch their steps; a graph traced at batch 1 (10 of 12 community
+    architectures in the sanity matrix: window reshapes, batch guards) refused the batch
+    (ModelError) or would mix its images. Such a model is run image by image: the curves are
+    the batch-1 curves, bit for bit (the same calls)."""
+    model = glam.importers.from_module(_Batch1SR(mode).eval())
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    base = faith.baseline_image(x)
+    order = np.random.default_rng(2).permutation(16 * 16)
+    assert not faith.runs_batched(model, torch.cat([x, x.flip(-1), 0.5 * x]))
+    d8, i8 = faith.curves(model, x, order, (4, 4), 16, base, batch=8)
+    d1, i1 = faith.curves(model, x, order, (4, 4), 16, base, batch=1)
+    np.testing.assert_array_equal(d8.values, d1.values)
+    np.testing.assert_array_equal(i8.values, i1.values)

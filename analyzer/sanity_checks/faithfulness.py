@@ -98,12 +98,35 @@ def step_counts(n_pixels: int, max_fraction: float = 0.5, step: float = 0.01) ->
 
 
 @torch.no_grad()
-def roi_texture(model: ImportedModel, batch: torch.Tensor, roi: tuple[int, int], window: int) -> torch.Tensor:
+def roi_texture(model: ImportedModel, batch: torch.Tensor, roi: tuple[int, int], window: int,
+                *, one_by_one: bool = False) -> torch.Tensor:
+    """``T_ROI`` of every image of ``batch`` (``one_by_one``: a model call per image)."""
     try:
-        y = model.graph(batch)[0]
-    except (RuntimeError, ValueError) as exc:
+        if one_by_one and batch.shape[0] > 1:
+            y = torch.cat([model.graph(b[None])[0] for b in batch])
+        else:
+            y = model.graph(batch)[0]
+    except (RuntimeError, ValueError, IndexError) as exc:
         raise ModelError(f"the model failed on a deletion/insertion batch: {exc}") from None
     return texture_roi(y, roi[0], roi[1], window).double().cpu()
+
+
+@torch.no_grad()
+def runs_batched(model: ImportedModel, batch: torch.Tensor) -> bool:
+    """Whether ``model`` computes a batch as its images one by one: it runs on the batch and
+    the batch's last image comes out as alone. A graph traced at batch 1 may refuse a batch
+    (``x.size()[0] == 1`` guards, window reshapes) or, worse, run on it and mix its images;
+    either way the curves then take a model call per image."""
+    if batch.shape[0] < 2:
+        return True
+    try:
+        together = model.graph(batch)[0][-1:]
+        alone = model.graph(batch[-1:])[0]
+    except (RuntimeError, ValueError, IndexError):
+        return False
+    if together.shape != alone.shape:
+        return False
+    return float((together - alone).abs().max()) <= 1e-5 * max(1.0, float(alone.abs().max()))
 
 
 def curves(
@@ -134,7 +157,8 @@ def curves(
     max_fraction, step:
         Fractions of pixels removed: ``0, step, ..., max_fraction``.
     batch:
-        Steps per model evaluation (any value gives the same curves).
+        Steps per model evaluation (any value gives the same curves; a model that does not
+        compute a batch image by image, :func:`runs_batched`, takes one call per step).
     t0:
         ``T_ROI`` of ``x`` when already known.
     """
@@ -154,10 +178,15 @@ def curves(
         raise AnalysisError("T_ROI of the input is 0 (a flat ROI); choose a textured ROI")
     ks = torch.as_tensor(counts, device=x.device).view(-1, 1, 1, 1)
     dele, ins = [], []
+    one_by_one = False
     for start in range(0, len(counts), batch):
         removed = rank < ks[start : start + batch]  # (B, 1, h, w)
-        dele.append(roi_texture(model, torch.where(removed, base, x), roi, window))
-        ins.append(roi_texture(model, torch.where(removed, x, base), roi, window))
+        deleted = torch.where(removed, base, x)
+        if start == 0:
+            one_by_one = not runs_batched(model, deleted)
+        dele.append(roi_texture(model, deleted, roi, window, one_by_one=one_by_one))
+        ins.append(roi_texture(model, torch.where(removed, x, base), roi, window,
+                               one_by_one=one_by_one))
     fr = counts / float(h * w)
     return (Curve(fr, (torch.cat(dele) / t0).numpy()),
             Curve(fr, (torch.cat(ins) / t0).numpy()))

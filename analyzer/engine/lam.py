@@ -85,11 +85,12 @@ def blur_path(
     return images.to(x.device), derivs.to(x.device)
 
 
-def _mixes_batch(model: ImportedModel, z: torch.Tensor, y: torch.Tensor) -> bool:
+def mixes_batch(model: ImportedModel, z: torch.Tensor, y: torch.Tensor) -> bool:
     """Whether the batched output's last image differs from that image run alone.
 
     A graph exported at batch size 1 can run on a larger batch and silently mix its images
-    (SwinIR's window reshapes in a legacy ONNX export); LAM must not batch such a model.
+    (SwinIR's window reshapes in a legacy ONNX export); LAM must not batch such a model,
+    nor may the sanity checks' deletion / insertion curves.
     """
     with torch.no_grad():
         alone = model.graph(z[-1:].detach())[0]
@@ -234,7 +235,7 @@ def compute_lam(
             continue
         if stop - start > 1 and not batch_checked:
             batch_checked = True
-            if _mixes_batch(model, z, y):
+            if mixes_batch(model, z, y):
                 warnings.append(
                     f"the model runs on a batch of {stop - start} but its outputs differ from "
                     "one image at a time (a batch size of 1 baked into its reshapes?); LAM fell "

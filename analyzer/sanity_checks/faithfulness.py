@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from glam.engine.lam import gaussian_kernel
+from glam.engine.lam import gaussian_kernel, mixes_batch
 from glam.engine.texture import texture_roi
 from glam.errors import AnalysisError, ModelError
 from glam.importers.model import ImportedModel
@@ -120,13 +120,9 @@ def runs_batched(model: ImportedModel, batch: torch.Tensor) -> bool:
     if batch.shape[0] < 2:
         return True
     try:
-        together = model.graph(batch)[0][-1:]
-        alone = model.graph(batch[-1:])[0]
+        return not mixes_batch(model, batch, model.graph(batch)[0])
     except (RuntimeError, ValueError, IndexError):
         return False
-    if together.shape != alone.shape:
-        return False
-    return float((together - alone).abs().max()) <= 1e-5 * max(1.0, float(alone.abs().max()))
 
 
 def curves(

@@ -127,17 +127,7 @@ class _Checks:
             with torch.no_grad(), pywarnings.catch_warnings():
                 pywarnings.simplefilter("ignore")
                 outs = flatten_outputs(gm(self.inputs[where].clone()))
-            refs = self.refs[where]
-            if len(outs) != len(refs):
-                raise ConversionError(f"{len(outs)} outputs at {where}, the module gives {len(refs)}")
-            for out, ref in zip(outs, refs, strict=True):
-                if out.shape != ref.shape:
-                    raise ConversionError(
-                        f"output {list(out.shape)} at {where}, the module gives {list(ref.shape)}"
-                    )
-                err = float((out.float() - ref.float()).abs().max()) if out.numel() else 0.0
-                if not err <= _SELF_CHECK_RTOL * max(1.0, float(ref.abs().max()) if ref.numel() else 1.0):
-                    raise ConversionError(f"differs from the module by {err:.3g} at {where}")
+            _check_outputs(outs, self.refs[where], where)
 
 
 def trace_module(target: nn.Module, example: torch.Tensor) -> Trace:
@@ -349,13 +339,27 @@ def _guard_multiples(errors: dict[str, str]) -> list[int]:
     return out
 
 
+def _check_outputs(outs: list[torch.Tensor], refs: list[torch.Tensor], where: str) -> None:
+    """Raise :class:`ConversionError` unless ``outs`` equal the module's ``refs`` (count,
+    shapes, values within :data:`_SELF_CHECK_RTOL` of the reference's scale)."""
+    if len(outs) != len(refs):
+        raise ConversionError(f"{len(outs)} outputs at {where}, the module gives {len(refs)}")
+    for out, ref in zip(outs, refs, strict=True):
+        if out.shape != ref.shape:
+            raise ConversionError(
+                f"output {list(out.shape)} at {where}, the module gives {list(ref.shape)}"
+            )
+        err = float((out.float() - ref.float()).abs().max()) if out.numel() else 0.0
+        if not err <= _SELF_CHECK_RTOL * max(1.0, float(ref.abs().max()) if ref.numel() else 1.0):
+            raise ConversionError(f"differs from the module by {err:.3g} at {where}")
+
+
 def _compare(gm: fx.GraphModule, target: nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad(), pywarnings.catch_warnings():
         pywarnings.simplefilter("ignore")
         outs, refs = flatten_outputs(gm(x.clone())), flatten_outputs(target(x.clone()))
-    for o, r in zip(outs, refs, strict=True):
-        if o.shape != r.shape or float((o - r).abs().max()) > _SELF_CHECK_RTOL * max(1.0, float(r.abs().max())):
-            raise ConversionError(f"differs from the module at {tuple(x.shape[-2:])}")
+    h, w = x.shape[-2:]
+    _check_outputs(outs, refs, f"{h}x{w}")
 
 
 class ExportBudgetExceeded(ConversionError):

@@ -309,8 +309,12 @@ def test_batch_pairs_references_and_passes_analysis_options(
 def test_resume_after_sigkill_of_the_driver(ray_cluster: str, tmp_path: Path,
                                             images: Path) -> None:
     zoo = tmp_path / "zoo.h5"
+    # LAM at fold 400 (seconds a run) keeps the driver busy after its first run is in the
+    # archive: without it the four runs took well under a second together, and the driver
+    # had finished all of them when the kill came (twice in clean-clone runs)
+    slow = ["--lam", "--lam-fold", "400"]
     cmd = [sys.executable, "-m", "glam", "batch", "--models", str(CARN), "--images",
-           str(images), "-o", str(zoo), "--address", ray_cluster, "--workers", "1"]
+           str(images), "-o", str(zoo), "--address", ray_cluster, "--workers", "1", *slow]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -332,7 +336,7 @@ def test_resume_after_sigkill_of_the_driver(ray_cluster: str, tmp_path: Path,
             assert ar.verify_run(name) > 0
     # the rerun (joining the same cluster) keeps the finished runs and does the rest
     r = CliRunner().invoke(cli, ["batch", "--models", str(CARN), "--images", str(images),
-                                 "-o", str(zoo), "--json", "--links"])
+                                 "-o", str(zoo), "--json", "--links", *slow])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["skipped"] == len(finished)

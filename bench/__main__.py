@@ -8,7 +8,8 @@ now, unless ``--threads``; CPU unless ``--device cuda``; ``--archs swinir`` adds
 * ``fb``: one forward pass and one backward pass of ``T_ROI`` to the input — the unit;
 * ``glam``: GL-AM, local + global maps (GLAM.md), the engine the CLI uses;
 * ``lam``: LAM with ``fold`` path steps (batched by ``--lam-batch``), on the input box that
-  can reach the ROI where that is exact (:mod:`glam.engine.crop`);
+  can reach the ROI where that is exact (:mod:`glam.engine.crop`), with the graph's tail
+  on the crop of its last dominator at LR that can reach the ROI (:mod:`glam.engine.tail_crop`);
 * ``plain``: the official code's plain batch-1 loop of ``fold`` forward+backward passes on
   the same graph (:mod:`bench.lam_loop`), timed right after LAM; reported: its time over
   LAM's and the largest difference of the two maps, relative to the map's maximum;
@@ -471,9 +472,7 @@ def _summary(rows: list[dict], args: argparse.Namespace) -> None:
     for r in ok:
         g = r["glam_over_fb"]
         sp = r.get("lam_speedup_over_plain", float("nan"))
-        crop = r.get("lam_crop")
-        where = "box " + "x".join(str(v) for v in (crop[2] - crop[0], crop[3] - crop[1])) \
-            if crop else "full" + (f" ({r.get('lam_crop_note')})" if r.get("lam_crop_note") else "")
+        where = r.get("lam_crop_note") or "full"  # box and/or tail, or why the full input
         print(f"{r['arch']:8} {r['size']:4d} {'yes' if r.get('busy') else 'no':>9} "
               f"{r.get('threads') or 0:7d} {r.get('load') or 0:4.1f}  {g:15.2f} "
               f"{'met' if g <= GOAL_GLAM_OVER_FB else 'MISSED':>9}  {sp:27.2f} "

@@ -161,3 +161,103 @@ def test_lam_falls_back_when_the_box_is_not_exact() -> None:
     attr, lam_map = plain_lam_loop(model, x, 30, 30, 6, fold=5)
     assert_close(res.attribution, attr, ulps=ULPS_BOX)
     assert_close(res.map, lam_map, ulps=ULPS_BOX)
+
+
+class TailSR(nn.Module):
+    """Two 3x3 convolutions at LR, a x2 pixel shuffle, then ``hr`` 3x3 convolutions at HR:
+    the graph's last value at the input's resolution is the second convolution's output,
+    and the tail after it reaches ``hr`` output pixels beyond a pixel's 2x2 block. With
+    ``skip``, the bicubic-upsampled input is added at the end (no value at LR dominates
+    the output); with ``positional``, a row-index bias is added at HR (the tail is local
+    but not translation equivariant)."""
+
+    def __init__(self, hr: int = 2, skip: bool = False, positional: bool = False) -> None:
+        super().__init__()
+        self.body = nn.ModuleList([nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1)])
+        self.ps = nn.PixelShuffle(2)
+        self.hr = nn.ModuleList(nn.Conv2d(2 if k == 0 else 3, 3, 3, padding=1) for k in range(hr))
+        self.skip, self.positional = skip, positional
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = F.relu(self.body[0](x))
+        t = self.ps(self.body[1](t))
+        if self.positional:
+            t = t + 0.5 * torch.arange(t.shape[-2], dtype=t.dtype, device=t.device)[:, None]
+        for k, conv in enumerate(self.hr):
+            t = conv(t) if k == len(self.hr) - 1 else F.relu(conv(t))
+        if self.skip:
+            t = t + F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+        return t
+
+
+def test_dominators_of_a_residual_graph() -> None:
+    """``a = conv1(x)``, ``b = conv2(a)``, ``c = a + b``, ``y = conv3(c)``: every path runs
+    through ``a`` and ``c``; ``b`` is bypassed by the skip."""
+    from glam.engine.tail_crop import dominators
+    from torch import fx
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2, self.conv3 = (nn.Conv2d(3, 3, 3, padding=1) for _ in range(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.conv1(x)
+            return self.conv3(a + self.conv2(a))
+
+    names = [n.name for n in dominators(fx.symbolic_trace(Residual()).graph)]
+    assert names == ["conv1", "add"]
+
+
+def test_tail_crop_measures_the_tail_and_needs_a_dominator() -> None:
+    from glam.engine.tail_crop import tail_crop
+
+    torch.manual_seed(3)
+    x = torch.rand(1, 3, 20, 22)
+    model = glam.importers.from_module(TailSR(hr=2))
+    tail, why = tail_crop(model.graph, x, 16, 18, 6)
+    assert tail is not None, why
+    # output rows 16..22 (T_ROI reads window + 1); LR pixel q feeds output rows 2q-2 ..
+    # 2q+3 (its 2x2 block and one pixel per HR 3x3 convolution), so q in [7, 13) reaches
+    # them; columns 18..24 likewise q in [8, 14)
+    assert (tail.top, tail.bottom, tail.scale, tail.shape) == (7, 13, 2, (20, 22))
+    assert (tail.left, tail.right) == (8, 14)
+    skip = glam.importers.from_module(TailSR(hr=2, skip=True))
+    none, why = tail_crop(skip.graph, x, 16, 18, 6)
+    assert none is None and "dominates" in why
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("hr", [1, 3])
+def test_lam_with_the_tail_crop_equals_lam_on_the_full_input(hr: int) -> None:
+    """Every ROI position: LAM on the input box with the tail on its crop equals the full
+    computation and the plain batch-1 loop (batch 1 throughout: a batch of path steps is
+    another computation, 10 eps off the loop on this model)."""
+    torch.manual_seed(20 + hr)
+    model = glam.importers.from_module(TailSR(hr=hr))
+    h, w, window = 24, 26, 6
+    x = torch.rand(1, 3, h, w)
+    for top, left in _rois(h, w, 2, window):
+        reduced = compute_lam(model, x, top, left, window, fold=6, lam_batch=1)
+        full = compute_lam(model, x, top, left, window, fold=6, lam_batch=1, crop=False)
+        msg = f"hr {hr}, ROI ({top}, {left})"
+        assert reduced.tail is not None and "tail from" in reduced.crop_note, msg
+        assert_close(reduced.attribution, full.attribution, ulps=ULPS_BOX, err_msg=msg)
+        assert_close(reduced.map, full.map, ulps=ULPS_BOX, err_msg=msg)
+        attr, lam_map = plain_lam_loop(model, x, top, left, window, fold=6)
+        assert_close(reduced.map, lam_map, ulps=ULPS_BOX, err_msg=f"{msg}, plain loop")
+
+
+@pytest.mark.numerics
+def test_a_positional_tail_falls_back_to_the_box() -> None:
+    """A row-dependent bias after the cut: the probe measures a finite reach, but the tail
+    on its crop gives other values; the first path step catches it and LAM runs on the
+    input box with the whole tail, equal to the full computation."""
+    torch.manual_seed(7)
+    model = glam.importers.from_module(TailSR(hr=2, positional=True))
+    x = torch.rand(1, 3, 24, 24)
+    res = compute_lam(model, x, 20, 20, 6, fold=5, lam_batch=1)
+    assert res.tail is None and "differs" in res.crop_note
+    full = compute_lam(model, x, 20, 20, 6, fold=5, lam_batch=1, crop=False)
+    assert_close(res.attribution, full.attribution, ulps=ULPS_BOX)
+    assert_close(res.map, full.map, ulps=ULPS_BOX)

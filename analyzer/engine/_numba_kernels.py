@@ -189,3 +189,50 @@ def accumulate_keys(
                     tot[i] += key
                     var[i] += abs(key - prev[i])
                     prev[i] = key
+
+
+@_njit
+def resize_taps(
+    z: np.ndarray,
+    row_idx: np.ndarray,
+    row_w: np.ndarray,
+    col_idx: np.ndarray,
+    col_w: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """``out[k] = M_h @ z[k] @ M_w^T`` for maps ``z`` of shape ``(b, h, w)``, with the
+    separable resize matrices given by their few non-zero taps per output row
+    (``M_h[p, row_idx[p, t]] = row_w[p, t]``, likewise for columns).
+
+    Bicubic resizing has at most four taps per output row and column, so this takes
+    ``4 (h W + H W)`` multiply-adds per map where the dense products take ``H h w + H w W``
+    (about 16x fewer at 64 -> 256). Columns first (``h x W``), then each output row as a
+    weighted sum of those rows, a float32 sum over the taps in tap order; every output
+    element is computed the same way whatever the thread count.
+    """
+    b, h, w = z.shape
+    H, taps_h = row_idx.shape
+    W, taps_w = col_idx.shape
+    for k in prange(b):
+        src = z[k]
+        tmp = np.empty((h, W), dtype=np.float32)
+        for p in range(h):
+            row = src[p]
+            dst = tmp[p]
+            for q in range(W):
+                s = ZERO
+                for t in range(taps_w):
+                    s += col_w[q, t] * row[col_idx[q, t]]
+                dst[q] = s
+        res = out[k]
+        for p in range(H):
+            dst = res[p]
+            first = tmp[row_idx[p, 0]]
+            w0 = row_w[p, 0]
+            for q in range(W):
+                dst[q] = w0 * first[q]
+            for t in range(1, taps_h):
+                wt = row_w[p, t]
+                line = tmp[row_idx[p, t]]
+                for q in range(W):
+                    dst[q] += wt * line[q]

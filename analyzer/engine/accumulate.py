@@ -27,11 +27,12 @@ class KeyAccumulator:
     def add_maps(self, maps: Sequence[torch.Tensor], size: Sequence[int]) -> None:
         """Add the keys ``N(R(m, size))`` of the next non-negative maps, in execution order.
 
-        On CPU the normalisation and the running sums are one fused pass
+        On CPU the resize runs through the bicubic taps (:func:`glam.engine.kernels.resize_stack`)
+        and the normalisation and the running sums are one fused pass
         (:func:`glam.engine.kernels.accumulate_keys`); the keys are never stored.
         """
 
-        resized = resized_stack(maps, size)
+        resized = resized_stack(maps, size, kernels.resize_stack)
         if not kernels.accumulate_keys(self, resized):
             self.add_stack(normalize_(resized))
 

@@ -134,7 +134,7 @@ def probe_reach(model: ImportedModel, x: torch.Tensor) -> Reach:
     return Reach((s * cy - r0, r1 - (s * cy + 2 * s - 1), s * cx - c0, c1 - (s * cx + 2 * s - 1)))
 
 
-def _span(lo_out: int, hi_out: int, before: int, after: int, s: int, n: int) -> tuple[int, int]:
+def span(lo_out: int, hi_out: int, before: int, after: int, s: int, n: int) -> tuple[int, int]:
     """LR pixels ``[a, b)`` whose output footprint can meet output pixels ``lo_out..hi_out``.
 
     LR pixel ``q`` reaches output pixels ``s*q - before .. s*q + s - 1 + after``.
@@ -168,8 +168,8 @@ def roi_crop(
     # T_ROI reads output rows top .. top + window (its vertical differences), clipped
     r_lo, r_hi = top, min(H - 1, top + window)
     c_lo, c_hi = left, min(W - 1, left + window)
-    t, b = _span(r_lo, r_hi, up, down, s, h)
-    lf, rt = _span(c_lo, c_hi, lft, rgt, s, w)
+    t, b = span(r_lo, r_hi, up, down, s, h)
+    lf, rt = span(c_lo, c_hi, lft, rgt, s, w)
     crop = InputCrop(t, lf, b, rt, top - s * t, left - s * lf,
                      (-(-up // s), -(-down // s), -(-lft // s), -(-rgt // s)))
     if crop.fraction(h, w) > 1.0 - MIN_SAVING:

@@ -23,16 +23,19 @@ machine); loading them takes about 0.6 s once per process (:func:`warm_up`).
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import warnings
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Protocol
 
 import numpy as np
 import torch
 from glam.engine.maps import gradcam_key_flagged as _gradcam_key_flagged_eager
-from glam.engine.maps import weights_vanish
+from glam.engine.maps import interpolation_matrix, weights_vanish
+from glam.engine.maps import resize as _resize_eager
 from glam.engine.texture import texture_global_grad as _texture_global_grad_eager
 
 _STATE: dict[str, ModuleType | bool | None] = {"module": None}
@@ -171,6 +174,48 @@ def gradcam_key_flagged(g: torch.Tensor) -> tuple[torch.Tensor, bool]:
     if weights_vanish(signed, magnitude):
         return key.zero_(), True
     return key, False
+
+
+@functools.lru_cache(maxsize=64)
+def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """The non-zero entries of :func:`glam.engine.maps.interpolation_matrix` ``(n_out, n_in)``
+    row by row: ``(index, weight)``, each ``(n_out, k)`` with ``k`` the most taps of any
+    row (at most 4 for bicubic; shorter rows are padded with weight 0)."""
+    m = interpolation_matrix(n_in, n_out, "cpu", torch.float32).numpy()
+    nz = m != 0
+    k = max(1, int(nz.sum(axis=1).max()))
+    idx = np.zeros((n_out, k), dtype=np.int64)
+    wts = np.zeros((n_out, k), dtype=np.float32)
+    for p in range(n_out):
+        cols = np.flatnonzero(nz[p])
+        idx[p, : cols.size] = cols
+        idx[p, cols.size :] = cols[-1] if cols.size else 0
+        wts[p, : cols.size] = m[p, cols]
+    return idx, wts
+
+
+def resize_stack(z: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``R(z, size)`` of a stack ``(B, h, w)`` of same-size maps through the taps of the
+    bicubic resize (:func:`glam.engine.maps.resize`'s matrices, their non-zero entries only);
+    where the kernels do not apply, :func:`glam.engine.maps.resize` (the dense products).
+
+    Same values as the dense ``M_h @ z @ M_w^T`` to float32 rounding (tested); 16x fewer
+    multiply-adds at 64 -> 256 (on paper-size RCAN the dense products were about a tenth of
+    one forward+backward: 834 key resizes per analysis).
+    """
+    kernels = _applies(z)
+    if kernels is None or z.dim() != 3:
+        return _resize_eager(z, size)
+    b, h, w = (int(d) for d in z.shape)
+    H, W = int(size[0]), int(size[1])
+    if (h, w) == (H, W):
+        return z
+    row_idx, row_w = _taps(h, H)
+    col_idx, col_w = _taps(w, W)
+    out = torch.empty((b, H, W), dtype=torch.float32)
+    if b:
+        kernels.resize_taps(z.detach().contiguous().numpy(), row_idx, row_w, col_idx, col_w, out.numpy())
+    return out
 
 
 class _Sums:

@@ -21,6 +21,7 @@ from glam.engine.allocator import keep_freed_memory
 from glam.engine.crop import InputCrop, roi_crop
 from glam.engine.device import input_in_full_precision
 from glam.engine.maps import resize
+from glam.engine.tail_crop import TailCrop, cropped_graph, tail_crop
 from glam.engine.texture import texture_roi
 from glam.errors import AnalysisError, ModelError, NumericalError
 from glam.importers.model import ImportedModel
@@ -41,6 +42,7 @@ class LamResult:
     warnings: list[str] = field(default_factory=list)
     crop: tuple[int, int, int, int] | None = None
     crop_note: str = ""
+    tail: str | None = None  # the tail crop in use (glam.engine.tail_crop), described
 
 
 def gaussian_kernel(l: int, sigma: float, epsilon: float = 1e-5) -> np.ndarray:
@@ -119,28 +121,66 @@ def _roi_grad(y: torch.Tensor, z: torch.Tensor, top: int, left: int, window: int
 BOX_ULPS = 64
 
 
-def _box_agrees(
-    model: ImportedModel, imgs: torch.Tensor, g_full: torch.Tensor, box: InputCrop, window: int
+@dataclass
+class _Reduced:
+    """Where LAM's path steps run: the input box (or the whole input) and the graph that
+    takes it (the tail on its crop, or the whole graph), with the ROI in its output."""
+
+    box: InputCrop | None
+    tail: TailCrop | None
+    graph: Callable[[torch.Tensor], torch.Tensor]
+    out_top: int
+    out_left: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return self.box.slices if self.box is not None else (slice(None), slice(None))
+
+    def note(self) -> str:
+        parts = []
+        if self.box is not None:
+            parts.append(f"box {self.box.bottom - self.box.top}x{self.box.right - self.box.left}")
+        if self.tail is not None:
+            parts.append(self.tail.describe())
+        return "; ".join(parts)
+
+
+def _reduced(
+    model: ImportedModel, box: InputCrop | None, tail: TailCrop | None, top: int, left: int
+) -> _Reduced | None:
+    """The path steps' input and graph for ``box`` and ``tail`` (``None`` if neither)."""
+    if tail is not None:
+        offset = (box.top, box.left) if box is not None else (0, 0)
+        graph = cropped_graph(model.graph, tail, offset)
+        return _Reduced(box, tail, graph, top - tail.scale * tail.top, left - tail.scale * tail.left)
+    if box is not None:
+        return _Reduced(box, None, lambda z: model.graph(z)[0], box.out_top, box.out_left)
+    return None
+
+
+def _reduced_agrees(
+    red: _Reduced, imgs: torch.Tensor, g_full: torch.Tensor, window: int
 ) -> tuple[bool, str]:
-    """Whether the path images' ROI gradient on ``box`` equals ``g_full`` (the full input's):
-    zero outside the box, the same inside (:data:`BOX_ULPS`)."""
-    rows, cols = box.slices
+    """Whether the path images' ROI gradient through ``red`` equals ``g_full`` (the full
+    input's): zero outside the box, the same inside (:data:`BOX_ULPS`)."""
+    rows, cols = red.slices
     outside = g_full.clone()
     outside[:, :, rows, cols] = 0
     if bool(outside.ne(0).any()):
         return False, "the ROI's gradient reaches outside the input box"
     z = imgs[:, :, rows, cols].clone().requires_grad_(True)
+    what = red.note()
     try:
         with torch.enable_grad():
-            y = model.graph(z)[0]
-        g = _roi_grad(y, z, box.out_top, box.out_left, window)
+            y = red.graph(z)
+        g = _roi_grad(y, z, red.out_top, red.out_left, window)
     except (RuntimeError, ValueError, IndexError, AssertionError, NumericalError) as exc:
-        return False, f"the model failed on the input box: {exc}"
+        return False, f"the model failed on the reduced path ({what}): {exc}"
     inside = g_full[:, :, rows, cols]
     tol = BOX_ULPS * float(torch.finfo(torch.float32).eps) * float(inside.abs().max())
     err = float((g - inside).abs().max()) if g.shape == inside.shape else float("inf")
     if not err <= tol:
-        return False, f"the gradient on the input box differs from the full input's by {err:.3g}"
+        return False, f"the gradient on the reduced path ({what}) differs from the full input's by {err:.3g}"
     return True, ""
 
 
@@ -174,9 +214,12 @@ def compute_lam(
     crop:
         Run the path steps on the input box that can reach the ROI where that is exact
         (:func:`glam.engine.crop.roi_crop`: a model with a finite receptive field smaller
-        than the input; any global operation keeps the full input). The first path step
-        runs on the full input and on the box, and the box is kept only if both give the
-        same gradient (``crop_note`` of the result says why not otherwise).
+        than the input; any global operation keeps the full input), and the graph's tail
+        after its last dominator at the input's resolution on the crop of that value that
+        can reach the ROI (:func:`glam.engine.tail_crop.tail_crop`: the upsampler, say).
+        The first path step runs on the full input and on the reduced path, and the
+        reduction is kept only if both give the same gradient (``crop_note`` of the result
+        says what ran, or why not).
     progress:
         Show a tqdm progress bar; or a factory ``progress(total, desc, unit)`` returning a
         bar with ``update(n)`` and ``close()`` (e.g. :meth:`glam.progress.PhaseLog.bar`,
@@ -206,24 +249,28 @@ def compute_lam(
     start = 0
     out_hw: tuple[int, int] | None = None
     batch_checked = False
-    box: InputCrop | None = None
+    red: _Reduced | None = None
     box_note = "off"
     if crop:
         box, box_note = roi_crop(model, x, top, left, window)
+        tail, tail_note = tail_crop(model.graph, x, top, left, window)
+        red = _reduced(model, box, tail, top, left)
+        box_why = "" if box is not None else f"full input: {box_note}"
+        box_note = "; ".join(n for n in (box_note, tail_note) if n)
     verified = False
     while start < fold:
         stop = min(fold, start + batch)
-        use_box = box is not None and verified
+        use_box = red is not None and verified
         imgs = images[start:stop]
         if use_box:
-            imgs = imgs[(..., *box.slices)]  # type: ignore[union-attr]
+            imgs = imgs[(..., *red.slices)]  # type: ignore[union-attr]
         z = imgs.clone().requires_grad_(True)
         try:
             with torch.enable_grad():
-                y = model.graph(z)[0]
+                y = red.graph(z) if use_box else model.graph(z)[0]  # type: ignore[union-attr]
         except (RuntimeError, ValueError, IndexError) as exc:  # IndexError: a mask of batch 1
-            if use_box:  # the model does not run on the box: the full input from here on
-                box, box_note = None, f"the model failed on the input box: {exc}"
+            if use_box:  # the model does not run on the reduced path: the full input from here on
+                red, box_note = None, f"the model failed on the reduced path: {exc}"
                 continue
             if batch == 1:
                 raise ModelError(f"the model failed on a LAM path image: {exc}") from None
@@ -244,16 +291,23 @@ def compute_lam(
                 batch = 1
                 continue
         if use_box:
-            g = _roi_grad(y, z, box.out_top, box.out_left, window)  # type: ignore[union-attr]
-            rows, cols = box.slices  # type: ignore[union-attr]
+            g = _roi_grad(y, z, red.out_top, red.out_left, window)  # type: ignore[union-attr]
+            rows, cols = red.slices  # type: ignore[union-attr]
             total[:, rows, cols] += (g * derivs[start:stop, :, rows, cols]).double().sum(dim=0)
         else:
             out_hw = (int(y.shape[-2]), int(y.shape[-1]))
             g = _roi_grad(y, z, top, left, window)
-            if box is not None and not verified:
-                verified, why = _box_agrees(model, images[start:stop], g, box, window)
+            if red is not None and not verified:
+                verified, why = _reduced_agrees(red, images[start:stop], g, window)
+                if not verified and red.tail is not None and red.box is not None:
+                    # the tail's crop did not hold: the input box alone may
+                    red = _reduced(model, red.box, None, top, left)
+                    verified, why2 = _reduced_agrees(red, images[start:stop], g, window)  # type: ignore[arg-type]
+                    why = why if verified else f"{why}; {why2}"
                 if not verified:
-                    box, box_note = None, why
+                    red, box_note = None, why
+                else:
+                    box_note = "; ".join(n for n in (red.note(), box_why) if n)
             total += (g * derivs[start:stop]).double().sum(dim=0)
         bar.update(stop - start)
         start = stop
@@ -273,6 +327,8 @@ def compute_lam(
         kernel_size=l,
         batch=batch,
         warnings=warnings,
-        crop=None if box is None else (box.top, box.left, box.bottom, box.right),
+        crop=None if red is None or red.box is None else (
+            red.box.top, red.box.left, red.box.bottom, red.box.right),
+        tail=None if red is None or red.tail is None else red.tail.describe(),
         crop_note=box_note,
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,7 @@ def normalize_nonnegative(z: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _interpolation_matrix(n_in: int, n_out: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+def interpolation_matrix(n_in: int, n_out: int, device: str, dtype: torch.dtype) -> torch.Tensor:
     """``(n_out, n_in)`` matrix ``M`` with ``M @ v`` = 1-D bicubic resize of ``v``.
 
     Built by resizing the identity with ``F.interpolate`` itself, so it holds exactly the
@@ -64,8 +64,8 @@ def resize(z: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     h, w = int(z.shape[-2]), int(z.shape[-1])
     if (h, w) == size:
         return z
-    mh = _interpolation_matrix(h, size[0], str(z.device), z.dtype)
-    mw = _interpolation_matrix(w, size[1], str(z.device), z.dtype)
+    mh = interpolation_matrix(h, size[0], str(z.device), z.dtype)
+    mw = interpolation_matrix(w, size[1], str(z.device), z.dtype)
     return mh @ z @ mw.T
 
 
@@ -122,17 +122,29 @@ def gradcam_key(g: torch.Tensor) -> torch.Tensor:
     return gradcam_key_flagged(g)[0]
 
 
-def resized_stack(maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+def resized_stack(
+    maps: Sequence[torch.Tensor],
+    size: Sequence[int],
+    resize_fn: Callable[[torch.Tensor, Sequence[int]], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """``R(m, size)`` of each map, as one fresh ``(B, H, W)`` stack in the given order.
 
-    Same-size maps are resized together (one pair of matrix products per size).
+    Same-size maps are resized together (one pair of matrix products per size, or one call
+    of ``resize_fn``, a drop-in for :func:`resize` on a stack such as the tap kernel of
+    :func:`glam.engine.kernels.resize_stack`).
     """
+    do_resize = resize_fn or resize
+    size = (int(size[0]), int(size[1]))
+
+    def one(z: torch.Tensor) -> torch.Tensor:
+        return z if tuple(z.shape[-2:]) == size else do_resize(z, size)
+
     groups: dict[tuple[int, int], list[int]] = {}
     for i, m in enumerate(maps):
         groups.setdefault(tuple(m.shape[-2:]), []).append(i)
     if len(groups) == 1:
-        return resize(torch.stack(list(maps)), size)  # the stack is a fresh tensor
-    out = maps[0].new_empty((len(maps), int(size[0]), int(size[1])))
+        return one(torch.stack(list(maps)))  # the stack is a fresh tensor
+    out = maps[0].new_empty((len(maps), size[0], size[1]))
     for idx in groups.values():
-        out[idx] = resize(torch.stack([maps[i] for i in idx]), size)
+        out[idx] = one(torch.stack([maps[i] for i in idx]))
     return out

@@ -157,6 +157,32 @@ def _routed_seemore(tmp_path: Path, first: torch.Tensor, second: torch.Tensor) -
     return path
 
 
+def test_value_read_is_located_in_model_code_under_a_directory_named_glam(tmp_path: Path) -> None:
+    """The model's own frame is found by the install directories of torch and glam, not by
+    a ``/glam/`` substring: a checkout named ``glam`` puts that substring in the path of
+    every installed architecture (CI once reported ``<frozen runpy>`` instead of
+    ``seemore_arch.py``)."""
+    import importlib.util
+
+    from glam.importers.checkpoint.specialisation import eager_value_reads
+
+    src = tmp_path / "glam" / "site-packages" / "gate_arch.py"
+    src.parent.mkdir(parents=True)
+    src.write_text(
+        "import torch\n"
+        "class Gate(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        if x.mean() > 0.5:\n"
+        "            return x * 2\n"
+        "        return x\n"
+    )
+    spec = importlib.util.spec_from_file_location("gate_arch", src)
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    where = eager_value_reads(mod.Gate(), torch.rand(1, 3, 4, 4))
+    assert "gate_arch.py:4 in forward" in where, where
+
+
 def test_moe_gate_choosing_another_expert_is_refused_by_run_parity(tmp_path: Path) -> None:
     """SeemoRe's gate picks its experts by ``topk`` and a Python loop: every route holds the
     choice made at the probe input. An image whose gate picks another expert is refused by

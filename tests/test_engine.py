@@ -238,6 +238,78 @@ def test_maps_invariants_and_determinism(small_sr: glam.importers.ImportedModel)
         np.testing.assert_array_equal(a.global_[k], b.global_[k])
 
 
+#: The passes side by side (one intra-op thread each) against one after the other (two
+#: threads each): the same operations at other thread counts. Measured bit-identical here
+#: (oneDNN and the fused kernels compute each element the same way whatever the count);
+#: 8 eps of the maps' scale covers a CPU library that splits a reduction by thread.
+ULPS_SIDE_BY_SIDE = 8
+
+
+def _records(res: object) -> list[tuple]:
+    return [(r.index, r.local_map, r.global_map, r.global_grad_map, r.activation_energy,
+             r.local_vanished, r.global_vanished) for r in res.layers]  # type: ignore[attr-defined]
+
+
+def test_passes_side_by_side_equal_the_passes_one_after_the_other(
+    small_sr: glam.importers.ImportedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With two or more threads the local and the global pass run at once
+    (glam.engine.glam._both_passes): the maps and every record equal the serial run's, the
+    records still stream in execution order, two runs are bit-identical, and the caller's
+    thread count is restored."""
+    from glam.engine import glam as engine
+
+    torch.manual_seed(8)
+    x = torch.rand(1, 3, 20, 18)
+    threads = torch.get_num_threads()
+    calls: list[bool] = []
+    real = engine._both_passes
+    monkeypatch.setattr(engine, "_both_passes", lambda *a: calls.append(True) or real(*a))
+    try:
+        torch.set_num_threads(2)
+        seen: list[int] = []
+        side = compute_glam(small_sr, x, 6, 8, 16, on_layer=lambda r: seen.append(r.index))
+        again = compute_glam(small_sr, x, 6, 8, 16)
+        assert calls == [True, True] and torch.get_num_threads() == 2
+        monkeypatch.setenv("GLAM_SIDE_BY_SIDE", "0")
+        serial = compute_glam(small_sr, x, 6, 8, 16)
+        assert calls == [True, True]
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == list(range(len(small_sr.taps)))
+    for k in side.local:
+        np.testing.assert_array_equal(side.local[k], again.local[k])
+        np.testing.assert_array_equal(side.global_[k], again.global_[k])
+        assert_close(side.local[k], serial.local[k], ulps=ULPS_SIDE_BY_SIDE, err_msg=f"local {k}")
+        assert_close(side.global_[k], serial.global_[k], ulps=ULPS_SIDE_BY_SIDE,
+                     err_msg=f"global {k}")
+    for a, b in zip(_records(side), _records(serial), strict=True):
+        assert a[0] == b[0] and a[5:] == b[5:]
+        for u, v in zip(a[1:5], b[1:5], strict=True):
+            assert (u is None) == (v is None)
+            if u is not None:
+                assert_close(u, v, ulps=ULPS_SIDE_BY_SIDE, err_msg=f"tap {a[0]}")
+
+
+def test_a_failing_global_pass_side_by_side_raises_and_restores_threads(
+    small_sr: glam.importers.ImportedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from glam.engine import backward
+
+    def broken(self: object, j: int, cotangent: torch.Tensor) -> None:
+        raise NumericalError(f"broken walk at tap {j}")
+
+    monkeypatch.setattr(backward.GlobalGradients, "gradient", broken)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(NumericalError, match="broken walk"):
+            compute_glam(small_sr, torch.rand(1, 3, 16, 16), 4, 4, 16)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_store_tensors_and_streaming(small_sr: glam.importers.ImportedModel) -> None:
     torch.manual_seed(7)
     x = torch.rand(1, 3, 12, 12)

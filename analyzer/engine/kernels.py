@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import gc
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from types import ModuleType
@@ -39,6 +40,7 @@ from glam.engine.maps import resize as _resize_eager
 from glam.engine.texture import texture_global_grad as _texture_global_grad_eager
 
 _STATE: dict[str, ModuleType | bool | None] = {"module": None}
+_THREADS = threading.local()  # the thread count this thread last gave numba
 
 
 def _kernels() -> ModuleType | None:
@@ -92,21 +94,41 @@ def warm_up() -> bool:
     return True
 
 
+def safe_for_concurrent_calls() -> bool:
+    """Whether two threads may call the kernels at once: true when they are off (eager
+    torch), or numba runs its parallel loops on OpenMP or TBB (its ``workqueue`` fallback
+    is not thread-safe)."""
+    kernels = _kernels()
+    if kernels is None:
+        return True
+    warm_up()
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        return False
+    return layer in ("omp", "tbb")
+
+
 def _applies(t: torch.Tensor) -> ModuleType | None:
     """The kernels if ``t`` goes through them (a float32 CPU tensor), else ``None``."""
     if t.device.type != "cpu" or t.dtype != torch.float32:
         return None
-    n = torch.get_num_threads()
     kernels = _kernels()
-    if kernels is not None:
+    n = torch.get_num_threads()
+    if kernels is not None and getattr(_THREADS, "n", None) != n:
         import numba
 
-        # as many threads as torch's intra-op pool, never more than numba has
+        # as many threads as torch's intra-op pool, never more than numba has; both counts
+        # are per thread, so this thread remembers what it set (numba's setter costs about
+        # 0.1 ms, once per layer and pass: 0.15 s of a paper RCAN analysis)
         numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
         if torch.get_num_threads() != n:
             # starting numba's OpenMP threading layer resets the shared OpenMP runtime to
             # NUMBA_NUM_THREADS, which silently undid torch.set_num_threads (--threads 1)
             torch.set_num_threads(n)
+        _THREADS.n = n
     return kernels
 
 

@@ -12,8 +12,10 @@ tensors too).
 
 from __future__ import annotations
 
+import os
 import traceback
 import weakref
+from pathlib import Path
 
 import torch
 from torch import fx, nn
@@ -66,12 +68,26 @@ class _Taint(TorchDispatchMode):
         return out
 
 
+def _own_dirs() -> tuple[str, ...]:
+    """The directories of torch's and glam's own code (``glam`` and ``glam.importers``), as
+    absolute path prefixes: a frame there is not the model's. Prefixes of the installed
+    packages, not substrings such as ``/glam/``, which a checkout named ``glam`` puts in
+    the path of every package of its virtual environment (spandrel's architectures
+    included)."""
+    import glam
+    import glam.importers
+
+    dirs = [Path(m.__file__).resolve().parent for m in (torch, glam, glam.importers)]
+    return tuple(str(d) + os.sep for d in dirs)
+
+
 def _model_frame() -> str:
     """``file.py:310 in forward``: the innermost frame of the model's own code."""
+    own = _own_dirs()
     for frame in reversed(traceback.extract_stack()[:-2]):
-        path = frame.filename.replace("\\", "/")
-        if "/torch/" not in path and "/glam/" not in path and "/importers/" not in path:
-            return f"{path.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name}"
+        path = str(Path(frame.filename).resolve()) if frame.filename[:1] != "<" else frame.filename
+        if not path.startswith(own) and not frame.filename.startswith("<"):
+            return f"{Path(path).name}:{frame.lineno} in {frame.name}"
     return "an unknown place"
 
 

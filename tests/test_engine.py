@@ -254,7 +254,7 @@ def test_passes_side_by_side_equal_the_passes_one_after_the_other(
     small_sr: glam.importers.ImportedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With two or more threads the local and the global pass run at once
-    (glam.engine.glam._both_passes): the maps and every record equal the serial run's, the
+    (glam.engine.side_by_side.both_passes): the maps and every record equal the serial run's, the
     records still stream in execution order, two runs are bit-identical, and the caller's
     thread count is restored."""
     from glam.engine import glam as engine
@@ -263,8 +263,8 @@ def test_passes_side_by_side_equal_the_passes_one_after_the_other(
     x = torch.rand(1, 3, 20, 18)
     threads = torch.get_num_threads()
     calls: list[bool] = []
-    real = engine._both_passes
-    monkeypatch.setattr(engine, "_both_passes", lambda *a: calls.append(True) or real(*a))
+    real = engine.both_passes
+    monkeypatch.setattr(engine, "both_passes", lambda *a: calls.append(True) or real(*a))
     try:
         torch.set_num_threads(2)
         seen: list[int] = []

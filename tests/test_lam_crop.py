@@ -222,6 +222,10 @@ def test_tail_crop_measures_the_tail_and_needs_a_dominator() -> None:
     # them; columns 18..24 likewise q in [8, 14)
     assert (tail.top, tail.bottom, tail.scale, tail.shape) == (7, 13, 2, (20, 22))
     assert (tail.left, tail.right) == (8, 14)
+    # a larger input: the probes run on its 32x32 corner, the crop is placed on the whole
+    big, why = tail_crop(model.graph, torch.rand(1, 3, 48, 50), 60, 64, 6)
+    assert big is not None, why
+    assert (big.top, big.bottom, big.left, big.right, big.shape) == (29, 35, 31, 37, (48, 50))
     skip = glam.importers.from_module(TailSR(hr=2, skip=True))
     none, why = tail_crop(skip.graph, x, 16, 18, 6)
     assert none is None and "dominates" in why

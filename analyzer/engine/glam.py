@@ -8,11 +8,9 @@ the Consensus / Variation / Sum accumulators (:mod:`glam.engine.maps`). See ``do
 
 from __future__ import annotations
 
-import os
 import time
 import warnings as pywarnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
@@ -31,6 +29,7 @@ from glam.engine.maps import (
     resized_stack,
 )
 from glam.engine.segments import SegmentCache, SegmentedGraph
+from glam.engine.side_by_side import both_passes, passes_side_by_side
 from glam.engine.texture import texture_roi
 from glam.errors import AnalysisError, NumericalError
 from glam.importers.model import ImportedModel
@@ -397,52 +396,6 @@ def _global_pass_batched(
     out.seconds = time.perf_counter() - t0
 
 
-def _passes_side_by_side(device: torch.device, mode: str, store_grads: bool) -> bool:
-    """Whether the local and the global pass run side by side (:func:`_both_passes`): on
-    CPU with at least two threads, the fused per-layer kernels (their threading layer safe
-    for concurrent calls), records not streamed with raw tensors (``store="tensors"`` keeps
-    every gradient until its record is written, which the streaming global pass avoids),
-    and not switched off by ``GLAM_SIDE_BY_SIDE=0``."""
-    if device.type != "cpu" or mode != "per-layer" or store_grads:
-        return False
-    if os.environ.get("GLAM_SIDE_BY_SIDE", "1") == "0" or torch.get_num_threads() < 2:
-        return False
-    return kernels.safe_for_concurrent_calls()
-
-
-def _both_passes(local: Callable[[], _LocalPass], global_: Callable[[], None]) -> _LocalPass:
-    """Run the local and the global pass at once, splitting this thread's CPU threads.
-
-    The two passes read the same forward graph and write nothing the other reads, so they
-    need no ordering: the global pass runs in a second thread while this one runs the local
-    pass. Each pass is a chain of small autograd calls and per-layer kernels; side by side,
-    each with its share of the threads, they keep the cores busy through the other's
-    synchronisation points, where one pass after the other with all threads waits at every
-    operator's barrier (measured on paper RCAN, 2 cores: GL-AM / fwd+bwd 1.86 -> see
-    ``docs/performance.md``). Results are those of the same passes run one after the other
-    at the same per-pass thread counts.
-    """
-    threads = torch.get_num_threads()
-    mine, theirs = threads - threads // 2, threads // 2
-
-    def in_thread() -> None:
-        torch.set_num_threads(theirs)  # per thread: OpenMP's thread count is thread-local
-        global_()
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="glam-global") as pool:
-        done = pool.submit(in_thread)
-        torch.set_num_threads(mine)
-        try:
-            result = local()
-        finally:
-            torch.set_num_threads(threads)
-            # a failure in the local pass still waits for the global one before raising
-            error = done.exception()
-    if error is not None:
-        raise error
-    return result
-
-
 @input_in_full_precision
 def compute_glam(
     model: ImportedModel,
@@ -532,9 +485,9 @@ def compute_glam(
     store_grads = store == "tensors"
     n = len(taps)
     glob = _GlobalPass()
-    side_by_side = _passes_side_by_side(device, mode, store_grads)
+    side_by_side = passes_side_by_side(device, mode, store_grads)
     if side_by_side:
-        local = _both_passes(
+        local = both_passes(
             lambda: _local_pass(seg, y, taps, values, leaves, flags, names,
                                 (top, left, window), store_grads, mode),
             lambda: _global_pass(glob, seg, x, (H, W), taps, values, leaves, parents, flags,

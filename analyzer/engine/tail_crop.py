@@ -36,6 +36,9 @@ from torch import fx
 #: The tail crop is used only when its cone is at most this share of the value's pixels.
 MAX_SHARE = 1.0 - MIN_SAVING
 
+#: The tail's probes run on at most this many input pixels a side.
+PROBE_SIZE = 32
+
 
 @dataclass(frozen=True)
 class TailCrop:
@@ -171,31 +174,39 @@ def tail_crop(
         The ROI in output pixels (``T_ROI`` reads ``top .. top + window``).
     """
     h, w = int(x.shape[-2]), int(x.shape[-1])
+    if h < 4 or w < 4:
+        return None, "the input is too small to measure the tail's reach"
     doms = dominators(gm.graph)
     if not doms:
         return None, "no value of the graph dominates its output"
+    # Both probes run on the input's top-left corner of at most PROBE_SIZE pixels a side
+    # (a quarter of a forward pass at 64x64): which value sits at the input's resolution
+    # and how far the tail reaches do not depend on the image's size, and the first path
+    # step checks the crop on the full input anyway.
+    xp = x[..., : min(h, PROBE_SIZE), : min(w, PROBE_SIZE)]
+    hp, wp = int(xp.shape[-2]), int(xp.shape[-1])
     names = [d.name for d in doms]
-    shapes_gm = _shapes_graph(gm, names)
-    with torch.no_grad():
-        y, *shapes = shapes_gm(x)
-    H, W = int(y.shape[-2]), int(y.shape[-1])
-    at_input = [n for n, s in zip(names, shapes, strict=True) if len(s) == 4 and s[-2:] == (h, w)]
+    try:
+        with torch.no_grad():
+            y, *shapes = _shapes_graph(gm, names)(xp)
+    except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
+        return None, f"the model failed on the {hp}x{wp} probe: {exc}"
+    HP, WP = int(y.shape[-2]), int(y.shape[-1])
+    at_input = [n for n, s in zip(names, shapes, strict=True) if len(s) == 4 and s[-2:] == (hp, wp)]
     if not at_input:
         return None, "no dominator of the output at the input's resolution"
     node = at_input[-1]
-    if H % h or W % w or H // h != W // w:
+    if HP % hp or WP % wp or HP // hp != WP // wp:
         return None, "the output is not an integer multiple of the input"
-    s = H // h
-    cy, cx = h // 2 - 1, w // 2 - 1
-    if h < 4 or w < 4:
-        return None, "the input is too small to measure the tail's reach"
-    probe = _rewired(gm, node, _nan_block, (cy, cx))
+    s = HP // hp
+    H, W = s * h, s * w
+    cy, cx = hp // 2 - 1, wp // 2 - 1
     try:
         with torch.no_grad():
-            yp = probe(x)
+            yp = _rewired(gm, node, _nan_block, (cy, cx))(xp)
     except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
         return None, f"the tail failed on the NaN probe: {exc}"
-    if tuple(yp.shape[-2:]) != (H, W):
+    if tuple(yp.shape[-2:]) != (HP, WP):
         return None, "the tail's output is not scale x its input"
     bad = torch.isnan(yp).flatten(0, -3).any(dim=0)
     rows = bad.any(dim=1).nonzero().flatten()
@@ -203,8 +214,8 @@ def tail_crop(
     if rows.numel() == 0:
         return None, "the NaN probe of the tail reached no output pixel"
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-    if r0 == 0 or c0 == 0 or r1 == H - 1 or c1 == W - 1:
-        return None, "the tail's receptive field reaches the image border"
+    if r0 == 0 or c0 == 0 or r1 == HP - 1 or c1 == WP - 1:
+        return None, "the tail's receptive field reaches the probe's border"
     up, down = s * cy - r0, r1 - (s * cy + 2 * s - 1)
     lft, rgt = s * cx - c0, c1 - (s * cx + 2 * s - 1)
     t, b = span(top, min(H - 1, top + window), up, down, s, h)

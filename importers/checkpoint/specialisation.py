@@ -13,6 +13,7 @@ tensors too).
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 import weakref
 from pathlib import Path
@@ -69,16 +70,16 @@ class _Taint(TorchDispatchMode):
 
 
 def _own_dirs() -> tuple[str, ...]:
-    """The directories of torch's and glam's own code (``glam`` and ``glam.importers``), as
-    absolute path prefixes: a frame there is not the model's. Prefixes of the installed
-    packages, not substrings such as ``/glam/``, which a checkout named ``glam`` puts in
-    the path of every package of its virtual environment (spandrel's architectures
-    included)."""
-    import glam
-    import glam.importers
-
-    dirs = [Path(m.__file__).resolve().parent for m in (torch, glam, glam.importers)]
-    return tuple(str(d) + os.sep for d in dirs)
+    """The directories of torch's and glam's own code (the ``glam`` package and its
+    ``importers``), as absolute path prefixes: a frame there is not the model's. Prefixes
+    of the installed packages, not substrings such as ``/glam/``, which a checkout named
+    ``glam`` puts in the path of every package of its virtual environment (spandrel's
+    architectures included)."""
+    glam_init = getattr(sys.modules.get("glam"), "__file__", None)  # imported before us
+    dirs = [Path(torch.__file__).parent, Path(__file__).parents[1]]
+    if glam_init:
+        dirs.append(Path(glam_init).parent)
+    return tuple(str(d.resolve()) + os.sep for d in dirs)
 
 
 def _model_frame() -> str:

@@ -265,3 +265,27 @@ def test_a_positional_tail_falls_back_to_the_box() -> None:
     full = compute_lam(model, x, 20, 20, 6, fold=5, lam_batch=1, crop=False)
     assert_close(res.attribution, full.attribution, ulps=ULPS_BOX)
     assert_close(res.map, full.map, ulps=ULPS_BOX)
+
+
+@pytest.mark.parametrize(("multiple", "side"), [(0, 32), (12, 24), (40, 40), (64, 48)])
+def test_tail_probes_run_on_a_corner_the_graph_accepts(
+    monkeypatch: pytest.MonkeyPatch, multiple: int, side: int
+) -> None:
+    """The probes' corner is at most 32 pixels a side and a multiple of the graph's size
+    multiple (the whole input when the multiple is larger); the crop is the same."""
+    from glam.engine import tail_crop as tc
+
+    seen: list[tuple[int, ...]] = []
+    real = tc._shapes_graph
+
+    def spy(gm, names):  # type: ignore[no-untyped-def]
+        inner = real(gm, names)
+        return lambda xp: seen.append(tuple(xp.shape[-2:])) or inner(xp)
+
+    monkeypatch.setattr(tc, "_shapes_graph", spy)
+    torch.manual_seed(3)
+    model = glam.importers.from_module(TailSR(hr=2))
+    crop, why = tc.tail_crop(model.graph, torch.rand(1, 3, 48, 48), 60, 64, 6, multiple)
+    assert crop is not None, why
+    assert seen == [(side, side)]
+    assert (crop.top, crop.bottom, crop.left, crop.right) == (29, 35, 31, 37)

@@ -253,7 +253,9 @@ def compute_lam(
     box_note = "off"
     if crop:
         box, box_note = roi_crop(model, x, top, left, window)
-        tail, tail_note = tail_crop(model.graph, x, top, left, window)
+        tail, tail_note = (None, "the graph is fixed to one input size") \
+            if model.conventions.fixed_size is not None else tail_crop(
+                model.graph, x, top, left, window, int(model.metadata.get("input_multiple") or 0))
         red = _reduced(model, box, tail, top, left)
         box_why = "" if box is not None else f"full input: {box_note}"
         box_note = "; ".join(n for n in (box_note, tail_note) if n)

@@ -39,6 +39,11 @@ MAX_SHARE = 1.0 - MIN_SAVING
 #: The tail's probes run on at most this many input pixels a side.
 PROBE_SIZE = 32
 
+#: What a model may raise on the probe's smaller input (a reshape to a fixed size, an
+#: exported graph's own shape check); the tail is then not used.
+_PROBE_ERRORS = (RuntimeError, ValueError, IndexError, AssertionError, TypeError,
+                 NotImplementedError)
+
 
 @dataclass(frozen=True)
 class TailCrop:
@@ -159,7 +164,7 @@ def _slice(t: torch.Tensor, top: int, bottom: int, left: int, right: int) -> tor
 
 
 def tail_crop(
-    gm: fx.GraphModule, x: torch.Tensor, top: int, left: int, window: int
+    gm: fx.GraphModule, x: torch.Tensor, top: int, left: int, window: int, multiple: int = 0
 ) -> tuple[TailCrop | None, str]:
     """The crop of the last dominator at the input's resolution that can reach the ROI,
     or ``(None, why not)``.
@@ -172,8 +177,12 @@ def tail_crop(
         Canonical input ``1 x C x h x w`` (the full input).
     top, left, window:
         The ROI in output pixels (``T_ROI`` reads ``top .. top + window``).
+    multiple:
+        The graph runs only at multiples of this size (``0``: any size); the probe's corner
+        is a multiple of it, or the whole input.
     """
     h, w = int(x.shape[-2]), int(x.shape[-1])
+    side = PROBE_SIZE if multiple < 2 else max(multiple, PROBE_SIZE // multiple * multiple)
     if h < 4 or w < 4:
         return None, "the input is too small to measure the tail's reach"
     doms = dominators(gm.graph)
@@ -183,13 +192,13 @@ def tail_crop(
     # (a quarter of a forward pass at 64x64): which value sits at the input's resolution
     # and how far the tail reaches do not depend on the image's size, and the first path
     # step checks the crop on the full input anyway.
-    xp = x[..., : min(h, PROBE_SIZE), : min(w, PROBE_SIZE)]
+    xp = x[..., : min(h, side), : min(w, side)]
     hp, wp = int(xp.shape[-2]), int(xp.shape[-1])
     names = [d.name for d in doms]
     try:
         with torch.no_grad():
             y, *shapes = _shapes_graph(gm, names)(xp)
-    except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
+    except _PROBE_ERRORS as exc:
         return None, f"the model failed on the {hp}x{wp} probe: {exc}"
     HP, WP = int(y.shape[-2]), int(y.shape[-1])
     at_input = [n for n, s in zip(names, shapes, strict=True) if len(s) == 4 and s[-2:] == (hp, wp)]
@@ -204,7 +213,7 @@ def tail_crop(
     try:
         with torch.no_grad():
             yp = _rewired(gm, node, _nan_block, (cy, cx))(xp)
-    except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
+    except _PROBE_ERRORS as exc:
         return None, f"the tail failed on the NaN probe: {exc}"
     if tuple(yp.shape[-2:]) != (HP, WP):
         return None, "the tail's output is not scale x its input"

@@ -118,20 +118,35 @@ def probe_reach(model: ImportedModel, x: torch.Tensor) -> Reach:
         return Reach(None, f"the model failed on the NaN probe: {exc}")
     if tuple(y.shape[-2:]) != (s * h, s * w):
         return Reach(None, "the output is not scale x input")
+    extent = nan_footprint(y, s, cy, cx)
+    if extent == "none":
+        return Reach(None, "the NaN probe reached no output pixel (an operation swallows NaN)")
+    if extent == "border":
+        return Reach(None, "the receptive field reaches the image border (a global operation, "
+                           "or a reach larger than the input)")
+    return Reach(extent)  # type: ignore[arg-type]
+
+
+def nan_footprint(
+    y: torch.Tensor, s: int, cy: int, cx: int
+) -> tuple[int, int, int, int] | str:
+    """The reach ``(up, down, left, right)`` in output pixels of the 2x2 NaN block at
+    ``(cy, cx)`` of a probe whose output is ``y`` (``s`` output pixels per probed pixel),
+    or ``"none"`` when no output pixel is NaN, ``"border"`` when the NaN pixels touch the
+    output's border (the reach cannot be measured on this probe)."""
     bad = torch.isnan(y).flatten(0, -3).any(dim=0)  # (H, W)
     rows = bad.any(dim=1).nonzero().flatten()
     cols = bad.any(dim=0).nonzero().flatten()
     if rows.numel() == 0:
-        return Reach(None, "the NaN probe reached no output pixel (an operation swallows NaN)")
+        return "none"
     r0, r1 = int(rows[0]), int(rows[-1])
     c0, c1 = int(cols[0]), int(cols[-1])
-    H, W = s * h, s * w
+    H, W = int(bad.shape[0]), int(bad.shape[1])
     if r0 == 0 or c0 == 0 or r1 == H - 1 or c1 == W - 1:
-        return Reach(None, "the receptive field reaches the image border (a global operation, "
-                           "or a reach larger than the input)")
+        return "border"
     # relative to the output block of one probed pixel: the block's far pixel reaches as far
     # beyond its own output as the near one does beyond its own
-    return Reach((s * cy - r0, r1 - (s * cy + 2 * s - 1), s * cx - c0, c1 - (s * cx + 2 * s - 1)))
+    return (s * cy - r0, r1 - (s * cy + 2 * s - 1), s * cx - c0, c1 - (s * cx + 2 * s - 1))
 
 
 def span(lo_out: int, hi_out: int, before: int, after: int, s: int, n: int) -> tuple[int, int]:

@@ -550,13 +550,13 @@ def compute_glam(
                 layers.append(rec)
         emitted = max(emitted, last + 1)
 
-    args = (glob, seg, x, (H, W), taps, values, leaves, parents, flags, names, store_grads, emit_through)
-    if side_by_side:
-        pass  # both passes are done: the records go out below
-    elif batched:
-        _global_pass_batched(*args, compile=mode == "compiled")
-    else:
-        _global_pass(*args)
+    if not side_by_side:  # side by side, both passes are done: the records go out below
+        args = (glob, seg, x, (H, W), taps, values, leaves, parents, flags, names, store_grads,
+                emit_through)
+        if batched:
+            _global_pass_batched(*args, compile=mode == "compiled")
+        else:
+            _global_pass(*args)
     emit_through(n - 1)
     _sync(device)
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None

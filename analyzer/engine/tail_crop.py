@@ -27,10 +27,11 @@ against the full input (:func:`glam.engine.lam.compute_lam`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from glam.engine.crop import MIN_SAVING, span
+from glam.engine.crop import MIN_SAVING, nan_footprint, span
 from torch import fx
 
 #: The tail crop is used only when its cone is at most this share of the value's pixels.
@@ -139,21 +140,33 @@ def _shape_of(t: object) -> tuple[int, ...]:
     return tuple(t.shape) if isinstance(t, torch.Tensor) and t.is_floating_point() else ()
 
 
-def _rewired(gm: fx.GraphModule, node: str, fn, args: tuple) -> fx.GraphModule:  # type: ignore[no-untyped-def]
-    """A copy of ``gm`` that outputs ``y`` only, with ``fn(value_of_node, *args)`` read by
-    every consumer of ``node`` in place of its value."""
+def _copy_to_y(
+    gm: fx.GraphModule, visit: Callable[[fx.Graph, fx.Node, fx.Node], fx.Node | None]
+) -> tuple[fx.Graph, dict[fx.Node, fx.Node], fx.Node]:
+    """A copy of ``gm``'s graph up to its output ``y`` (no output node yet), the map from old
+    to new nodes and ``y``. ``visit(graph, old, new)`` sees each copied node and may return
+    the node its consumers read instead."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
-    old = gm.graph
-    y = _output_node(old)
-    for n in old.nodes:
+    y = _output_node(gm.graph)
+    for n in gm.graph.nodes:
         if n.op == "output":
             break
         env[n] = graph.node_copy(n, lambda a: env[a])
-        if n.name == node:
-            env[n] = graph.call_function(fn, (env[n], *args))
+        env[n] = visit(graph, n, env[n]) or env[n]
         if n is y:
             break
+    return graph, env, y
+
+
+def _rewired(gm: fx.GraphModule, node: str, fn, args: tuple) -> fx.GraphModule:  # type: ignore[no-untyped-def]
+    """A copy of ``gm`` that outputs ``y`` only, with ``fn(value_of_node, *args)`` read by
+    every consumer of ``node`` in place of its value."""
+
+    def visit(graph: fx.Graph, old: fx.Node, new: fx.Node) -> fx.Node | None:
+        return graph.call_function(fn, (new, *args)) if old.name == node else None
+
+    graph, env, y = _copy_to_y(gm, visit)
     graph.output(env[y])
     return fx.GraphModule(gm, graph)
 
@@ -217,16 +230,12 @@ def tail_crop(
         return None, f"the tail failed on the NaN probe: {exc}"
     if tuple(yp.shape[-2:]) != (HP, WP):
         return None, "the tail's output is not scale x its input"
-    bad = torch.isnan(yp).flatten(0, -3).any(dim=0)
-    rows = bad.any(dim=1).nonzero().flatten()
-    cols = bad.any(dim=0).nonzero().flatten()
-    if rows.numel() == 0:
+    extent = nan_footprint(yp, s, cy, cx)
+    if extent == "none":
         return None, "the NaN probe of the tail reached no output pixel"
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-    if r0 == 0 or c0 == 0 or r1 == HP - 1 or c1 == WP - 1:
+    if extent == "border":
         return None, "the tail's receptive field reaches the probe's border"
-    up, down = s * cy - r0, r1 - (s * cy + 2 * s - 1)
-    lft, rgt = s * cx - c0, c1 - (s * cx + 2 * s - 1)
+    up, down, lft, rgt = extent  # type: ignore[misc]
     t, b = span(top, min(H - 1, top + window), up, down, s, h)
     lf, rt = span(left, min(W - 1, left + window), lft, rgt, s, w)
     crop = TailCrop(node, t, lf, b, rt, s, (h, w))
@@ -238,19 +247,14 @@ def tail_crop(
 def _shapes_graph(gm: fx.GraphModule, names: list[str]) -> fx.GraphModule:
     """A copy of ``gm`` returning ``(y, shape of each named value)`` (shapes, not values,
     so nothing is kept alive)."""
-    graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    y = _output_node(gm.graph)
     wanted = set(names)
     shapes: dict[str, fx.Node] = {}
-    for n in gm.graph.nodes:
-        if n.op == "output":
-            break
-        env[n] = graph.node_copy(n, lambda a: env[a])
-        if n.name in wanted:
-            shapes[n.name] = graph.call_function(_shape_of, (env[n],))
-        if n is y:
-            break
+
+    def visit(graph: fx.Graph, old: fx.Node, new: fx.Node) -> None:
+        if old.name in wanted:
+            shapes[old.name] = graph.call_function(_shape_of, (new,))
+
+    graph, env, y = _copy_to_y(gm, visit)
     graph.output((env[y], *[shapes[k] for k in names]))
     return fx.GraphModule(gm, graph)
 

@@ -179,6 +179,9 @@ def test_batched_path_reads_nothing_back_per_layer(monkeypatch: pytest.MonkeyPat
     operations CUDA runs (no numba), the batched path reads values back once per chunk
     of layers, not per layer; the per-layer path reads several per layer."""
     monkeypatch.setenv("GLAM_FUSED_KERNELS", "0")
+    # one thread for both passes: the spy's dispatch mode is thread-local, and side by side
+    # (2+ torch threads, as when this test runs alone) the global pass's reads go unseen
+    monkeypatch.setenv("GLAM_SIDE_BY_SIDE", "0")
     monkeypatch.setattr(glam_mod, "KEY_CHUNK", 4)
     model, x = _model("rnan"), _x(1)
     n_part = sum(t.participating for t in model.taps)

@@ -12,16 +12,19 @@ import time
 import warnings as pywarnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, cast
 
 import numpy as np
 import torch
 from glam.engine import batched as bk
-from glam.engine import kernels
+from glam.engine import kernels, local_tail
 from glam.engine.accumulate import KeyAccumulator
 from glam.engine.allocator import keep_freed_memory
 from glam.engine.backward import GlobalGradients, LocalBackward
 from glam.engine.device import input_in_full_precision
+from glam.engine.finite import check_all_finite as _check_all_finite
+from glam.engine.finite import check_finite as _check_finite
 from glam.engine.maps import (
     normalize_,
     normalize_nonnegative,
@@ -31,7 +34,7 @@ from glam.engine.maps import (
 from glam.engine.segments import SegmentCache, SegmentedGraph
 from glam.engine.side_by_side import both_passes, passes_side_by_side
 from glam.engine.texture import texture_roi
-from glam.errors import AnalysisError, NumericalError
+from glam.errors import AnalysisError
 from glam.importers.model import ImportedModel
 from glam.importers.tap import participation
 
@@ -103,6 +106,7 @@ class GlamMaps:
     warnings: list[str] = field(default_factory=list)
     per_layer: str = "per-layer"
     peak_memory_bytes: int | None = None
+    local_tail: str = ""  # the local pass's tail crop (glam.engine.local_tail), described
 
 
 def resolve_per_layer(mode: str, device: torch.device) -> str:
@@ -146,25 +150,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _check_finite(t: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(t).all():
-        raise NumericalError(
-            f"{what} contains NaN or Inf; the model or input is numerically broken "
-            "(check the input range with --input-range)"
-        )
-
-
-def _check_all_finite(maps: Sequence[torch.Tensor], what: Sequence[str]) -> None:
-    """One finiteness check for many maps (a NaN/Inf gradient makes its Grad-CAM map
-    non-finite); names the first offending map."""
-    if not maps:
-        return
-    sums = torch.stack([m.sum() for m in maps])
-    if not bool(torch.isfinite(sums).all()):
-        first = int((~torch.isfinite(sums)).nonzero()[0, 0])
-        _check_finite(maps[first] * float("nan"), what[first])
-
-
 def layer_key_stack(maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
     """``N(R(N(m), size))`` for each non-negative map, as one ``(B, H, W)`` stack.
 
@@ -193,6 +178,7 @@ class _LocalPass:
     depends: bool  # some participating g_i is non-zero
     maps: dict[str, torch.Tensor]  # Consensus / Variation / Sum at output size
     seconds: float
+    tail: str = ""  # the tail crop in use (glam.engine.local_tail), described
 
 
 def _local_pass(
@@ -206,17 +192,27 @@ def _local_pass(
     roi: tuple[int, int, int],
     keep_grads: bool,
     mode: str = "per-layer",
+    tail_of: Callable[[], local_tail.TailPlan | None] | None = None,
 ) -> _LocalPass:
     """The local map: one backward of ``T_ROI(y)``, segment by segment, then the keys.
 
     ``mode`` ``"batched"``/``"compiled"`` queues the gradients and takes their keys in
     same-shape batches (:class:`glam.engine.batched.KeyBatcher`), with no read back to
-    the host until the pass is done."""
+    the host until the pass is done. ``tail_of()`` gives the graph's tail plan
+    (:mod:`glam.engine.local_tail`): the tail's gradients then come from the ROI's crop,
+    and the segments' backward starts at the tail's dominator."""
     t0 = time.perf_counter()
     top, left, window = roi
     n = len(taps)
     local = LocalBackward(seg, taps, leaves)
-    local.seed(texture_roi(y, top, left, window).sum(), y)
+    plan = tail_of() if tail_of is not None else None
+    tail = local_tail.tail_gradients(plan, values, taps, y, roi) if plan is not None else None
+    if tail is None:
+        local.seed(texture_roi(y, top, left, window).sum(), y)
+        first = seg.n_cuts
+    else:
+        local.cut_grads[tail.cut] = tail.grad_d
+        first = tail.cut + 1
     tap_of_cut = {k: j for j, k in seg.cut_of_tap.items()}
     raw: list[torch.Tensor | None] = [None] * n
     vanished = [False] * n
@@ -239,7 +235,10 @@ def _local_pass(
         raw[i] = key.detach()
         depends = depends or (flags[i] and bool(g.any()))
 
-    for k in reversed(range(seg.n_cuts)):
+    if tail is not None:  # the tail's taps, from the crop (zero outside it)
+        for i, g in tail.tap_grads.items():
+            take(i, g)
+    for k in reversed(range(first)):
         g = local.step(k, values)
         j = tap_of_cut.get(k)
         if g is not None and j is not None:
@@ -263,7 +262,8 @@ def _local_pass(
         chunk = part_idx[start : start + KEY_CHUNK]
         acc.add_maps([raws[i] for i in chunk], size)
     maps = acc.finish(size, y.device)
-    return _LocalPass(raws, vanished, grads, depends, maps, time.perf_counter() - t0)
+    note = "" if tail is None or plan is None else local_tail.describe(plan, tail)
+    return _LocalPass(raws, vanished, grads, depends, maps, time.perf_counter() - t0, note)
 
 
 @dataclass
@@ -486,16 +486,19 @@ def compute_glam(
     n = len(taps)
     glob = _GlobalPass()
     side_by_side = passes_side_by_side(device, mode, store_grads)
+    # the tail's crop on CPU's per-layer path (the batched path is CUDA's, read-back free)
+    tail_of = partial(local_tail.plan_for, model.graph, seg, flags, values, y) if not batched else None
     if side_by_side:
         local = both_passes(
             lambda: _local_pass(seg, y, taps, values, leaves, flags, names,
-                                (top, left, window), store_grads, mode),
+                                (top, left, window), store_grads, mode, tail_of),
             lambda: _global_pass(glob, seg, x, (H, W), taps, values, leaves, parents, flags,
                                  names, store_grads, lambda _j: None),
         )
     else:
         local = _local_pass(
-            seg, y, taps, values, leaves, flags, names, (top, left, window), store_grads, mode
+            seg, y, taps, values, leaves, flags, names, (top, left, window), store_grads, mode,
+            tail_of,
         )
     local_host = bk.to_host(local.raw) if batched else None  # one copy for all taps
     if not local.depends:
@@ -578,4 +581,5 @@ def compute_glam(
         warnings=warn,
         per_layer=mode,
         peak_memory_bytes=peak,
+        local_tail=local.tail,
     )

@@ -69,6 +69,8 @@ class SegmentedGraph:
         Cut id of the output when the output value is itself a cut point, else ``None``.
     tap_ancestors:
         For each cut id: the participating taps it depends on (a tap includes itself).
+    cut_names:
+        For each cut id: the name of its node in the tapped graph.
     """
 
     module: fx.GraphModule
@@ -78,6 +80,7 @@ class SegmentedGraph:
     reads: dict[int | str, list[int]]
     inner_taps: dict[int | str, list[int]]
     tap_ancestors: list[frozenset[int]]
+    cut_names: tuple[str, ...] = ()
     _plans: dict[tuple[int, int], list[tuple[int, list[int]]]] = field(
         default_factory=dict, repr=False
     )
@@ -250,6 +253,7 @@ def build_segmented(
         reads=reads,
         inner_taps=inner,
         tap_ancestors=[anc[n] | ({tap_index[n]} if n in part_taps else set()) for n in cut_nodes],
+        cut_names=tuple(n.name for n in cut_nodes),
     )
 
 

@@ -291,6 +291,73 @@ def test_passes_side_by_side_equal_the_passes_one_after_the_other(
                 assert_close(u, v, ulps=ULPS_SIDE_BY_SIDE, err_msg=f"tap {a[0]}")
 
 
+def test_the_local_pass_thread_takes_global_layers_once_done(
+    small_sr: glam.importers.ImportedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Side by side, the global pass's layers come from one queue: once the local pass is
+    done its thread takes those the global thread has not started (here the global thread is
+    slowed down, so both take some). Maps and records equal the serial run's, and the
+    queue hands out every layer exactly once."""
+    import threading
+    import time
+
+    from glam.engine import global_pass as gp
+
+    real = gp.global_layer
+    who: dict[int, list[str]] = {}
+
+    def slow(out, walker, taps, j, keep):  # type: ignore[no-untyped-def]
+        name = threading.current_thread().name
+        if name.startswith("glam-global"):
+            time.sleep(0.05)
+        who.setdefault(j, []).append(name)
+        real(out, walker, taps, j, keep)
+
+    monkeypatch.setattr(gp, "global_layer", slow)
+    torch.manual_seed(9)
+    x = torch.rand(1, 3, 20, 18)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        shared = compute_glam(small_sr, x, 6, 8, 16)
+        taken = {j: list(v) for j, v in who.items()}
+        monkeypatch.setenv("GLAM_SIDE_BY_SIDE", "0")
+        serial = compute_glam(small_sr, x, 6, 8, 16)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    part = [i for i, p in enumerate(shared.participating) if p]
+    assert sorted(taken) == part and all(len(v) == 1 for v in taken.values()), taken
+    names = {v[0].startswith("glam-global") for v in taken.values()}
+    assert names == {True, False}, taken  # both threads took layers
+    for k in shared.global_:
+        assert_close(shared.global_[k], serial.global_[k], ulps=ULPS_SIDE_BY_SIDE, err_msg=k)
+    for a, b in zip(_records(shared), _records(serial), strict=True):
+        assert a[0] == b[0] and a[5:] == b[5:]
+        for u, v in zip(a[1:5], b[1:5], strict=True):
+            if u is not None:
+                assert_close(u, v, ulps=ULPS_SIDE_BY_SIDE, err_msg=f"tap {a[0]}")
+
+
+def test_layer_queue_hands_out_each_layer_once_across_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from glam.engine.global_pass import LayerQueue
+
+    queue = LayerQueue(range(2000))
+
+    def drain() -> list[int]:
+        got = []
+        while (j := queue()) is not None:
+            got.append(j)
+        return got
+
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(lambda _: drain(), range(4)))
+    assert sorted(j for p in parts for j in p) == list(range(2000))
+    assert queue() is None
+
+
 def test_a_failing_global_pass_side_by_side_raises_and_restores_threads(
     small_sr: glam.importers.ImportedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:

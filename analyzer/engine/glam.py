@@ -3,7 +3,8 @@
 Cost: one forward pass through the segmented graph (:mod:`glam.engine.segments`), one
 backward pass for the local map, run segment by segment, and one short walk per
 participating layer for the global map, about one more backward in all, not ``n``
-(:mod:`glam.engine.backward`). Per-layer keys are resized in batches and streamed into
+(:mod:`glam.engine.backward`, :mod:`glam.engine.global_pass`); on CPU the local pass runs
+the graph's tail on the ROI's crop only (:mod:`glam.engine.local_tail`). Per-layer keys are resized in batches and streamed into
 the Consensus / Variation / Sum accumulators (:mod:`glam.engine.maps`). See ``docs/method.md``."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Literal, cast
 import numpy as np
 import torch
 from glam.engine import batched as bk
+from glam.engine import global_pass as gp
 from glam.engine import kernels, local_tail
 from glam.engine.accumulate import KeyAccumulator
 from glam.engine.allocator import keep_freed_memory
@@ -27,8 +29,6 @@ from glam.engine.finite import check_all_finite as _check_all_finite
 from glam.engine.finite import check_finite as _check_finite
 from glam.engine.maps import (
     normalize_,
-    normalize_nonnegative,
-    resize,
     resized_stack,
 )
 from glam.engine.segments import SegmentCache, SegmentedGraph
@@ -266,136 +266,6 @@ def _local_pass(
     return _LocalPass(raws, vanished, grads, depends, maps, time.perf_counter() - t0, note)
 
 
-@dataclass
-class _GlobalPass:
-    """What :func:`_global_pass` fills in (per-layer dicts keyed by tap index; entries are
-    popped as their records are handed out)."""
-
-    m: dict[int, torch.Tensor] = field(default_factory=dict)  # m_j, native size
-    raw: dict[int, torch.Tensor] = field(default_factory=dict)  # A(G_j), parent's size
-    energy: dict[int, torch.Tensor] = field(default_factory=dict)  # a_j
-    grads: dict[int, torch.Tensor] = field(default_factory=dict)  # G_j (store="tensors")
-    maps: dict[str, torch.Tensor] = field(default_factory=dict)
-    vanished: set[int] = field(default_factory=set)  # A(G_j) = 0 by the vanishing rule
-    vanished_t: dict[int, torch.Tensor] = field(default_factory=dict)  # the same, on device
-    seconds: float = 0.0
-
-
-def _global_pass(
-    out: _GlobalPass,
-    seg: SegmentedGraph,
-    x: torch.Tensor,
-    size: tuple[int, int],
-    taps: Sequence[torch.Tensor],
-    values: Sequence[object],
-    leaves: Sequence[object],
-    parents: Sequence[int],
-    flags: Sequence[bool],
-    names: Sequence[str],
-    keep_grads: bool,
-    on_chunk: Callable[[int], None],
-) -> None:
-    """The global map into ``out``: ``G_j`` and ``m_j`` per participating layer, keys
-    accumulated in chunks; ``on_chunk(j)`` after each chunk (``j`` its last tap)."""
-    t0 = time.perf_counter()
-    walker = GlobalGradients(seg, x, taps, values, leaves, parents)
-    acc = KeyAccumulator()
-    part_idx = [j for j in range(len(taps)) if flags[j]]
-    for start in range(0, len(part_idx), KEY_CHUNK):
-        chunk = part_idx[start : start + KEY_CHUNK]
-        for j in chunk:
-            f = taps[j].detach()
-            cotangent, a = kernels.texture_grad_and_energy(f)  # dT_Global/df_j, mean_c |f_j|
-            G, raw, vanished = walker.gradient(j, cotangent)
-            del cotangent
-            if vanished:
-                out.vanished.add(j)
-            # m_j = N(R(N(A(G_j)), (H_j, W_j))) * N(a_j); N(N(z)) = N(z) exactly (z >= 0)
-            m = normalize_nonnegative(raw)
-            if tuple(m.shape) != tuple(f.shape[-2:]):
-                m = normalize_(resize(m, f.shape[-2:]))
-            out.m[j] = m.mul_(normalize_nonnegative(a))
-            out.raw[j], out.energy[j] = raw, a
-            if keep_grads:
-                out.grads[j] = G.detach()
-        _check_all_finite(
-            [out.raw[j] for j in chunk],
-            [f"the global gradient of tap {j} ({names[j]})" for j in chunk],
-        )
-        acc.add_maps([out.m[j] for j in chunk], size)
-        on_chunk(chunk[-1])
-    out.maps = acc.finish(size, x.device)
-    out.seconds = time.perf_counter() - t0
-
-
-def _global_pass_batched(
-    out: _GlobalPass,
-    seg: SegmentedGraph,
-    x: torch.Tensor,
-    size: tuple[int, int],
-    taps: Sequence[torch.Tensor],
-    values: Sequence[object],
-    leaves: Sequence[object],
-    parents: Sequence[int],
-    flags: Sequence[bool],
-    names: Sequence[str],
-    keep_grads: bool,
-    on_chunk: Callable[[int], None],
-    compile: bool,
-) -> None:
-    """:func:`_global_pass` with the per-layer work batched across same-shape layers
-    (:mod:`glam.engine.batched`): per chunk of layers, the texture cotangents and
-    energies of each same-shape group at once, one walk per layer, the Grad-CAM keys of
-    each same-shape group of ``G_j`` at once, then ``m_j`` and the accumulation per group.
-    The host reads one finiteness flag per chunk; the vanishing flags stay on the device
-    (``out.vanished_t``) until the chunk's records are copied out."""
-    t0 = time.perf_counter()
-    walker = GlobalGradients(seg, x, taps, values, leaves, parents)
-    acc = KeyAccumulator()
-    part_idx = [j for j in range(len(taps)) if flags[j]]
-
-    def nbytes(j: int) -> int:  # cotangent + gradient held per layer of a chunk
-        return 2 * taps[j].numel() * taps[j].element_size()
-
-    for chunk in bk.batches(part_idx, nbytes, KEY_CHUNK):
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for j in chunk:
-            by_shape.setdefault(tuple(taps[j].shape), []).append(j)
-        cot: dict[int, torch.Tensor] = {}
-        for group in by_shape.values():
-            c, a = bk.texture_and_energy([taps[j] for j in group], compile=compile)
-            for k, j in enumerate(group):
-                cot[j] = c[k : k + 1]
-                out.energy[j] = a[k]
-        grads: dict[int, torch.Tensor] = {}
-        for j in chunk:  # dT_Global(f_j)/df_parent(j): the autograd walk, one per layer
-            grads[j] = walker.walk(j, cot.pop(j))
-        by_grad: dict[tuple[int, ...], list[int]] = {}
-        for j in chunk:
-            by_grad.setdefault(tuple(grads[j].shape), []).append(j)
-        for group in by_grad.values():
-            keys, vanished = bk.gradcam_keys([grads[j][0] for j in group], compile=compile)
-            for k, j in enumerate(group):
-                out.raw[j] = keys[k]
-                out.vanished_t[j] = vanished[k]
-        if keep_grads:
-            out.grads.update({j: g.detach() for j, g in grads.items()})
-        del grads
-        for j, m in zip(
-            chunk, bk.global_layer_maps([out.raw[j] for j in chunk], [out.energy[j] for j in chunk]),
-            strict=True,
-        ):
-            out.m[j] = m
-        _check_all_finite(
-            [out.raw[j] for j in chunk],
-            [f"the global gradient of tap {j} ({names[j]})" for j in chunk],
-        )
-        acc.add_maps([out.m[j] for j in chunk], size)
-        on_chunk(chunk[-1])
-    out.maps = acc.finish(size, x.device)
-    out.seconds = time.perf_counter() - t0
-
-
 @input_in_full_precision
 def compute_glam(
     model: ImportedModel,
@@ -484,17 +354,21 @@ def compute_glam(
     names = [t.name for t in model.taps]
     store_grads = store == "tensors"
     n = len(taps)
-    glob = _GlobalPass()
+    glob = gp.GlobalPass()
     side_by_side = passes_side_by_side(device, mode, store_grads)
     # the tail's crop on CPU's per-layer path (the batched path is CUDA's, read-back free)
     tail_of = partial(local_tail.plan_for, model.graph, seg, flags, values, y) if not batched else None
-    if side_by_side:
+    if side_by_side:  # the local pass's thread takes global layers once it is done
+        queue = gp.LayerQueue([j for j in range(n) if flags[j]])
+        glob.walker = GlobalGradients(seg, x, taps, values, leaves, parents)
         local = both_passes(
             lambda: _local_pass(seg, y, taps, values, leaves, flags, names,
                                 (top, left, window), store_grads, mode, tail_of),
-            lambda: _global_pass(glob, seg, x, (H, W), taps, values, leaves, parents, flags,
-                                 names, store_grads, lambda _j: None),
+            lambda: gp.global_pass(glob, seg, x, (H, W), taps, values, leaves, parents, flags,
+                                   names, store_grads, lambda _j: None, KEY_CHUNK, queue),
+            lambda: gp.help_global_pass(glob, queue, taps, store_grads),
         )
+        gp.finish_shared(glob, (H, W), flags, names, KEY_CHUNK, device)
     else:
         local = _local_pass(
             seg, y, taps, values, leaves, flags, names, (top, left, window), store_grads, mode,
@@ -555,11 +429,11 @@ def compute_glam(
 
     if not side_by_side:  # side by side, both passes are done: the records go out below
         args = (glob, seg, x, (H, W), taps, values, leaves, parents, flags, names, store_grads,
-                emit_through)
+                emit_through, KEY_CHUNK)
         if batched:
-            _global_pass_batched(*args, compile=mode == "compiled")
+            gp.global_pass_batched(*args, compile=mode == "compiled")
         else:
-            _global_pass(*args)
+            gp.global_pass(*args)
     emit_through(n - 1)
     _sync(device)
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None

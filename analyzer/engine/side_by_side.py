@@ -6,7 +6,9 @@ kernels, which scale poorly across intra-op threads (paper RCAN: 1,232 engine ca
 2-thread backward is only about 1.5x a 1-thread one); side by side, one per core, they
 do not wait at each other's barriers. Measured on paper RCAN on a quiet 2-core machine:
 GL-AM / fwd+bwd 1.74 one after the other, 1.54 side by side (``docs/performance.md``,
-run 10).
+run 10). The global pass's layers come from one queue, and the local pass's thread takes
+the rest of them once its own pass is done (:mod:`glam.engine.global_pass`): the local
+pass is the shorter one where its tail runs on the ROI's crop (:mod:`glam.engine.local_tail`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ def passes_side_by_side(device: torch.device, mode: str, store_grads: bool) -> b
     return kernels.safe_for_concurrent_calls()
 
 
-def both_passes(local: Callable[[], T], global_: Callable[[], None]) -> T:
+def both_passes(
+    local: Callable[[], T], global_: Callable[[], None], help_global: Callable[[], None] | None = None
+) -> T:
     """Run the local and the global pass at once, splitting this thread's CPU threads.
 
     The two passes read the same forward graph and write nothing the other reads, so they
@@ -45,6 +49,11 @@ def both_passes(local: Callable[[], T], global_: Callable[[], None]) -> T:
     synchronisation points, where one pass after the other with all threads waits at every
     operator's barrier (see the module's docstring). Results are those of the same passes
     run one after the other at the same per-pass thread counts.
+
+    ``help_global``, when given, runs here once the local pass is done, at the global
+    pass's thread count (so that a layer's values do not depend on which thread computed
+    it): it takes global layers that the other thread has not started
+    (:func:`glam.engine.global_pass.help_global_pass`).
     """
     threads = torch.get_num_threads()
     mine, theirs = threads - threads // 2, threads // 2
@@ -58,6 +67,9 @@ def both_passes(local: Callable[[], T], global_: Callable[[], None]) -> T:
         torch.set_num_threads(mine)
         try:
             result = local()
+            if help_global is not None:
+                torch.set_num_threads(theirs)
+                help_global()
         finally:
             torch.set_num_threads(threads)
             # a failure in the local pass still waits for the global one before raising

@@ -144,6 +144,49 @@ def test_a_positional_tail_fails_the_check_and_runs_in_full(monkeypatch: pytest.
         assert_same(crop.local[k], full.local[k], err_msg=k)
 
 
+class _Windows(nn.Module):
+    """A tail that partitions its HR features into 4x4 windows stacked in the batch axis (as
+    SwinIR does) and centres each window: it runs only at multiples of 4 (an odd crop
+    raises), and a crop whose windows do not line up with the image's computes other values
+    (the check at the ROI sees it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(3, 12, 3, padding=1)
+        self.hr = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = F.pixel_shuffle(self.body(x), 2)
+        b, c, h, w = t.size(0), t.size(1), t.size(2), t.size(3)
+        win = t.reshape(b, c, h // 4, 4, w // 4, 4).permute(0, 2, 4, 1, 3, 5).reshape(-1, c, 4, 4)
+        win = win - win.mean(dim=(2, 3), keepdim=True)
+        t = win.reshape(b, h // 4, w // 4, c, 4, 4).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        return self.hr(t)
+
+
+def test_a_window_partitioned_tail_is_cropped_only_where_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At ROIs all over the image: where the crop's windows do not line up with the image's
+    (or the crop raises), the full local pass runs, bit for bit; where it is used, the maps
+    are close. Both happen here. (A crop that raises: tests/test_participation.py's window
+    model, whose crops are not multiples of its window.)"""
+    torch.manual_seed(0)
+    model = glam.importers.from_module(_Windows().eval(), input_range=1)
+    x = _x(24, 24, seed=2)
+    outcomes = []
+    for top, left in [(0, 0), (6, 10), (13, 17), (20, 4), (30, 30), (17, 22)]:
+        full = _glam(model, x, (top, left, 8), False, monkeypatch)
+        crop = _glam(model, x, (top, left, 8), True, monkeypatch)
+        outcomes.append(bool(crop.local_tail))
+        if crop.local_tail:
+            _assert_local_close(crop, full, f"windows at {(top, left)}")
+        else:
+            for k in full.local:
+                assert_same(crop.local[k], full.local[k], err_msg=f"{k} at {(top, left)}")
+    assert any(outcomes) and not all(outcomes), outcomes
+
+
 def test_a_global_operation_in_the_tail_keeps_it_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _tail_model(pooled=True)
     x = _x(32, 32, seed=1)

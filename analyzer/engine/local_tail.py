@@ -23,7 +23,8 @@ Which value, and how far the tail reaches, is structural and measured, never ass
   participation pattern and size;
 * on each analysis the crop's own forward output at the ROI must equal ``y`` there
   (:data:`CHECK_ULPS`); a positional operation, which the NaN probe cannot see, fails this
-  check, and the local pass then runs on the full graph.
+  check, as do window partitions that do not line up with the image's, and the local pass
+  then runs on the full graph; so it does where the tail raises on the crop's size.
 
 The crop's convolutions run on smaller tensors, where torch may pick other kernels, so the
 local maps equal the full pass's to float32 rounding, not bit for bit (tested);
@@ -249,8 +250,9 @@ def tail_gradients(
     roi: tuple[int, int, int],
 ) -> TailGradients | None:
     """The local gradients of the tail from the crop of ``d`` that can reach the ROI, or
-    ``None`` (the crop is too large a share, a tap does not scale with ``d``, or the crop's
-    output at the ROI differs from ``y``'s: run the full local pass)."""
+    ``None`` (the crop is too large a share, the tail fails on it, a tap does not scale
+    with ``d``, or the crop's output at the ROI differs from ``y``'s: run the full local
+    pass)."""
     top, left, window = roi
     d = values[plan.cut]
     if not isinstance(d, torch.Tensor):
@@ -264,8 +266,11 @@ def tail_gradients(
     if (b - t) * (rt - lf) > MAX_SHARE * h * w:
         return None
     dc = d.detach()[..., t:b, lf:rt].clone().requires_grad_(True)
-    with torch.enable_grad():
-        yc, tail_taps = plan.graph(dc)
+    try:  # a tail may run only at some sizes (a window partition of fixed shape)
+        with torch.enable_grad():
+            yc, tail_taps = plan.graph(dc)
+    except _PROBE_ERRORS:
+        return None
     r0, c0 = top - s * t, left - s * lf
     n = window + 1  # T_ROI reads window + 1 rows and columns of y (its differences)
     got = yc.detach()[..., r0 : r0 + n, c0 : c0 + n]

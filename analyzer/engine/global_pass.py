@@ -39,7 +39,6 @@ class GlobalPass:
     vanished: set[int] = field(default_factory=set)  # A(G_j) = 0 by the vanishing rule
     vanished_t: dict[int, torch.Tensor] = field(default_factory=dict)  # the same, on device
     seconds: float = 0.0
-    helped: float = 0.0  # seconds the local pass's thread spent on this pass's layers
     walker: GlobalGradients | None = None  # shared by the threads of a shared pass
 
 
@@ -160,10 +159,8 @@ def help_global_pass(
     walker = out.walker
     if walker is None:  # not set up for sharing: the global pass takes every layer itself
         return
-    t0 = time.perf_counter()
     while (j := queue()) is not None:
         global_layer(out, walker, taps, j, keep_grads)
-    out.helped += time.perf_counter() - t0
 
 
 def global_pass_batched(

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from glam.engine.crop import nan_footprint, span
 from glam.engine.segments import SegmentedGraph
-from glam.engine.tail_crop import dominators
+from glam.engine.tail_crop import PROBE_ERRORS, dominators, input_dependent, nan_block
 from glam.engine.texture import texture_roi
 from torch import fx
 
@@ -57,11 +57,6 @@ CHECK_ULPS = 64
 
 #: A tail of more operations than this and than half of the graph's is not probed.
 MAX_PROBED_OPS = 64
-
-#: What a tail may raise on the probe's small value (then it is not used).
-_PROBE_ERRORS = (RuntimeError, ValueError, IndexError, AssertionError, TypeError,
-                 NotImplementedError)
-
 
 @dataclass(frozen=True)
 class TailPlan:
@@ -96,21 +91,13 @@ def enabled(device: torch.device) -> bool:
     return device.type == "cpu" and os.environ.get("GLAM_LOCAL_TAIL", "1") != "0"
 
 
-def _dependent(graph: fx.Graph) -> set[fx.Node]:
-    dep: set[fx.Node] = set()
-    for n in graph.nodes:
-        if n.op == "placeholder" or any(a in dep for a in n.all_input_nodes):
-            dep.add(n)
-    return dep
-
-
 def tail_graph(gm: fx.GraphModule, node: str) -> tuple[fx.GraphModule, tuple[int, ...]] | None:
     """``(graph(d) -> (y, (f_t, ...)), tap indices)`` for the tail after ``node`` of the
     tapped graph ``gm`` (``gm(x) -> (y, (f_0, ...))``), or ``None`` when the tail reads an
     input-dependent value other than ``node`` (``node`` does not dominate ``y``)."""
     out = next(n for n in gm.graph.nodes if n.op == "output")
     y, tap_nodes = out.args[0]
-    dep = _dependent(gm.graph)
+    dep = input_dependent(gm.graph)
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     after = False
@@ -137,13 +124,12 @@ def tail_graph(gm: fx.GraphModule, node: str) -> tuple[fx.GraphModule, tuple[int
 def _probe(tail: fx.GraphModule, channels: int, dtype: torch.dtype) -> tuple[tuple[int, int, int, int], int] | None:
     """The tail's reach and scale from a NaN block at the centre of a probe value."""
     gen = torch.Generator().manual_seed(0)
-    d = torch.rand(1, channels, PROBE_SIDE, PROBE_SIDE, generator=gen, dtype=dtype)
     c = PROBE_SIDE // 2 - 1
-    d[..., c : c + 2, c : c + 2] = float("nan")
+    d = nan_block(torch.rand(1, channels, PROBE_SIDE, PROBE_SIDE, generator=gen, dtype=dtype), c, c)
     try:
         with torch.no_grad():
             yp = tail(d)[0]
-    except _PROBE_ERRORS:
+    except PROBE_ERRORS:
         return None
     if not isinstance(yp, torch.Tensor) or yp.dim() != 4:
         return None
@@ -269,7 +255,7 @@ def tail_gradients(
     try:  # a tail may run only at some sizes (a window partition of fixed shape)
         with torch.enable_grad():
             yc, tail_taps = plan.graph(dc)
-    except _PROBE_ERRORS:
+    except PROBE_ERRORS:
         return None
     r0, c0 = top - s * t, left - s * lf
     n = window + 1  # T_ROI reads window + 1 rows and columns of y (its differences)

@@ -42,7 +42,7 @@ PROBE_SIZE = 32
 
 #: What a model may raise on the probe's smaller input (a reshape to a fixed size, an
 #: exported graph's own shape check); the tail is then not used.
-_PROBE_ERRORS = (RuntimeError, ValueError, IndexError, AssertionError, TypeError,
+PROBE_ERRORS = (RuntimeError, ValueError, IndexError, AssertionError, TypeError,
                  NotImplementedError)
 
 
@@ -110,10 +110,7 @@ def dominators(graph: fx.Graph) -> list[fx.Node]:
             continue
         ancestors.add(n)
         stack.extend(n.all_input_nodes)
-    dependent: set[fx.Node] = set()
-    for n in nodes:
-        if n.op == "placeholder" or any(a in dependent for a in n.all_input_nodes):
-            dependent.add(n)
+    dependent = input_dependent(graph)
     reach = -1  # latest position read from the input-dependent values seen so far
     found: list[fx.Node] = []
     for n in nodes:
@@ -129,7 +126,16 @@ def dominators(graph: fx.Graph) -> list[fx.Node]:
     return found
 
 
-def _nan_block(t: torch.Tensor, cy: int, cx: int) -> torch.Tensor:
+def input_dependent(graph: fx.Graph) -> set[fx.Node]:
+    """The nodes of ``graph`` whose value depends on an input (placeholders included)."""
+    dependent: set[fx.Node] = set()
+    for n in graph.nodes:
+        if n.op == "placeholder" or any(a in dependent for a in n.all_input_nodes):
+            dependent.add(n)
+    return dependent
+
+
+def nan_block(t: torch.Tensor, cy: int, cx: int) -> torch.Tensor:
     """``t`` with a 2x2 NaN block at ``(cy, cx)`` (all channels): the tail's probe."""
     t = t.clone()
     t[..., cy : cy + 2, cx : cx + 2] = float("nan")
@@ -211,7 +217,7 @@ def tail_crop(
     try:
         with torch.no_grad():
             y, *shapes = _shapes_graph(gm, names)(xp)
-    except _PROBE_ERRORS as exc:
+    except PROBE_ERRORS as exc:
         return None, f"the model failed on the {hp}x{wp} probe: {exc}"
     HP, WP = int(y.shape[-2]), int(y.shape[-1])
     at_input = [n for n, s in zip(names, shapes, strict=True) if len(s) == 4 and s[-2:] == (hp, wp)]
@@ -225,8 +231,8 @@ def tail_crop(
     cy, cx = hp // 2 - 1, wp // 2 - 1
     try:
         with torch.no_grad():
-            yp = _rewired(gm, node, _nan_block, (cy, cx))(xp)
-    except _PROBE_ERRORS as exc:
+            yp = _rewired(gm, node, nan_block, (cy, cx))(xp)
+    except PROBE_ERRORS as exc:
         return None, f"the tail failed on the NaN probe: {exc}"
     if tuple(yp.shape[-2:]) != (HP, WP):
         return None, "the tail's output is not scale x its input"

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from numerics import ISA_ENVIRONMENTS
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST = "test_numerics_hold_under_another_instruction_set"
 
 #: Printed by the probe: what each library will use under the environment.
 _PROBE = """
@@ -54,25 +56,78 @@ def _environment(isa: str) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("isa", sorted(ISA_ENVIRONMENTS))
-def test_numerics_hold_under_another_instruction_set(isa: str) -> None:
+def _skip_reason(isa: str) -> str | None:
     if os.environ.get("GLAM_ISA_RERUN"):
-        pytest.skip("already inside an instruction-set rerun")
+        return "already inside an instruction-set rerun"
     if sys.platform != "linux" or os.uname().machine != "x86_64":
-        pytest.skip("the instruction-set environments are for x86-64 Linux")
+        return "the instruction-set environments are for x86-64 Linux"
     if isa == "avx2" and not {"avx2", "fma"} <= _cpu_flags():
-        pytest.skip("this CPU has no AVX2: the x86-64 baseline rerun still runs")
-    env = _environment(isa)
-    probe = subprocess.run([sys.executable, "-c", _PROBE], env={**env, "ONEDNN_VERBOSE": "all"},
+        return "this CPU has no AVX2: the x86-64 baseline rerun still runs"
+    return None
+
+
+class _Rerun:
+    """The numerics-marked tests in a subprocess under one instruction set; its output goes
+    to a file (two reruns at once must not block on a full pipe)."""
+
+    def __init__(self, isa: str, threads: int) -> None:
+        env = _environment(isa)
+        # the reruns run side by side on the CPUs the suite has: each gets its share, so
+        # that they do not spin against each other (tests that pin a thread count still do)
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        env.setdefault("NUMBA_NUM_THREADS", str(threads))
+        self.env = env
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "numerics",
+             "-W", "ignore::pytest.PytestUnraisableExceptionWarning", str(ROOT / "tests")],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def result(self, timeout: float) -> tuple[int, str]:
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        self.log.seek(0)
+        return code, self.log.read()
+
+
+@pytest.fixture(scope="module")
+def reruns(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Every selected instruction-set rerun, started together on first use (they take a
+    minute each on a 2-core machine; one after the other they were the suite's longest
+    tests)."""
+    selected = sorted({
+        item.callspec.params["isa"] for item in request.session.items
+        if item.originalname == TEST and hasattr(item, "callspec")
+    })
+    isas = [isa for isa in selected if _skip_reason(isa) is None]
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cpus // max(1, len(isas)))
+    started = {isa: _Rerun(isa, threads) for isa in isas}
+    yield started
+    for run in started.values():
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
+        run.log.close()
+
+
+@pytest.mark.parametrize("isa", sorted(ISA_ENVIRONMENTS))
+def test_numerics_hold_under_another_instruction_set(isa: str, reruns) -> None:  # type: ignore[no-untyped-def]
+    reason = _skip_reason(isa)
+    if reason is not None:
+        pytest.skip(reason)
+    run = reruns[isa]
+    probe = subprocess.run([sys.executable, "-c", _PROBE], env={**run.env, "ONEDNN_VERBOSE": "all"},
                            capture_output=True, text=True, timeout=300)
     assert probe.returncode == 0, probe.stderr[-2000:]
     for want in _EXPECTED[isa]:  # the environment really narrows every library
         assert want in probe.stdout, f"{want!r} not in the probe's output:\n{probe.stdout[-2000:]}"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "numerics",
-         "-W", "ignore::pytest.PytestUnraisableExceptionWarning", str(ROOT / "tests")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
-    )
-    tail = (proc.stdout[-6000:] + proc.stderr[-2000:]).strip()
-    assert proc.returncode == 0, f"numerics tests under {isa}:\n{tail}"
-    assert " passed" in proc.stdout and " failed" not in proc.stdout, tail
+    code, out = run.result(timeout=1800)
+    tail = out[-8000:].strip()
+    assert code == 0, f"numerics tests under {isa}:\n{tail}"
+    assert " passed" in out and " failed" not in out, tail

@@ -306,6 +306,9 @@ def test_gpu_check_script_quick_on_cpu(tmp_path: Path) -> None:
     (row,) = doc["bench_rows"]
     assert (row["arch"], row["size"], row["device"]) == ("rcan", 12, "cpu")
     assert row["glam_seconds"] > 0 and row["fb_seconds"] > 0 and row["lam_seconds"] > 0
+    # the same pairs in process CPU time (the ratio issue 25's table prints beside the wall one)
+    bench_row = json.loads((tmp_path / "bench.json").read_text())["rows"][0]
+    assert bench_row["glam_over_fb_cpu"] > 0
     assert [t["met"] for t in doc["targets"]] == [None, None, None]
     assert "| rcan | 12 |" in doc["markdown"]
     log = (tmp_path / "gpu_check.log").read_text()

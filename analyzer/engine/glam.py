@@ -23,7 +23,7 @@ from glam.engine import global_pass as gp
 from glam.engine import kernels, local_tail
 from glam.engine.accumulate import KeyAccumulator
 from glam.engine.allocator import keep_freed_memory
-from glam.engine.backward import GlobalGradients, LocalBackward
+from glam.engine.backward import LocalBackward
 from glam.engine.device import input_in_full_precision
 from glam.engine.finite import check_all_finite as _check_all_finite
 from glam.engine.finite import check_finite as _check_finite
@@ -355,20 +355,21 @@ def compute_glam(
     store_grads = store == "tensors"
     n = len(taps)
     glob = gp.GlobalPass()
+    inputs = gp.GlobalInputs(seg, x, (H, W), taps, values, leaves, parents, flags, names,
+                             store_grads, KEY_CHUNK)
     side_by_side = passes_side_by_side(device, mode, store_grads)
     # the tail's crop on CPU's per-layer path (the batched path is CUDA's, read-back free)
     tail_of = partial(local_tail.plan_for, model.graph, seg, flags, values, y) if not batched else None
     if side_by_side:  # the local pass's thread takes global layers once it is done
-        queue = gp.LayerQueue([j for j in range(n) if flags[j]])
-        glob.walker = GlobalGradients(seg, x, taps, values, leaves, parents)
+        queue = gp.LayerQueue(inputs.layers())
+        glob.walker = inputs.walker()
         local = both_passes(
             lambda: _local_pass(seg, y, taps, values, leaves, flags, names,
                                 (top, left, window), store_grads, mode, tail_of),
-            lambda: gp.global_pass(glob, seg, x, (H, W), taps, values, leaves, parents, flags,
-                                   names, store_grads, lambda _j: None, KEY_CHUNK, queue),
-            lambda: gp.help_global_pass(glob, queue, taps, store_grads),
+            lambda: gp.global_pass(glob, inputs, lambda _j: None, queue),
+            lambda: gp.help_global_pass(glob, queue, inputs),
         )
-        gp.finish_shared(glob, (H, W), flags, names, KEY_CHUNK, device)
+        gp.finish_shared(glob, inputs)
     else:
         local = _local_pass(
             seg, y, taps, values, leaves, flags, names, (top, left, window), store_grads, mode,
@@ -428,12 +429,10 @@ def compute_glam(
         emitted = max(emitted, last + 1)
 
     if not side_by_side:  # side by side, both passes are done: the records go out below
-        args = (glob, seg, x, (H, W), taps, values, leaves, parents, flags, names, store_grads,
-                emit_through, KEY_CHUNK)
         if batched:
-            gp.global_pass_batched(*args, compile=mode == "compiled")
+            gp.global_pass_batched(glob, inputs, emit_through, compile=mode == "compiled")
         else:
-            gp.global_pass(*args)
+            gp.global_pass(glob, inputs, emit_through)
     emit_through(n - 1)
     _sync(device)
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None

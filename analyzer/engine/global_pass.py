@@ -42,6 +42,33 @@ class GlobalPass:
     walker: GlobalGradients | None = None  # shared by the threads of a shared pass
 
 
+@dataclass(frozen=True)
+class GlobalInputs:
+    """What a global pass reads: the segmented graph's forward pass and each tap's facts
+    (one object for :func:`global_pass`, :func:`global_pass_batched`, :func:`finish_shared`
+    and :func:`help_global_pass`)."""
+
+    seg: SegmentedGraph
+    x: torch.Tensor
+    size: tuple[int, int]  # the output's H x W: the keys' size
+    taps: Sequence[torch.Tensor]
+    values: Sequence[object]
+    leaves: Sequence[object]
+    parents: Sequence[int]
+    flags: Sequence[bool]  # participating
+    names: Sequence[str]
+    keep_grads: bool  # keep G_j (store="tensors")
+    chunk_size: int  # layers whose keys are accumulated together
+
+    def layers(self) -> list[int]:
+        """The participating taps, in execution order."""
+        return [j for j in range(len(self.taps)) if self.flags[j]]
+
+    def walker(self) -> GlobalGradients:
+        """A new walker of ``G_j`` over this forward pass."""
+        return GlobalGradients(self.seg, self.x, self.taps, self.values, self.leaves, self.parents)
+
+
 def global_layer(
     out: GlobalPass, walker: GlobalGradients, taps: Sequence[torch.Tensor], j: int,
     keep_grads: bool,
@@ -66,71 +93,57 @@ def global_layer(
 
 
 def _accumulate_chunk(
-    out: GlobalPass, acc: KeyAccumulator, chunk: Sequence[int], size: tuple[int, int],
-    names: Sequence[str],
+    out: GlobalPass, acc: KeyAccumulator, chunk: Sequence[int], inp: GlobalInputs
 ) -> None:
     check_all_finite(
         [out.raw[j] for j in chunk],
-        [f"the global gradient of tap {j} ({names[j]})" for j in chunk],
+        [f"the global gradient of tap {j} ({inp.names[j]})" for j in chunk],
     )
-    acc.add_maps([out.m[j] for j in chunk], size)
+    acc.add_maps([out.m[j] for j in chunk], inp.size)
 
 
 def global_pass(
     out: GlobalPass,
-    seg: SegmentedGraph,
-    x: torch.Tensor,
-    size: tuple[int, int],
-    taps: Sequence[torch.Tensor],
-    values: Sequence[object],
-    leaves: Sequence[object],
-    parents: Sequence[int],
-    flags: Sequence[bool],
-    names: Sequence[str],
-    keep_grads: bool,
+    inp: GlobalInputs,
     on_chunk: Callable[[int], None],
-    chunk_size: int,
     shared: Callable[[], int | None] | None = None,
 ) -> None:
     """The global map into ``out``: ``G_j`` and ``m_j`` per participating layer, keys
-    accumulated in chunks of ``chunk_size`` layers; ``on_chunk(j)`` after each chunk (``j``
-    its last tap).
+    accumulated in chunks of ``inp.chunk_size`` layers; ``on_chunk(j)`` after each chunk
+    (``j`` its last tap).
 
     With ``shared`` (the passes side by side), the layers are claimed one at a time from
     ``shared()`` (``None``: none left), so that another thread may take some of them too
     (:func:`help_global_pass`); the maps are then accumulated by :func:`finish_shared`,
     once both are done, in the same order."""
     t0 = time.perf_counter()
-    walker = out.walker or GlobalGradients(seg, x, taps, values, leaves, parents)
+    walker = out.walker or inp.walker()
     if shared is not None:
         while (j := shared()) is not None:
-            global_layer(out, walker, taps, j, keep_grads)
+            global_layer(out, walker, inp.taps, j, inp.keep_grads)
         out.seconds = time.perf_counter() - t0
         return
     acc = KeyAccumulator()
-    part_idx = [j for j in range(len(taps)) if flags[j]]
-    for start in range(0, len(part_idx), chunk_size):
-        chunk = part_idx[start : start + chunk_size]
+    part_idx = inp.layers()
+    for start in range(0, len(part_idx), inp.chunk_size):
+        chunk = part_idx[start : start + inp.chunk_size]
         for j in chunk:
-            global_layer(out, walker, taps, j, keep_grads)
-        _accumulate_chunk(out, acc, chunk, size, names)
+            global_layer(out, walker, inp.taps, j, inp.keep_grads)
+        _accumulate_chunk(out, acc, chunk, inp)
         on_chunk(chunk[-1])
-    out.maps = acc.finish(size, x.device)
+    out.maps = acc.finish(inp.size, inp.x.device)
     out.seconds = time.perf_counter() - t0
 
 
-def finish_shared(
-    out: GlobalPass, size: tuple[int, int], flags: Sequence[bool], names: Sequence[str],
-    chunk_size: int, device: torch.device,
-) -> None:
+def finish_shared(out: GlobalPass, inp: GlobalInputs) -> None:
     """Accumulate the maps of a shared global pass, in execution order, in chunks as
     :func:`global_pass` does."""
     t0 = time.perf_counter()
     acc = KeyAccumulator()
-    part_idx = [j for j in range(len(flags)) if flags[j]]
-    for start in range(0, len(part_idx), chunk_size):
-        _accumulate_chunk(out, acc, part_idx[start : start + chunk_size], size, names)
-    out.maps = acc.finish(size, device)
+    part_idx = inp.layers()
+    for start in range(0, len(part_idx), inp.chunk_size):
+        _accumulate_chunk(out, acc, part_idx[start : start + inp.chunk_size], inp)
+    out.maps = acc.finish(inp.size, inp.x.device)
     out.seconds += time.perf_counter() - t0
 
 
@@ -151,33 +164,18 @@ class LayerQueue:
             return self._layers[self._next - 1]
 
 
-def help_global_pass(
-    out: GlobalPass, queue: LayerQueue, taps: Sequence[torch.Tensor], keep_grads: bool
-) -> None:
+def help_global_pass(out: GlobalPass, queue: LayerQueue, inp: GlobalInputs) -> None:
     """Take layers of a shared global pass from ``queue`` until none is left (the local
     pass's thread, once its own pass is done)."""
     walker = out.walker
     if walker is None:  # not set up for sharing: the global pass takes every layer itself
         return
     while (j := queue()) is not None:
-        global_layer(out, walker, taps, j, keep_grads)
+        global_layer(out, walker, inp.taps, j, inp.keep_grads)
 
 
 def global_pass_batched(
-    out: GlobalPass,
-    seg: SegmentedGraph,
-    x: torch.Tensor,
-    size: tuple[int, int],
-    taps: Sequence[torch.Tensor],
-    values: Sequence[object],
-    leaves: Sequence[object],
-    parents: Sequence[int],
-    flags: Sequence[bool],
-    names: Sequence[str],
-    keep_grads: bool,
-    on_chunk: Callable[[int], None],
-    chunk_size: int,
-    compile: bool,
+    out: GlobalPass, inp: GlobalInputs, on_chunk: Callable[[int], None], compile: bool
 ) -> None:
     """:func:`global_pass` with the per-layer work batched across same-shape layers
     (:mod:`glam.engine.batched`): per chunk of layers, the texture cotangents and
@@ -186,14 +184,14 @@ def global_pass_batched(
     The host reads one finiteness flag per chunk; the vanishing flags stay on the device
     (``out.vanished_t``) until the chunk's records are copied out."""
     t0 = time.perf_counter()
-    walker = GlobalGradients(seg, x, taps, values, leaves, parents)
+    walker = inp.walker()
     acc = KeyAccumulator()
-    part_idx = [j for j in range(len(taps)) if flags[j]]
+    taps = inp.taps
 
     def nbytes(j: int) -> int:  # cotangent + gradient held per layer of a chunk
         return 2 * taps[j].numel() * taps[j].element_size()
 
-    for chunk in bk.batches(part_idx, nbytes, chunk_size):
+    for chunk in bk.batches(inp.layers(), nbytes, inp.chunk_size):
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for j in chunk:
             by_shape.setdefault(tuple(taps[j].shape), []).append(j)
@@ -214,7 +212,7 @@ def global_pass_batched(
             for k, j in enumerate(group):
                 out.raw[j] = keys[k]
                 out.vanished_t[j] = vanished[k]
-        if keep_grads:
+        if inp.keep_grads:
             out.grads.update({j: g.detach() for j, g in grads.items()})
         del grads
         for j, m in zip(
@@ -222,7 +220,7 @@ def global_pass_batched(
             strict=True,
         ):
             out.m[j] = m
-        _accumulate_chunk(out, acc, chunk, size, names)
+        _accumulate_chunk(out, acc, chunk, inp)
         on_chunk(chunk[-1])
-    out.maps = acc.finish(size, x.device)
+    out.maps = acc.finish(inp.size, inp.x.device)
     out.seconds = time.perf_counter() - t0

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from glam.threads import affinity_cpus
 from numerics import ISA_ENVIRONMENTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,8 +106,7 @@ def reruns(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
         if item.originalname == TEST and hasattr(item, "callspec")
     })
     isas = [isa for isa in selected if _skip_reason(isa) is None]
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, cpus // max(1, len(isas)))
+    threads = max(1, affinity_cpus() // max(1, len(isas)))
     started = {isa: _Rerun(isa, threads) for isa in isas}
     yield started
     for run in started.values():

@@ -64,6 +64,12 @@ class GlobalInputs:
         """The participating taps, in execution order."""
         return [j for j in range(len(self.taps)) if self.flags[j]]
 
+    def chunks(self) -> list[list[int]]:
+        """The participating taps in execution order, ``chunk_size`` at a time: the groups
+        whose keys are accumulated together."""
+        layers = self.layers()
+        return [layers[i : i + self.chunk_size] for i in range(0, len(layers), self.chunk_size)]
+
     def walker(self) -> GlobalGradients:
         """A new walker of ``G_j`` over this forward pass."""
         return GlobalGradients(self.seg, self.x, self.taps, self.values, self.leaves, self.parents)
@@ -124,9 +130,7 @@ def global_pass(
         out.seconds = time.perf_counter() - t0
         return
     acc = KeyAccumulator()
-    part_idx = inp.layers()
-    for start in range(0, len(part_idx), inp.chunk_size):
-        chunk = part_idx[start : start + inp.chunk_size]
+    for chunk in inp.chunks():
         for j in chunk:
             global_layer(out, walker, inp.taps, j, inp.keep_grads)
         _accumulate_chunk(out, acc, chunk, inp)
@@ -140,9 +144,8 @@ def finish_shared(out: GlobalPass, inp: GlobalInputs) -> None:
     :func:`global_pass` does."""
     t0 = time.perf_counter()
     acc = KeyAccumulator()
-    part_idx = inp.layers()
-    for start in range(0, len(part_idx), inp.chunk_size):
-        _accumulate_chunk(out, acc, part_idx[start : start + inp.chunk_size], inp)
+    for chunk in inp.chunks():
+        _accumulate_chunk(out, acc, chunk, inp)
     out.maps = acc.finish(inp.size, inp.x.device)
     out.seconds += time.perf_counter() - t0
 
